@@ -1,0 +1,1 @@
+"""Dose physics: source data, table interpolation and dose kernels."""
