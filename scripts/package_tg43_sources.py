@@ -102,11 +102,18 @@ def write_source(name: str, dataset: str, summary: dict[str, str], citation: str
             f"g_line = {toml_array([fnum(r['gL_dimensionless']) for r in gl])}",
             f"g_point = {toml_array([fnum(r['gP_dimensionless']) for r in gl])}",
             "",
-            "[anisotropy_factor_1d]",
-            f"r_cm = {toml_array([float(r['r_cm']) for r in phi])}",
-            f"phi_an = {toml_array([fnum(r['phi_an_dimensionless']) for r in phi])}",
-            "",
         ]
+        phi_an = [fnum(r["phi_an_dimensionless"]) for r in phi]
+        if any(math.isnan(v) for v in phi_an):
+            # e.g. VS2000: the transcribed phi_an row is incomplete, so no 1-D data is offered.
+            lines += ["# phi_an omitted: the reference table is incomplete for this source.", ""]
+        else:
+            lines += [
+                "[anisotropy_factor_1d]",
+                f"r_cm = {toml_array([float(r['r_cm']) for r in phi])}",
+                f"phi_an = {toml_array(phi_an)}",
+                "",
+            ]
     thetas, radii, grid = f_table(read_csv(ref / f"{prefix}_F.csv"))
     lines += [
         "[anisotropy_function]",

@@ -17,7 +17,7 @@ File format (TOML, one source per file; the packaged files in ``iortopt/data/sou
     g_point = [...]                               # optional: g_P(r), for the 1-D formalism
 
     [anisotropy_function]
-    theta_deg = [0.0, ..., 180.0]                 # strictly increasing, 0 to 180 degrees
+    theta_deg = [0.0, ..., 180.0]                 # strictly increasing, within 0..180, incl. 90
     r_cm = [...]                                  # strictly increasing, >= 0
     F = [[...], ...]                              # F[i][j] at theta_deg[i], r_cm[j]; nan = no data
 
@@ -27,7 +27,7 @@ File format (TOML, one source per file; the packaged files in ``iortopt/data/sou
 
 theta is measured from the source's long axis, theta = 0 at the distal tip (HEBD/CLRP convention).
 Missing F values (``nan``, CLRP "-" entries near the axis) are filled with the nearest published value
-at the same angle. Every dataset is self-consistent: never mix one dataset's Lambda with another's
+at the same angle; angles outside the tabulated range take the nearest tabulated angle. Every dataset is self-consistent: never mix one dataset's Lambda with another's
 tables, which is why each file carries all of them.
 """
 
@@ -171,8 +171,6 @@ def parse_source(doc: dict, origin: str = "<source data>") -> SourceData:
 
     ani = doc["anisotropy_function"]
     th = _knots(origin, ani, "anisotropy_function", "theta_deg", 0.0, 180.0)
-    if th[0] != 0.0 or th[-1] != 180.0:
-        raise _fail(origin, "[anisotropy_function] theta_deg", "must run from 0 to 180 degrees")
     f_r = _knots(origin, ani, "anisotropy_function", "r_cm", 0.0, None)
     F = _array(origin, ani, "anisotropy_function", "F")
     if F.shape != (th.size, f_r.size):

@@ -95,6 +95,21 @@ def make_kernel(source: SourceData, formalism: str = "2d", dtype=jnp.float32) ->
     )
 
 
+def geometry_function(z_cm: jnp.ndarray, y_cm: jnp.ndarray, half_length_cm) -> jnp.ndarray:
+    """TG-43 geometry function G (cm^-2) at along/away distances (cm) from the source centre.
+
+    Line source of length L = 2 * half_length_cm: G_L = beta / (L y), with beta the angle the
+    active length subtends, written as atan2(L y, r^2 - L^2/4) so that it tends to the on-axis form
+    1 / (r^2 - L^2/4) as y -> 0. ``half_length_cm = 0`` gives the point-source form 1 / r^2.
+    ``y_cm`` must be > 0 (callers clamp it; see :func:`dose_rate_per_sk`).
+    """
+    r2 = z_cm * z_cm + y_cm * y_cm
+    line = half_length_cm > 0
+    length = jnp.where(line, 2.0 * half_length_cm, 1.0)
+    beta = atan2_upper(length * y_cm, r2 - half_length_cm * half_length_cm)
+    return jnp.where(line, beta / (length * y_cm), 1.0 / r2)
+
+
 def dose_rate_per_sk(z_cm: jnp.ndarray, y_cm: jnp.ndarray, kernel: TG43Kernel) -> jnp.ndarray:
     """TG-43 dose rate per unit air-kerma strength, cGy h^-1 U^-1.
 
@@ -114,12 +129,11 @@ def dose_rate_per_sk(z_cm: jnp.ndarray, y_cm: jnp.ndarray, kernel: TG43Kernel) -
     y = jnp.maximum(y_cm * scale, y_min)  # on the axis beyond the tips beta / (L y) -> axial form
     r2 = z * z + y * y
     r = jnp.sqrt(r2)
-    line = half > 0
-    length = jnp.where(line, 2.0 * half, 1.0)
-    beta = atan2_upper(length * y, r2 - half * half)
-    geometry = jnp.where(line, beta / (length * y), 1.0 / r2) * kernel.inv_geometry_ref
+    geometry = geometry_function(z, y, half) * kernel.inv_geometry_ref
     g = jnp.maximum(interp1d(kernel.g_axis, kernel.g_values, r), 0.0)
-    theta_deg = atan2_upper(y, z) * (180.0 / np.pi)
+    theta_axis = kernel.f_theta_axis
+    theta_last = theta_axis.first + (theta_axis.size - 1) / theta_axis.inv_step
+    theta_deg = jnp.minimum(atan2_upper(y, z) * (180.0 / np.pi), theta_last)
     f = jnp.maximum(interp2d(kernel.f_theta_axis, kernel.f_r_axis, kernel.f_values, theta_deg, r), 0.0)
     return kernel.dose_rate_constant * geometry * g * f
 
