@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up iortopt in ./.venv (if needed) and run the built-in example plan.
+# Usage: bash scripts/quickstart.sh [iortopt run arguments, e.g. a config file or --out DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[test]"
+exec .venv/bin/iortopt run "$@"

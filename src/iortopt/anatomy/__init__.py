@@ -1,0 +1,5 @@
+"""Anatomy: planning cases from built-in parametric phantoms (and, later, DICOM)."""
+
+from iortopt.anatomy.phantoms import FlapCaseParams, bed_depth_mm, build_flap_case
+
+__all__ = ["FlapCaseParams", "bed_depth_mm", "build_flap_case"]

@@ -1,0 +1,1 @@
+"""Reading and writing plan data (zarr stores, and later DICOM-RT)."""

@@ -1,0 +1,160 @@
+"""Objective terms for inverse planning: small pure functions of (dose, dwell times) that compose.
+
+Each term maps ``dose_gy`` (P,) on the optimisation voxels and ``times_s`` (N,) to a scalar. A
+structure enters through its weights ``w`` (P,), its fractional occupancy on those voxels. Dose
+penalties are divided by the square of their reference dose so that weights are dimensionless and
+comparable between prescriptions. :func:`combine` sums weighted terms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TermFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+class Term(NamedTuple):
+    """A named, weighted objective term."""
+
+    name: str
+    weight: float
+    fn: TermFn
+
+
+def _wmean(w: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
+    return jnp.sum(w * x) / jnp.sum(w)
+
+
+def underdose(w: jnp.ndarray, dose_min_gy: float) -> TermFn:
+    """Mean over the structure of max(d_min - d, 0)^2 / d_min^2."""
+    return lambda d, t: _wmean(w, jnp.square(jax.nn.relu(dose_min_gy - d))) / dose_min_gy**2
+
+
+def overdose(w: jnp.ndarray, dose_max_gy: float) -> TermFn:
+    """Mean over the structure of max(d - d_max, 0)^2 / d_max^2."""
+    return lambda d, t: _wmean(w, jnp.square(jax.nn.relu(d - dose_max_gy))) / dose_max_gy**2
+
+
+def max_dose(w: jnp.ndarray, dose_max_gy: float) -> TermFn:
+    """Sum (not mean) over voxels of w max(d - d_max, 0)^2 / d_max^2: one hot voxel counts fully,
+    however large the structure, which is what a maximum-dose limit means."""
+    return lambda d, t: jnp.sum(w * jnp.square(jax.nn.relu(d - dose_max_gy))) / dose_max_gy**2
+
+
+def mean_dose(w: jnp.ndarray, dose_limit_gy: float, scale_gy: float) -> TermFn:
+    """max(mean - limit, 0)^2 / scale^2; with limit 0 this minimises the mean dose."""
+    return lambda d, t: jnp.square(jax.nn.relu(_wmean(w, d) - dose_limit_gy)) / scale_gy**2
+
+
+def dose_at_volume(d: jnp.ndarray, w: jnp.ndarray, volume: float | jnp.ndarray) -> jnp.ndarray:
+    """D_v: minimum dose to the hottest ``volume`` (in units of w: fraction x sum(w) or voxels)."""
+    order = jnp.argsort(-d)
+    cum = jnp.cumsum(w[order])
+    k = jnp.minimum(jnp.searchsorted(cum, volume), d.shape[0] - 1)
+    return d[order][k]
+
+
+def _volume_in_weight_units(w: jnp.ndarray, volume_fraction, volume_voxels):
+    return volume_fraction * jnp.sum(w) if volume_voxels is None else volume_voxels
+
+
+def dvh_min(w: jnp.ndarray, dose_gy: float, volume_fraction=None, volume_voxels=None) -> TermFn:
+    """Surrogate of D_v >= dose (at least volume v at or above dose).
+
+    Penalises the voxels that must be raised, those with D_v(current) <= d < dose, quadratically:
+    the usual differentiable DVH-constraint surrogate (Wu and Mohan 2000).
+    """
+
+    def fn(d, t):
+        dv = jax.lax.stop_gradient(dose_at_volume(d, w, _volume_in_weight_units(w, volume_fraction, volume_voxels)))
+        mask = (d >= dv).astype(d.dtype)
+        return _wmean(w, mask * jnp.square(jax.nn.relu(dose_gy - d))) / dose_gy**2
+
+    return fn
+
+
+def dvh_max(w: jnp.ndarray, dose_gy: float, volume_fraction=None, volume_voxels=None) -> TermFn:
+    """Surrogate of D_v <= dose (at most volume v above dose): penalises voxels with
+    dose < d <= D_v(current)."""
+
+    def fn(d, t):
+        dv = jax.lax.stop_gradient(dose_at_volume(d, w, _volume_in_weight_units(w, volume_fraction, volume_voxels)))
+        mask = (d <= dv).astype(d.dtype)
+        return _wmean(w, mask * jnp.square(jax.nn.relu(d - dose_gy))) / dose_gy**2
+
+    return fn
+
+
+def modulation(pairs: np.ndarray) -> TermFn:
+    """Dwell-time modulation restriction: mean squared difference of neighbouring dwell times in a
+    catheter, relative to the mean dwell time (so the weight does not depend on source strength)."""
+    i, j = jnp.asarray(pairs[:, 0]), jnp.asarray(pairs[:, 1])
+
+    def fn(d, t):
+        if pairs.shape[0] == 0:
+            return jnp.zeros((), t.dtype)
+        scale = jax.lax.stop_gradient(jnp.mean(t)) + 1e-6
+        return jnp.mean(jnp.square(t[i] - t[j])) / scale**2
+
+    return fn
+
+
+def combine(terms: Sequence[Term]) -> Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]:
+    """Weighted sum of ``terms`` as one function of (dose, times)."""
+    return lambda d, t: sum(term.weight * term.fn(d, t) for term in terms)
+
+
+def evaluate(terms: Sequence[Term], d: jnp.ndarray, t: jnp.ndarray) -> dict[str, float]:
+    """Each weighted term's value (for reports)."""
+    return {term.name: float(term.weight * term.fn(d, t)) for term in terms}
+
+
+def build_terms(
+    objectives: Sequence,
+    weights: Mapping[str, jnp.ndarray],
+    voxel_volume_cm3: float,
+    neighbour_pairs: np.ndarray,
+    prescription_gy: float,
+) -> list[Term]:
+    """Terms from config objectives (:class:`iortopt.config.Objective`).
+
+    Args:
+        objectives: config entries with type, structure, dose_gy, volume_percent/volume_cc, weight.
+        weights: structure name -> (P,) occupancy on the optimisation voxels.
+        voxel_volume_cm3: converts volume_cc to voxel units.
+        neighbour_pairs: (K, 2) indices of neighbouring active dwells (modulation term).
+        prescription_gy: scale of the mean-dose term when its limit is 0.
+    Raises:
+        KeyError naming an unknown structure (the caller turns it into a ConfigError).
+    """
+    terms = []
+    for k, obj in enumerate(objectives):
+        name = f"{k}:{obj.type}" + (f":{obj.structure}" if obj.structure else "")
+        if obj.type == "modulation":
+            terms.append(Term(name, obj.weight, modulation(neighbour_pairs)))
+            continue
+        if obj.structure not in weights:
+            raise KeyError(f"objectives[{k}].structure: unknown structure {obj.structure!r}; have {sorted(weights)}")
+        w = weights[obj.structure]
+        dose = obj.dose_gy
+        if obj.type in ("underdose", "overdose", "max_dose", "dvh_min", "dvh_max") and dose <= 0:
+            raise ValueError(f"objectives[{k}].dose_gy: must be > 0 for type {obj.type!r}")
+        if obj.type == "underdose":
+            fn = underdose(w, dose)
+        elif obj.type == "overdose":
+            fn = overdose(w, dose)
+        elif obj.type == "max_dose":
+            fn = max_dose(w, dose)
+        elif obj.type == "mean_dose":
+            fn = mean_dose(w, dose, dose if dose > 0 else prescription_gy)
+        else:
+            frac = None if obj.volume_percent is None else obj.volume_percent / 100.0
+            voxels = None if obj.volume_cc is None else obj.volume_cc / voxel_volume_cm3
+            fn = (dvh_min if obj.type == "dvh_min" else dvh_max)(w, dose, frac, voxels)
+        terms.append(Term(name, obj.weight, fn))
+    return terms

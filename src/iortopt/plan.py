@@ -1,0 +1,446 @@
+"""One HDR flap plan from config to outputs: setup, optimisation, full dose, metrics, files.
+
+    prepare_plan(config)        -> PreparedPlan   case, dwells, source, optimisation voxels, terms
+    optimise_and_write(prepared) -> PlanResult    influence matrix, optimiser, full-grid dose,
+                                                  DVHs/metrics/goals, plan.zarr + summary.json + PNGs
+
+The optimisation runs on the voxels that matter (every structure plus ``voxel_margin_mm``), with an
+explicit influence matrix (Gy per second of each dwell) when it fits in ``influence_memory_mb`` and
+matrix-free kernel passes otherwise; the full grid is computed once at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+from scipy import ndimage
+
+from iortopt import __version__, objectives
+from iortopt.anatomy.phantoms import FlapCaseParams, build_flap_case
+from iortopt.applicators import Dwells, select_active
+from iortopt.case import Case
+from iortopt.config import PlanConfig
+from iortopt.errors import ConfigError
+from iortopt.physics.sources import SourceData, load_source
+from iortopt.physics.tg43 import (
+    GY_PER_CGY,
+    SECONDS_PER_HOUR,
+    TG43Kernel,
+    auto_chunk_size,
+    decay_factor,
+    dose_gy,
+    dose_rate_matrix,
+    make_kernel,
+)
+from iortopt.progress import DelayedProgress
+from iortopt.runtime import device_info
+
+
+@dataclass
+class PreparedPlan:
+    config: PlanConfig
+    case: Case
+    dwells: Dwells  # active dwells only
+    all_dwells: Dwells
+    source: SourceData
+    kernel: TG43Kernel
+    sk_U: float
+    opt_mask: np.ndarray  # (nz, ny, nx) bool: optimisation voxels
+    weights: dict[str, np.ndarray]  # structure -> occupancy on optimisation voxels
+    dtype: object
+    setup_s: float
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PlanResult:
+    prepared: PreparedPlan
+    times_s: np.ndarray
+    dose_gy: np.ndarray
+    metrics: dict
+    goals: list[dict]
+    summary: dict
+    out_dir: Path
+
+
+def _as_datetime(value) -> dt.datetime:
+    return value if isinstance(value, dt.datetime) else dt.datetime.combine(value, dt.time())
+
+
+def _case_from_config(cfg: PlanConfig):
+    try:
+        params = FlapCaseParams(**cfg.case.flap)
+    except TypeError as exc:
+        raise ConfigError(f"case.flap: {exc} (see FlapCaseParams for the valid fields)") from None
+    except ValueError as exc:
+        raise ConfigError(f"case.flap: {exc}") from None
+    return build_flap_case(params)
+
+
+def _active_mask(cfg: PlanConfig, case: Case, dwells: Dwells, spacing_mm: float) -> np.ndarray:
+    app = cfg.applicator
+    if app.active == "auto":
+        target = case.structure(cfg.prescription.structure)
+        source_to_surface = float(cfg.case.flap.get("source_to_surface_mm", FlapCaseParams().source_to_surface_mm))
+        try:
+            return select_active(dwells, target.occupancy, case.grid, source_to_surface + app.active_margin_mm + spacing_mm / 2)
+        except ValueError as exc:
+            raise ConfigError(f"applicator.active: {exc}") from None
+    wanted = {tuple(p) for p in app.active}
+    mask = np.array([(int(c), int(i)) in wanted for c, i in zip(dwells.catheter, dwells.index, strict=True)])
+    found = {(int(c), int(i)) for c, i in zip(dwells.catheter[mask], dwells.index[mask], strict=True)}
+    missing = sorted(wanted - found)
+    if missing:
+        raise ConfigError(f"applicator.active: no dwell position (catheter, index) {missing[:5]} in the applicator")
+    return mask
+
+
+def _optimisation_mask(case: Case, margin_mm: float) -> np.ndarray:
+    inside = np.zeros(case.grid.shape_zyx, bool)
+    for s in case.structures:
+        inside |= s.occupancy > 0
+    if margin_mm <= 0:
+        return inside
+    sx, sy, sz = case.grid.spacing_xyz_mm
+    distance = ndimage.distance_transform_edt(~inside, sampling=(sz, sy, sx))
+    return distance <= margin_mm
+
+
+def _check_names(cfg: PlanConfig, case: Case) -> None:
+    names = [s.name for s in case.structures]
+    refs = [("prescription.structure", cfg.prescription.structure)]
+    refs += [(f"objectives[{k}].structure", o.structure) for k, o in enumerate(cfg.objectives) if o.structure]
+    refs += [(f"goals[{k}].structure", g.structure) for k, g in enumerate(cfg.goals)]
+    refs += [(f"radiobiology.alpha_beta_gy.{n}", n) for n in cfg.radiobiology.alpha_beta_gy]
+    for where, name in refs:
+        if name not in names:
+            raise ConfigError(f"{where}: unknown structure {name!r}; the case has {names}")
+    from iortopt.dvh import METRIC_KEYS
+
+    for k, goal in enumerate(cfg.goals):
+        if goal.metric not in METRIC_KEYS:
+            raise ConfigError(f"goals[{k}].metric: unknown metric {goal.metric!r}; expected one of {list(METRIC_KEYS)}")
+
+
+def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
+    """Build the case, dwells, source and optimisation voxels; validate every cross-reference.
+
+    Raises:
+        ConfigError / SourceDataError: with the field or file at fault. Nothing is written.
+    """
+    t0 = time.perf_counter()
+    case, applicator = _case_from_config(cfg)
+    _check_names(cfg, case)
+    all_dwells = applicator.dwells(cfg.applicator.step_mm)
+    active = _active_mask(cfg, case, all_dwells, min(case.grid.spacing_xyz_mm))
+    dwells = all_dwells.subset(active)
+    source = load_source(cfg.source.model)
+    try:
+        kernel = make_kernel(source, cfg.source.formalism, dtype)
+    except ValueError as exc:
+        raise ConfigError(f"source.formalism: {exc}") from None
+    sk = cfg.source.air_kerma_strength_U
+    notes = []
+    if cfg.source.calibration is not None:
+        try:
+            factor = decay_factor(
+                source.half_life_days, _as_datetime(cfg.source.calibration), _as_datetime(cfg.source.treatment)
+            )
+        except ValueError as exc:
+            raise ConfigError(f"source.treatment: {exc}") from None
+        sk *= factor
+        notes.append(f"S_K decayed by {factor:.4f} from calibration to treatment")
+    opt_mask = _optimisation_mask(case, cfg.optimizer.voxel_margin_mm)
+    weights = {s.name: s.occupancy[opt_mask] for s in case.structures}
+    return PreparedPlan(cfg, case, dwells, all_dwells, source, kernel, sk, opt_mask, weights, dtype, time.perf_counter() - t0, notes)
+
+
+def _influence_matrix(points_mm: np.ndarray, dwells: Dwells, kernel: TG43Kernel, sk_U: float, dtype):
+    """(P, N) dose in Gy per second of dwell time, computed in chunks; returns (matrix, compile_s, run_s)."""
+    scale = sk_U * GY_PER_CGY / SECONDS_PER_HOUR
+    chunk = auto_chunk_size(len(dwells))
+    n = points_mm.shape[0]
+    n_chunks = -(-n // chunk)
+    padded = np.zeros((n_chunks * chunk, 3), points_mm.dtype)
+    padded[:n] = points_mm
+
+    def build(pts, pos, axes):
+        rows = jax.lax.map(lambda p: dose_rate_matrix(p, pos, axes, kernel), pts.reshape(n_chunks, chunk, 3))
+        return rows.reshape(n_chunks * chunk, -1)[:n] * scale
+
+    args = (jnp.asarray(padded, dtype), jnp.asarray(dwells.positions_mm, dtype), jnp.asarray(dwells.axes, dtype))
+    t0 = time.perf_counter()
+    compiled = jax.jit(build).lower(*args).compile()
+    t1 = time.perf_counter()
+    matrix = compiled(*args).block_until_ready()
+    return matrix, t1 - t0, time.perf_counter() - t1
+
+
+def _initial_time_s(dose_all_unit_times: np.ndarray, target_w: np.ndarray, rx_gy: float, t_max_s: float) -> float:
+    """The equal dwell time giving the prescription as the mean target dose (below t_max).
+
+    ``dose_all_unit_times``: (P,) dose in Gy with every active dwell at 1 s.
+    """
+    mean = float(np.sum(target_w * dose_all_unit_times) / np.sum(target_w))
+    value = rx_gy / mean if mean > 0 else t_max_s / 2
+    return min(value, 0.9 * t_max_s)
+
+
+def optimise_and_write(prepared: PreparedPlan, out_dir: str | Path, console: Console | None = None) -> PlanResult:
+    """Optimise dwell times, compute the full dose and write every output into ``out_dir``."""
+    cfg, case, dwells, dtype = prepared.config, prepared.case, prepared.dwells, prepared.dtype
+    grid = case.grid
+    timings = {"setup_s": prepared.setup_s}
+    points_opt = grid.points_mm(np.float32)[prepared.opt_mask.reshape(-1)]
+    n_dwells = len(dwells)
+    weights = {k: jnp.asarray(v, dtype) for k, v in prepared.weights.items()}
+    terms = objectives.build_terms(
+        cfg.objectives, weights, grid.voxel_volume_cm3, dwells.neighbour_pairs(), cfg.prescription.dose_gy
+    )
+    total = objectives.combine(terms)
+    matrix_bytes = points_opt.shape[0] * n_dwells * np.dtype(dtype).itemsize
+    use_matrix = cfg.optimizer.influence == "matrix" or (
+        cfg.optimizer.influence == "auto" and matrix_bytes <= cfg.optimizer.influence_memory_mb * 2**20
+    )
+    if use_matrix:
+        matrix, compile_s, run_s = _influence_matrix(points_opt, dwells, prepared.kernel, prepared.sk_U, dtype)
+        timings.update(influence_compile_s=compile_s, influence_s=run_s)
+        dose_of = lambda t: matrix @ t  # noqa: E731
+        unit_dose = np.asarray(matrix @ jnp.ones(n_dwells, dtype))
+    else:
+        pos, axes = jnp.asarray(dwells.positions_mm, dtype), jnp.asarray(dwells.axes, dtype)
+        pts = jnp.asarray(points_opt, dtype)
+        dose_of = lambda t: dose_gy(pts, pos, axes, t, prepared.kernel, prepared.sk_U)  # noqa: E731
+        unit_dose = np.asarray(jax.jit(dose_of)(jnp.ones(n_dwells, dtype)))
+    target_w = prepared.weights[cfg.prescription.structure]
+    t_max = cfg.applicator.max_dwell_time_s
+    init = np.full(n_dwells, _initial_time_s(unit_dose, target_w, cfg.prescription.dose_gy, t_max))
+
+    from iortopt.optimize import minimise
+
+    bar = DelayedProgress(console, cfg.optimizer.max_iterations, "optimising")
+    result = minimise(
+        lambda t: total(dose_of(t), t),
+        init,
+        t_max,
+        method=cfg.optimizer.method,
+        max_iterations=cfg.optimizer.max_iterations,
+        tolerance=cfg.optimizer.tolerance,
+        learning_rate=cfg.optimizer.learning_rate,
+        progress=lambda it, value: bar.update(it, f"objective {value:.4g}"),
+        dtype=dtype,
+    )
+    bar.close()
+    timings.update(optimise_compile_s=result.compile_s, optimise_s=result.optimise_s)
+
+    t0 = time.perf_counter()
+    full = dose_gy(
+        grid.points_mm(np.float32),
+        dwells.positions_mm,
+        dwells.axes,
+        result.times_s,
+        prepared.kernel,
+        prepared.sk_U,
+        chunk_size=cfg.output.dose_chunk_size,
+    )
+    dose = np.asarray(full, np.float32).reshape(grid.shape_zyx)
+    timings["full_dose_s"] = time.perf_counter() - t0
+    times_final = jnp.asarray(result.times_s, dtype)
+    term_values = objectives.evaluate(terms, dose_of(times_final), times_final)
+
+    evaluation = evaluate_plan(prepared, dose)
+    summary = {
+        "plan": cfg.plan.name,
+        "modality": cfg.plan.modality,
+        "iortopt_version": __version__,
+        "prescription_gy": cfg.prescription.dose_gy,
+        "prescription_structure": cfg.prescription.structure,
+        "source": prepared.source.key,
+        "air_kerma_strength_U": prepared.sk_U,
+        "n_dwells_active": n_dwells,
+        "n_dwells_total": len(prepared.all_dwells),
+        "total_treatment_time_s": float(np.sum(result.times_s)),
+        "grid_shape_zyx": list(grid.shape_zyx),
+        "optimisation_voxels": int(points_opt.shape[0]),
+        "influence": "matrix" if use_matrix else "matrix_free",
+        "objective": result.objective,
+        "objective_terms": term_values,
+        "iterations": result.iterations,
+        "converged": result.converged,
+        "stop_reason": result.stop_reason,
+        "method": result.method,
+        "metrics": evaluation["metrics"],
+        "plan_indices": evaluation["indices"],
+        "radiobiology": evaluation["radiobiology"],
+        "goals": evaluation["goals"],
+        "goals_all_met": all(g["met"] for g in evaluation["goals"]),
+        "notes": prepared.notes,
+        "device": device_info(),
+        "precision": np.dtype(dtype).name,
+    }
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    summary["wall_times_s"] = timings
+    _write_outputs(prepared, dose, result.times_s, evaluation, summary, out_dir)
+    timings["write_s"] = time.perf_counter() - t0
+    summary["wall_times_s"] = timings
+    _rewrite_summary(out_dir, summary)
+    return PlanResult(prepared, result.times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir)
+
+
+def evaluate_plan(prepared: PreparedPlan, dose: np.ndarray) -> dict:
+    """DVHs, metrics per structure, plan indices, goals and BED/EQD2 for a full-grid dose."""
+    from iortopt import dvh, radiobiology
+
+    cfg, case = prepared.config, prepared.case
+    rx = cfg.prescription.dose_gy
+    vv = case.grid.voxel_volume_cm3
+    metrics, dvhs = {}, {}
+    for s in case.structures:
+        metrics[s.name] = dvh.structure_metrics(dose, s.occupancy, vv, rx)
+        dvhs[s.name] = dvh.cumulative_dvh(dose, s.occupancy, vv)
+    target = case.structure(cfg.prescription.structure)
+    indices = dvh.plan_indices(dose, target.occupancy, {s.name: s.occupancy for s in case.oars}, rx, vv)
+    goals = []
+    for g in cfg.goals:
+        value = metrics[g.structure][g.metric]
+        met = bool(np.isfinite(value) and (value >= g.value if g.op == ">=" else value <= g.value))
+        goals.append({"structure": g.structure, "metric": g.metric, "op": g.op, "limit": g.value, "value": value, "met": met})
+    bio = {}
+    n = cfg.prescription.n_fractions
+    for name, ab in cfg.radiobiology.alpha_beta_gy.items():
+        m = metrics[name]
+        bio[name] = {
+            "model": "linear-quadratic (disputed above ~10 Gy per fraction)",
+            "alpha_beta_gy": ab,
+            "n_fractions": n,
+            "D90_BED_gy": float(radiobiology.bed_gy(m["D90_gy"], n, ab)),
+            "D90_EQD2_gy": float(radiobiology.eqd2_gy(m["D90_gy"], n, ab)),
+            "D2cc_EQD2_gy": float(radiobiology.eqd2_gy(m["D2cc_gy"], n, ab)),
+        }
+    return {"metrics": metrics, "dvhs": dvhs, "indices": indices, "goals": goals, "radiobiology": bio}
+
+
+def _provenance(prepared: PreparedPlan) -> dict:
+    return {
+        "iortopt_version": __version__,
+        "source": prepared.source.key,
+        "source_citation": prepared.source.citation,
+        "formalism": prepared.config.source.formalism,
+        "air_kerma_strength_U": prepared.sk_U,
+        "device": device_info(),
+        "precision": np.dtype(prepared.dtype).name,
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "case": prepared.case.name,
+    }
+
+
+def _write_outputs(prepared, dose, times_s, evaluation, summary, out_dir: Path) -> None:
+    """Write everything into a temporary folder beside ``out_dir``, then swap it into place."""
+    from iortopt import report
+    from iortopt.io.store import _to_jsonable, write_plan_store
+
+    cfg, case = prepared.config, prepared.case
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        d = prepared.dwells
+        write_plan_store(
+            tmp / "plan.zarr",
+            {
+                "grid": case.grid,
+                "dose_gy": dose,
+                "structures": [(s.name, s.role, s.occupancy) for s in case.structures],
+                "dwells": {
+                    "positions_mm": d.positions_mm,
+                    "axes": d.axes,
+                    "times_s": times_s,
+                    "catheter": d.catheter,
+                    "index": d.index,
+                },
+                "dvhs": evaluation["dvhs"],
+                "attrs": {
+                    "config": cfg.model_dump(mode="json"),
+                    "provenance": _provenance(prepared),
+                    "metrics": evaluation["metrics"],
+                    "summary": summary,
+                },
+            },
+        )
+        (tmp / "summary.json").write_text(json.dumps(_to_jsonable(summary), indent=2))
+        rx = cfg.prescription.dose_gy
+        report.plot_dvh(evaluation["dvhs"], tmp / "dvh.png", prescription_gy=rx, title=cfg.plan.name)
+        report.plot_dose_slices(
+            dose,
+            case.grid,
+            case.structures,
+            tmp / "dose_slices.png",
+            [rx * p / 100 for p in cfg.output.isodose_percent],
+            dwell_positions_mm=d.positions_mm,
+            title=f"{cfg.plan.name}: dose (Gy)",
+        )
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rewrite_summary(out_dir: Path, summary: dict) -> None:
+    from iortopt.io.store import _to_jsonable
+
+    tmp = out_dir / ".summary.json.tmp"
+    tmp.write_text(json.dumps(_to_jsonable(summary), indent=2))
+    os.replace(tmp, out_dir / "summary.json")
+
+
+def print_summary(result: PlanResult, console: Console) -> None:
+    """Metrics table, clinical goals (met or not) and timings on the terminal."""
+    s = result.summary
+    table = Table(title=f"{s['plan']}: dose metrics (prescription {s['prescription_gy']:g} Gy)")
+    cols = ["structure", "volume cm3", "mean Gy", "max Gy", "D98 Gy", "D90 Gy", "D2cc Gy", "D0.1cc Gy", "V100 %"]
+    keys = ["volume_cm3", "mean_gy", "max_gy", "D98_gy", "D90_gy", "D2cc_gy", "D0.1cc_gy", "V100_percent"]
+    for c in cols:
+        table.add_column(c, justify="right" if c != "structure" else "left")
+    for name, m in s["metrics"].items():
+        table.add_row(name, *[f"{m[k]:.2f}" if np.isfinite(m[k]) else "-" for k in keys])
+    console.print(table)
+    goals = Table(title="Clinical goals")
+    for c in ("structure", "goal", "value", "met"):
+        goals.add_column(c)
+    for g in s["goals"]:
+        goals.add_row(
+            g["structure"], f"{g['metric']} {g['op']} {g['limit']:g}", f"{g['value']:.2f}", "[green]yes[/]" if g["met"] else "[red]NO[/]"
+        )
+    console.print(goals)
+    idx = s["plan_indices"]
+    console.print(
+        "indices: " + ", ".join(f"{k} {v:.3f}" for k, v in idx.items() if isinstance(v, float)),
+        highlight=False,
+    )
+    w = s["wall_times_s"]
+    console.print(
+        f"{s['n_dwells_active']} active dwells, total time {s['total_treatment_time_s']:.1f} s at S_K {s['air_kerma_strength_U']:.0f} U; "
+        f"{s['iterations']} iterations ({s['stop_reason']}); "
+        + ", ".join(f"{k} {v:.2f}" for k, v in w.items())
+        + f"; outputs in {result.out_dir}",
+        highlight=False,
+    )

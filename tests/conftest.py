@@ -1,0 +1,39 @@
+"""Shared test setup: float64 is enabled for the whole session (validation runs in double).
+
+Tests of the float32 engine run inside the ``no_x64`` fixture, so that they exercise float32
+arithmetic as it runs on accelerators (where x64 is off), not a float32/float64 mix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import pytest  # noqa: E402
+
+TESTS_DIR = Path(__file__).resolve().parent
+DATA_DIR = TESTS_DIR / "data"
+
+
+def x64_disabled():
+    """Context manager that turns jax x64 off (``jax.enable_x64`` in new jax, else experimental)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(False)
+    from jax.experimental import disable_x64  # jax < 0.7
+
+    return disable_x64()
+
+
+@pytest.fixture
+def no_x64():
+    """Run the test body with jax x64 disabled (pure float32, as on a GPU by default)."""
+    with x64_disabled():
+        yield
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return DATA_DIR

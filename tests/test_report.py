@@ -1,0 +1,83 @@
+"""Report figures: valid PNGs written atomically; importing the module does not load matplotlib."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from iortopt import dvh, report
+from iortopt.case import Structure
+from iortopt.grid import Grid
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def small_case():
+    grid = Grid((12, 14, 16), (2.0, 2.0, 2.5), (-15.0, -13.0, -12.5))
+    z, y, x = np.meshgrid(grid.axis_mm("z"), grid.axis_mm("y"), grid.axis_mm("x"), indexing="ij")
+    r2 = x**2 + y**2 + z**2
+    dose = 200.0 / (r2 + 4.0)
+    target = (r2 <= 8.0**2).astype(np.float32)
+    oar = (((x - 8.0) ** 2 + y**2 + (z + 8.0) ** 2) <= 5.0**2).astype(np.float32)
+    structures = (Structure("CTV", "target", target), Structure("rectum", "oar", oar))
+    return grid, dose, structures
+
+
+def assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC
+    assert len(data) > 10_000
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no temp files left
+
+
+def test_plot_dvh(tmp_path, small_case):
+    grid, dose, structures = small_case
+    vv = grid.voxel_volume_cm3
+    dvhs = {s.name: dvh.cumulative_dvh(dose, s.occupancy, vv) for s in structures}
+    out = report.plot_dvh(dvhs, tmp_path / "dvh.png", prescription_gy=5.0, title="test")
+    assert out == tmp_path / "dvh.png"
+    assert_png(out)
+
+
+def test_plot_dose_slices(tmp_path, small_case):
+    grid, dose, structures = small_case
+    dwells = np.array([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [100.0, 0.0, 0.0]])
+    out = report.plot_dose_slices(dose, grid, structures, tmp_path / "slices.png", [2.0, 5.0, 10.0],
+                                  dwell_positions_mm=dwells, title="test")  # fmt: skip
+    assert_png(out)
+
+
+def test_plot_overwrites_and_failure_leaves_nothing(tmp_path, small_case, monkeypatch):
+    grid, dose, structures = small_case
+    path = tmp_path / "slices.png"
+    for _ in range(2):
+        report.plot_dose_slices(dose, grid, structures, path, [5.0], centre_xyz_mm=(0, 0, 0))
+    assert_png(path)
+
+    from matplotlib.figure import Figure
+
+    def broken_savefig(self, fh, **kwargs):
+        fh.write(PNG_MAGIC)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(RuntimeError, match="disk full"):
+        report.plot_dvh({}, tmp_path / "new.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["slices.png"]
+
+
+def test_default_centre_is_target_centroid():
+    grid = Grid((5, 6, 7), (1.0, 2.0, 3.0), (10.0, 20.0, 30.0))
+    occ = np.zeros(grid.shape_zyx, np.float32)
+    occ[3, 2, 1] = 1.0
+    occ[3, 2, 5] = 0.5  # x indices 1 (weight 1) and 5 (weight 0.5): centroid x index 7/3
+    centre = report._default_centre_xyz_mm(grid, [Structure("T", "target", occ)])
+    assert np.allclose(centre, [10.0 + 7 / 3, 20.0 + 2 * 2.0, 30.0 + 3 * 3.0])
+
+
+def test_import_is_cheap():
+    code = "import sys, iortopt.report; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
