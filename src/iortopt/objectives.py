@@ -104,6 +104,13 @@ def modulation(pairs: np.ndarray) -> TermFn:
     return fn
 
 
+def on_voxels(index: np.ndarray, fn: TermFn) -> TermFn:
+    """Restrict a term to the voxels ``index`` of the dose vector (a structure's own voxels), so
+    sorts and sums run over the structure rather than every optimisation voxel."""
+    idx = jnp.asarray(index)
+    return lambda d, t: fn(d[idx], t)
+
+
 def combine(terms: Sequence[Term]) -> Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]:
     """Weighted sum of ``terms`` as one function of (dose, times)."""
     return lambda d, t: sum(term.weight * term.fn(d, t) for term in terms)
@@ -140,7 +147,10 @@ def build_terms(
             continue
         if obj.structure not in weights:
             raise KeyError(f"objectives[{k}].structure: unknown structure {obj.structure!r}; have {sorted(weights)}")
-        w = weights[obj.structure]
+        inside = np.flatnonzero(np.asarray(weights[obj.structure]) > 0)
+        if inside.size == 0:
+            raise ValueError(f"objectives[{k}].structure: {obj.structure!r} has no voxels on the grid")
+        w = jnp.asarray(weights[obj.structure])[inside]
         dose = obj.dose_gy
         if obj.type in ("underdose", "overdose", "max_dose", "dvh_min", "dvh_max") and dose <= 0:
             raise ValueError(f"objectives[{k}].dose_gy: must be > 0 for type {obj.type!r}")
@@ -156,5 +166,5 @@ def build_terms(
             frac = None if obj.volume_percent is None else obj.volume_percent / 100.0
             voxels = None if obj.volume_cc is None else obj.volume_cc / voxel_volume_cm3
             fn = (dvh_min if obj.type == "dvh_min" else dvh_max)(w, dose, frac, voxels)
-        terms.append(Term(name, obj.weight, fn))
+        terms.append(Term(name, obj.weight, on_voxels(inside, fn)))
     return terms

@@ -382,7 +382,9 @@ def _write_outputs(prepared, dose, times_s, evaluation, summary, out_dir: Path) 
         )
         (tmp / "summary.json").write_text(json.dumps(_to_jsonable(summary), indent=2))
         rx = cfg.prescription.dose_gy
-        report.plot_dvh(evaluation["dvhs"], tmp / "dvh.png", prescription_gy=rx, title=cfg.plan.name)
+        clinical = {s.name for s in case.structures if s.role != "other"}
+        dvhs = {k: v for k, v in evaluation["dvhs"].items() if k in clinical}
+        report.plot_dvh(dvhs, tmp / "dvh.png", prescription_gy=rx, title=cfg.plan.name)
         report.plot_dose_slices(
             dose,
             case.grid,
@@ -420,7 +422,10 @@ def print_summary(result: PlanResult, console: Console) -> None:
     keys = ["volume_cm3", "mean_gy", "max_gy", "D98_gy", "D90_gy", "D2cc_gy", "D0.1cc_gy", "V100_percent"]
     for c in cols:
         table.add_column(c, justify="right" if c != "structure" else "left")
+    roles = {st.name: st.role for st in result.prepared.case.structures}
     for name, m in s["metrics"].items():
+        if roles.get(name) == "other":
+            continue
         table.add_row(name, *[f"{m[k]:.2f}" if np.isfinite(m[k]) else "-" for k in keys])
     console.print(table)
     goals = Table(title="Clinical goals")
