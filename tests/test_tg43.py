@@ -30,6 +30,12 @@ from iortopt.physics.tg43 import (
     make_kernel,
 )
 
+# Jitted entry points (the kernel is a pytree argument): one compilation per shape instead of
+# op-by-op dispatch keeps the suite fast. The QA-table tests run the functions eagerly.
+jit_dose_gy = jax.jit(dose_gy, static_argnames=("chunk_size",))
+jit_rate_matrix = jax.jit(dose_rate_matrix)
+jit_rate = jax.jit(dose_rate_per_sk)
+
 DATA_DIR = Path(__file__).resolve().parent / "data"
 REFERENCE_DIR = Path("/work/shared/reference/tg43")  # optional full-table cross-check
 
@@ -129,7 +135,7 @@ def test_consensus_along_away_table_float32(name, no_x64):
 def test_published_qa_points_directly(name):
     """Independent of the packaged QA file: literal consensus values at r >= 2 cm within 0.3 %."""
     z, y = np.array(QA_POINTS, dtype=float).T
-    got = np.asarray(dose_rate_per_sk(jnp.asarray(z), jnp.asarray(y), kernel(hebd(name))))
+    got = np.asarray(jit_rate(jnp.asarray(z), jnp.asarray(y), kernel(hebd(name))))
     np.testing.assert_allclose(got, PUBLISHED_QA[name], rtol=3e-3)
 
 
@@ -249,7 +255,7 @@ def test_one_d_point_source_equals_clrp_tables(r_cm, g_p, phi_an):
     """1-D formalism: S_K Lambda (r0/r)^2 g_P(r) phi_an(r), the same at every angle."""
     theta = np.deg2rad(np.array([0.0, 20.0, 63.0, 90.0, 140.0, 180.0]))
     z, y = r_cm * np.cos(theta), np.abs(r_cm * np.sin(theta))
-    got = np.asarray(dose_rate_per_sk(jnp.asarray(z), jnp.asarray(y), kernel("mHDR-v2_CLRP", formalism="1d")))
+    got = np.asarray(jit_rate(jnp.asarray(z), jnp.asarray(y), kernel("mHDR-v2_CLRP", formalism="1d")))
     np.testing.assert_allclose(got, 1.109 / r_cm**2 * g_p * phi_an, rtol=1e-12)
 
 
@@ -275,7 +281,7 @@ def test_dose_in_gray_units():
     normal = np.cross(axis[0], [0.0, 0.0, 1.0])
     position = np.array([[3.0, -4.0, 7.0]])
     point = position + 10.0 * normal / np.linalg.norm(normal)  # 10 mm away, theta = 90 deg
-    got = float(dose_gy(point, position, axis, np.array([36.0]), k, SK_U)[0])
+    got = float(jit_dose_gy(point, position, axis, np.array([36.0]), k, SK_U)[0])
     assert got == pytest.approx(40000 * 1.10942 * 0.01 * 0.01, rel=1e-12)
     assert got == pytest.approx(4.437680, abs=5e-7)
 
@@ -291,7 +297,7 @@ def test_source_axis_convention_tip_side_positive_z():
     z, y = np.array(list(MHDR_V2_QA_AXIS), dtype=float).T
     want = list(MHDR_V2_QA_AXIS.values())
     points = position + 10.0 * (np.outer(z, axis) + np.outer(y, normal))
-    got = np.asarray(dose_rate_matrix(points, position[None], 3.0 * axis[None], kernel(hebd("mHDR-v2"))))
+    got = np.asarray(jit_rate_matrix(points, position[None], 3.0 * axis[None], kernel(hebd("mHDR-v2"))))
     np.testing.assert_allclose(got[:, 0], want, rtol=3e-3)
     assert got[0, 0] > 1.1 * got[1, 0]  # the tip side is hotter than the cable side at 5 cm
 
@@ -336,9 +342,9 @@ def test_linearity_in_dwell_times():
     t1, t2 = rng.uniform(0, 20, len(positions)), rng.uniform(0, 20, len(positions))
     a, b = 2.5, -0.7
     k = kernel(hebd("mHDR-v2"))
-    lhs = np.asarray(dose_gy(points, positions, axes, a * t1 + b * t2, k, SK_U))
-    rhs = a * np.asarray(dose_gy(points, positions, axes, t1, k, SK_U)) + b * np.asarray(
-        dose_gy(points, positions, axes, t2, k, SK_U)
+    lhs = np.asarray(jit_dose_gy(points, positions, axes, a * t1 + b * t2, k, SK_U))
+    rhs = a * np.asarray(jit_dose_gy(points, positions, axes, t1, k, SK_U)) + b * np.asarray(
+        jit_dose_gy(points, positions, axes, t2, k, SK_U)
     )
     np.testing.assert_allclose(lhs, rhs, rtol=1e-11, atol=1e-12 * np.abs(lhs).max())
 
@@ -356,8 +362,8 @@ def test_azimuthal_symmetry_about_the_source_axis():
     angle = rng.uniform(0, 2 * np.pi, len(points))
     rotated = origin + rotate_about_axis(points - origin, axis, angle)
     k = kernel(hebd("GammaMedPlus"))
-    d0 = np.asarray(dose_gy(points, positions, axes, times, k, SK_U))
-    d1 = np.asarray(dose_gy(rotated, positions, axes, times, k, SK_U))
+    d0 = np.asarray(jit_dose_gy(points, positions, axes, times, k, SK_U))
+    d1 = np.asarray(jit_dose_gy(rotated, positions, axes, times, k, SK_U))
     np.testing.assert_allclose(d1, d0, rtol=1e-10)
 
 
@@ -368,8 +374,8 @@ def test_rigid_motion_invariance():
     points = _random_points(rng, 400)
     rot, shift = random_rotation(rng), rng.uniform(-50, 50, 3)
     k = kernel(hebd("Flexisource"))
-    d0 = np.asarray(dose_gy(points, positions, axes, times, k, SK_U))
-    d1 = np.asarray(dose_gy(points @ rot.T + shift, positions @ rot.T + shift, axes @ rot.T, times, k, SK_U))
+    d0 = np.asarray(jit_dose_gy(points, positions, axes, times, k, SK_U))
+    d1 = np.asarray(jit_dose_gy(points @ rot.T + shift, positions @ rot.T + shift, axes @ rot.T, times, k, SK_U))
     np.testing.assert_allclose(d1, d0, rtol=1e-10)
 
 
@@ -382,11 +388,11 @@ def test_reversing_the_source_axis_mirrors_z():
     rel = points - position
     mirrored = position + rel - 2.0 * np.outer(rel @ axis, axis)
     k = kernel(hebd("M-19"))
-    forward = np.asarray(dose_rate_matrix(points, position[None], axis[None], k))[:, 0]
-    backward = np.asarray(dose_rate_matrix(mirrored, position[None], -axis[None], k))[:, 0]
+    forward = np.asarray(jit_rate_matrix(points, position[None], axis[None], k))[:, 0]
+    backward = np.asarray(jit_rate_matrix(mirrored, position[None], -axis[None], k))[:, 0]
     np.testing.assert_allclose(backward, forward, rtol=1e-12)
     # ... and the axis direction matters (tip and cable sides differ), so this is not vacuous.
-    same_points_reversed = np.asarray(dose_rate_matrix(points, position[None], -axis[None], k))[:, 0]
+    same_points_reversed = np.asarray(jit_rate_matrix(points, position[None], -axis[None], k))[:, 0]
     assert np.max(np.abs(same_points_reversed / forward - 1.0)) > 0.02
 
 
@@ -412,12 +418,12 @@ def test_float32_matches_float64_on_a_grid():
     points = _small_grid_points()
     positions, axes = curved_catheters()
     times = np.random.default_rng(4).uniform(1, 20, len(positions))
-    d64 = np.asarray(dose_gy(points, positions, axes, times, kernel(hebd("mHDR-v2")), SK_U))
+    d64 = np.asarray(jit_dose_gy(points, positions, axes, times, kernel(hebd("mHDR-v2")), SK_U))
     assert d64.dtype == np.float64
     with x64(False):  # pure float32, as on an accelerator
         k32 = make_kernel(load_source(hebd("mHDR-v2")), dtype=jnp.float32)
         args = [a.astype(np.float32) for a in (points, positions, axes, times)]
-        d32 = dose_gy(*args, k32, SK_U)
+        d32 = jit_dose_gy(*args, k32, SK_U)
         assert d32.dtype == jnp.float32
         d32 = np.asarray(d32, np.float64)
     mask = d64 > 0.01 * d64.max()
@@ -459,6 +465,13 @@ def _special_point(kind: str) -> np.ndarray:
     }[kind]
 
 
+def _total_dose(times, positions, points, axes, k):
+    return jnp.sum(dose_gy(points, positions, axes, times, k, SK_U))
+
+
+grad_wrt_times = jax.jit(jax.grad(_total_dose, argnums=0))
+grad_wrt_positions = jax.jit(jax.grad(_total_dose, argnums=1))
+
 SPECIAL_POINTS = [
     "at_dwell",
     "on_axis_between_dwells",
@@ -476,7 +489,7 @@ def test_gradient_wrt_dwell_times_is_finite(kind, dtype_name):
     point = _special_point(kind)[None]
     k = kernel(hebd("mHDR-v2"), dtype_name)
     times = jnp.asarray(np.linspace(1.0, 7.0, len(positions)), k.g_values.dtype)
-    grad = jax.grad(lambda t: jnp.sum(dose_gy(point, positions, axes, t, k, SK_U)))(times)
+    grad = grad_wrt_times(times, jnp.asarray(positions, times.dtype), point, axes, k)
     assert np.all(np.isfinite(np.asarray(grad)))
     assert np.all(np.asarray(grad) > 0)
 
@@ -489,7 +502,7 @@ def test_gradient_wrt_positions_is_finite(kind, dtype_name):
     k = kernel(hebd("mHDR-v2"), dtype_name)
     times = np.linspace(1.0, 7.0, len(positions))
     pos = jnp.asarray(positions, k.g_values.dtype)
-    grad = jax.grad(lambda p: jnp.sum(dose_gy(point, p, axes, times, k, SK_U)))(pos)
+    grad = grad_wrt_positions(jnp.asarray(times, pos.dtype), pos, point, axes, k)
     assert np.all(np.isfinite(np.asarray(grad))), np.asarray(grad)
 
 
@@ -506,7 +519,7 @@ def test_gradient_wrt_positions_matches_finite_differences():
 
     @jax.jit
     def objective(p):
-        return jnp.dot(weights, dose_gy(points, p, axes, times, k, SK_U))
+        return jnp.dot(weights, jit_dose_gy(points, p, axes, times, k, SK_U))
 
     grad = np.asarray(jax.grad(objective)(jnp.asarray(positions)))
     h = 1e-6  # mm: far below the table node spacing (0.1 mm in r, 2 deg in theta)
@@ -528,8 +541,8 @@ def test_chunk_sizes_agree():
     points = _random_points(rng, 7001, (0.0, 0.0, -10.0), 50.0)  # > one automatic chunk (20 dwells)
     times = rng.uniform(1, 20, len(positions))
     k = kernel(hebd("VS2000"))
-    whole = np.asarray(dose_gy(points, positions, axes, times, k, SK_U, chunk_size=None))
+    whole = np.asarray(jit_dose_gy(points, positions, axes, times, k, SK_U, chunk_size=None))
     for chunk in (0, 37, 4096, 10000):
-        got = np.asarray(dose_gy(points, positions, axes, times, k, SK_U, chunk_size=chunk))
+        got = np.asarray(jit_dose_gy(points, positions, axes, times, k, SK_U, chunk_size=chunk))
         assert got.shape == whole.shape
         np.testing.assert_allclose(got, whole, rtol=1e-12, err_msg=f"chunk_size={chunk}")

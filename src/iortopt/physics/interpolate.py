@@ -46,8 +46,8 @@ def uniform_axis(knots: np.ndarray, max_nodes: int = MAX_NODES) -> UniformAxis:
     for intervals in range(1, max_nodes):
         pos = rel * intervals
         if np.all(np.abs(pos - np.round(pos)) < 1e-7 * intervals):
-            return UniformAxis(float(knots[0]), intervals / span, intervals + 1, True)
-    return UniformAxis(float(knots[0]), (max_nodes - 1) / span, max_nodes, False)
+            return UniformAxis(float(knots[0]), float(intervals / span), intervals + 1, True)
+    return UniformAxis(float(knots[0]), float((max_nodes - 1) / span), max_nodes, False)
 
 
 def nodes(axis: UniformAxis) -> np.ndarray:

@@ -34,6 +34,8 @@ from iortopt.physics.sources import SourceData
 SECONDS_PER_HOUR = 3600.0
 GY_PER_CGY = 0.01
 FORMALISMS = ("2d", "1d")
+#: Squared distance (cm^2) below which a point counts as on the source axis (1e-6 cm away).
+Y2_FLOOR_CM2 = 1e-12
 #: Point x dwell pairs evaluated per chunk by default (see :func:`auto_chunk_size`).
 PAIRS_PER_CHUNK = 131072
 #: Minimum distance (cm) from a dwell centre and from the axis beside the active core.
@@ -148,7 +150,8 @@ def along_away_cm(
     dz = points_cm[:, 2:3] - positions_cm[None, :, 2]
     z = dx * axes[None, :, 0] + dy * axes[None, :, 1] + dz * axes[None, :, 2]
     y2 = dx * dx + dy * dy + dz * dz - z * z
-    return z, jnp.sqrt(jnp.maximum(y2, 0.0))
+    # The floor keeps sqrt's gradient finite on the axis (y = 0), where it would be infinite.
+    return z, jnp.sqrt(jnp.maximum(y2, Y2_FLOOR_CM2))
 
 
 def normalise_axes(axes: jnp.ndarray) -> jnp.ndarray:

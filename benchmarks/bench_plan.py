@@ -1,0 +1,101 @@
+"""Benchmark whole plans: setup, compile, optimisation and full-dose wall times, peak memory.
+
+Usage::
+
+    python benchmarks/bench_plan.py                       # built-in case
+    python benchmarks/bench_plan.py configs/flap_large_gpu.toml --device gpu
+
+Prints a summary and writes ``benchmarks/results/plan_<name>_<device>_<utc>.json`` (via a temporary
+name), plus a markdown row for ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def device_peak_mib() -> float | None:
+    import jax
+
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", default=None, help="plan config (default: built-in case)")
+    parser.add_argument("--device", choices=["cpu", "gpu"], default=None)
+    parser.add_argument("--precision", choices=["float32", "float64"], default="float32")
+    parser.add_argument("--out", default=str(HERE / "results"))
+    args = parser.parse_args(argv)
+
+    from iortopt.runtime import configure, device_info
+
+    t_start = time.perf_counter()
+    dtype = configure(args.device, args.precision)
+    from iortopt.config import load_config
+    from iortopt.plan import optimise_and_write, prepare_plan
+
+    cfg = load_config(args.config)
+    prepared = prepare_plan(cfg, dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = optimise_and_write(prepared, Path(tmp) / "plan", console=None)
+    total = time.perf_counter() - t_start
+    s = result.summary
+    record = {
+        "benchmark": "plan",
+        "config": args.config or "built-in flap_default",
+        "plan": cfg.plan.name,
+        "utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "device": device_info(),
+        "precision": args.precision,
+        "grid_shape_zyx": s["grid_shape_zyx"],
+        "n_voxels": int(prepared.case.grid.n_voxels),
+        "optimisation_voxels": s["optimisation_voxels"],
+        "n_dwells_active": s["n_dwells_active"],
+        "influence": s["influence"],
+        "iterations": s["iterations"],
+        "goals_all_met": s["goals_all_met"],
+        "wall_times_s": s["wall_times_s"],
+        "total_wall_s_incl_imports_and_compile": total,
+        "peak_host_rss_mib": peak_rss_mib(),
+        "peak_device_mib": device_peak_mib(),
+        "cpu_count": os.cpu_count(),
+    }
+    w = s["wall_times_s"]
+    print(json.dumps(record, indent=2))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = record["utc"].replace(":", "").replace("-", "")
+    path = out / f"plan_{cfg.plan.name}_{record['device']['platform']}_{stamp}.json"
+    tmp_path = path.with_name(path.name + ".tmp")
+    tmp_path.write_text(json.dumps(record, indent=2))
+    tmp_path.replace(path)
+    print(f"\nwrote {path}")
+    print(
+        f"| {record['utc'][:10]} | plan {cfg.plan.name} | {record['device']['device_kind']} | "
+        f"{'x'.join(map(str, s['grid_shape_zyx']))} ({record['n_voxels']} vox), {s['n_dwells_active']} dwells, "
+        f"{s['optimisation_voxels']} opt vox | setup {w['setup_s']:.2f} s, compile {w['optimise_compile_s']:.2f} s, "
+        f"optimise {w['optimise_s']:.2f} s ({s['iterations']} it), full dose {w['full_dose_s']:.2f} s, "
+        f"total {total:.1f} s | RSS {record['peak_host_rss_mib']:.0f} MiB |"
+    )
+    return record
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
