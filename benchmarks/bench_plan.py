@@ -37,8 +37,12 @@ def device_peak_mib() -> float | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", nargs="?", default=None, help="plan config (default: built-in case)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "config", nargs="?", default=None, help="plan config (default: built-in case)"
+    )
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None)
     parser.add_argument("--precision", choices=["float32", "float64"], default="float32")
     parser.add_argument("--out", default=str(HERE / "results"))
@@ -89,9 +93,11 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nwrote {path}")
     print(
         f"| {record['utc'][:10]} | plan {cfg.plan.name} | {record['device']['device_kind']} | "
-        f"{'x'.join(map(str, s['grid_shape_zyx']))} ({record['n_voxels']} vox), {s['n_dwells_active']} dwells, "
-        f"{s['optimisation_voxels']} opt vox | setup {w['setup_s']:.2f} s, compile {w['optimise_compile_s']:.2f} s, "
-        f"optimise {w['optimise_s']:.2f} s ({s['iterations']} it), full dose {w['full_dose_s']:.2f} s, "
+        f"{'x'.join(map(str, s['grid_shape_zyx']))} ({record['n_voxels']} vox), "
+        f"{s['n_dwells_active']} dwells, {s['optimisation_voxels']} opt vox | "
+        f"setup {w['setup_s']:.2f} s, compile {w['optimise_compile_s']:.2f} s, "
+        f"optimise {w['optimise_s']:.2f} s ({s['iterations']} it), "
+        f"full dose {w['full_dose_s']:.2f} s, "
         f"total {total:.1f} s | RSS {record['peak_host_rss_mib']:.0f} MiB |"
     )
     return record

@@ -69,7 +69,9 @@ def f_table(rows: list[dict[str, str]]) -> tuple[list[float], list[float], list[
     return thetas, radii, grid
 
 
-def write_source(name: str, dataset: str, summary: dict[str, str], citation: str, ref: Path) -> None:
+def write_source(
+    name: str, dataset: str, summary: dict[str, str], citation: str, ref: Path
+) -> None:
     prefix = summary["csv_file_prefix"]
     lines = [
         f"# TG-43 source data: {name}, dataset {dataset}.",
@@ -138,19 +140,31 @@ def write_qa(name: str, ref: Path) -> None:
         fh.write("# flags: 1 = interpolated/extrapolated or inside the source (consensus fonts).\n")
         writer = csv.writer(fh)
         writer.writerow(
-            ["z_along_cm", "y_away_cm", "dose_rate_cGy_h-1_U-1", "flag_interp_or_extrap",
-             "flag_inside_source"]
+            [
+                "z_along_cm",
+                "y_away_cm",
+                "dose_rate_cGy_h-1_U-1",
+                "flag_interp_or_extrap",
+                "flag_inside_source",
+            ]
         )
         for r in rows:
             writer.writerow(
-                [r["z_along_cm"], r["y_away_cm"], r["dose_rate_per_SK_cGy_h-1_U-1"],
-                 r["flag_interp_or_extrap"], r["flag_inside_source"]]
+                [
+                    r["z_along_cm"],
+                    r["y_away_cm"],
+                    r["dose_rate_per_SK_cGy_h-1_U-1"],
+                    r["flag_interp_or_extrap"],
+                    r["flag_inside_source"],
+                ]
             )
     print("wrote", out.relative_to(ROOT))
 
 
 def main(ref: Path) -> None:
-    summary = {(r["source_model"], r["dataset"]): r for r in read_csv(ref / "tg43_source_summary.csv")}
+    summary = {
+        (r["source_model"], r["dataset"]): r for r in read_csv(ref / "tg43_source_summary.csv")
+    }
     OUT_SOURCES.mkdir(parents=True, exist_ok=True)
     OUT_QA.mkdir(parents=True, exist_ok=True)
     for name in HEBD_SOURCES:

@@ -23,7 +23,12 @@ def builtin_run(tmp_path_factory):
 
 def test_outputs_exist_and_open(builtin_run):
     out, output = builtin_run
-    assert sorted(p.name for p in out.iterdir()) == ["dose_slices.png", "dvh.png", "plan.zarr", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dose_slices.png",
+        "dvh.png",
+        "plan.zarr",
+        "summary.json",
+    ]
     for png in ("dvh.png", "dose_slices.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     root = zarr.open_group(str(out / "plan.zarr"), mode="r")

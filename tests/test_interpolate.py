@@ -94,7 +94,9 @@ def test_below_first_knot_is_nearest_and_above_last_is_linear():
     knots = np.array([0.25, 0.5, 1.0, 2.0])
     values = np.array([2.0, 1.0, 4.0, 3.0])
     axis, table = resample_1d(knots, values)
-    got = np.asarray(interp1d(axis, jnp.asarray(table), jnp.array([-1.0, 0.0, 0.25, 2.0, 3.0, 4.0])))
+    got = np.asarray(
+        interp1d(axis, jnp.asarray(table), jnp.array([-1.0, 0.0, 0.25, 2.0, 3.0, 4.0]))
+    )
     # Below 0.25: first value 2; above 2: slope of the last interval (-1 per unit).
     np.testing.assert_allclose(got, [2.0, 2.0, 2.0, 3.0, 2.0, 1.0], atol=1e-12)
 

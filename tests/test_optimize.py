@@ -23,15 +23,21 @@ def small_problem():
     z = np.arange(-20.0, 20.1, 5.0)
     positions = np.array([[x, 0.0, zz] for x in (-5.0, 5.0) for zz in z])
     axes = np.tile([0.0, 0.0, 1.0], (len(positions), 1))
-    gx, gy, gz = np.meshgrid(np.arange(-14, 15, 4.0), np.arange(5, 16, 2.5), np.arange(-20, 21, 4.0))
+    gx, gy, gz = np.meshgrid(
+        np.arange(-14, 15, 4.0), np.arange(5, 16, 2.5), np.arange(-20, 21, 4.0)
+    )
     points = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
-    rate = np.asarray(dose_rate_matrix(jnp.asarray(points), jnp.asarray(positions), jnp.asarray(axes), kernel))
+    rate = np.asarray(
+        dose_rate_matrix(jnp.asarray(points), jnp.asarray(positions), jnp.asarray(axes), kernel)
+    )
     matrix = rate * SK_U * GY_PER_CGY / SECONDS_PER_HOUR  # Gy per second
     return matrix, positions
 
 
 def scipy_optimum(matrix):
-    ref = lsq_linear(matrix, np.full(matrix.shape[0], RX_GY), bounds=(0.0, T_MAX_S), tol=1e-12, max_iter=5000)
+    ref = lsq_linear(
+        matrix, np.full(matrix.shape[0], RX_GY), bounds=(0.0, T_MAX_S), tol=1e-12, max_iter=5000
+    )
     return float(np.mean((matrix @ ref.x - RX_GY) ** 2) / RX_GY**2)
 
 
@@ -69,7 +75,9 @@ def test_quadratic_objective_reaches_independent_optimum(small_problem, method):
 def test_bounds_are_respected_when_active():
     """A tiny upper bound must bind: every time ends at t_max, never above."""
     a = jnp.ones((5, 3))
-    result = minimise(lambda t: jnp.sum((a @ t - 100.0) ** 2), np.full(3, 0.5), 1.0, max_iterations=500)
+    result = minimise(
+        lambda t: jnp.sum((a @ t - 100.0) ** 2), np.full(3, 0.5), 1.0, max_iterations=500
+    )
     np.testing.assert_allclose(result.times_s, 1.0, atol=1e-3)
     assert np.all(result.times_s <= 1.0)
 

@@ -82,7 +82,11 @@ def test_packaged_tables_spot_values_from_published_tables():
     hebd = load_source("mHDR-v2_HEBD2012")
     g = dict(zip(hebd.g_r_cm, hebd.g_line, strict=True))
     assert g[0.5] == 0.9967 and g[5.0] == 1.00261 and g[10.0] == 0.93894
-    f = {(t, r): hebd.F[i, j] for i, t in enumerate(hebd.F_theta_deg) for j, r in enumerate(hebd.F_r_cm)}
+    f = {
+        (t, r): hebd.F[i, j]
+        for i, t in enumerate(hebd.F_theta_deg)
+        for j, r in enumerate(hebd.F_r_cm)
+    }
     assert f[(0.0, 1.0)] == 0.61047
     assert f[(180.0, 10.0)] == 0.71776
     assert f[(60.0, 2.0)] == 0.98599

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jax
@@ -21,6 +21,7 @@ import pytest
 from iortopt import qa
 from iortopt.physics.sources import load_source
 from iortopt.physics.tg43 import (
+    auto_chunk_size,
     decay_factor,
     decayed_sk,
     dose_gy,
@@ -61,22 +62,38 @@ PUBLISHED_LAMBDA = {
 
 # Consensus along-away QA values (cGy h^-1 U^-1) at (z along, y away) cm, copied from
 # tg43_<source>_HEBD2012_QA_along_away.csv (Perez-Calatayud et al., Med Phys 39:2904, 2012).
-QA_POINTS = [(0, 2), (0, 5), (2, 2), (3, 4), (-3, 4), (5, 0), (-5, 0.5)]
+# Columns in HEBD_SOURCES order: mHDR-v2, GammaMedPlus, VS2000, Flexisource, M-19.
 PUBLISHED_QA = {
-    "mHDR-v2": [0.2809724, 0.04494965, 0.1360168, 0.04400963, 0.04402135, 0.03200279, 0.03235898],
-    "GammaMedPlus": [0.2828721, 0.04506382, 0.1367314, 0.04422373, 0.04417413, 0.03169105, 0.03166269],
-    "VS2000": [0.2820196, 0.04533977, 0.1387887, 0.04461239, 0.04463568, 0.02850027, 0.03311288],
-    "Flexisource": [0.2812645, 0.04487387, 0.1361226, 0.04406082, 0.04402833, 0.03122485, 0.03251022],
-    "M-19": [0.2818752, 0.04493885, 0.1360872, 0.04408828, 0.04407359, 0.03153564, 0.03230906],
+    (0, 2): (0.2809724, 0.2828721, 0.2820196, 0.2812645, 0.2818752),
+    (0, 5): (0.04494965, 0.04506382, 0.04533977, 0.04487387, 0.04493885),
+    (2, 2): (0.1360168, 0.1367314, 0.1387887, 0.1361226, 0.1360872),
+    (3, 4): (0.04400963, 0.04422373, 0.04461239, 0.04406082, 0.04408828),
+    (-3, 4): (0.04402135, 0.04417413, 0.04463568, 0.04402833, 0.04407359),
+    (5, 0): (0.03200279, 0.03169105, 0.02850027, 0.03122485, 0.03153564),
+    (-5, 0.5): (0.03235898, 0.03166269, 0.03311288, 0.03251022, 0.03230906),
 }
+
+
+def published_qa(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """z, y (cm) and the consensus dose rate per unit S_K of source ``name`` at PUBLISHED_QA."""
+    column = HEBD_SOURCES.index(name)
+    z, y = np.array(list(PUBLISHED_QA), dtype=float).T
+    return z, y, np.array([row[column] for row in PUBLISHED_QA.values()])
+
+
 # mHDR-v2 consensus QA on the axis: tip side (z > 0) and cable side (z < 0).
-MHDR_V2_QA_AXIS = {(5, 0): 0.03200279, (-5, 0): 0.02794897, (3, 0.5): 0.09364755, (-3, 0.5): 0.091525}
+MHDR_V2_QA_AXIS = {
+    (5, 0): 0.03200279,
+    (-5, 0): 0.02794897,
+    (3, 0.5): 0.09364755,
+    (-3, 0.5): 0.091525,
+}
 
 SK_U = 40000.0
 HALF_LIFE_DAYS = 73.83
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernel(key: str, dtype_name: str = "float64", formalism: str = "2d"):
     dtype = {"float64": jnp.float64, "float32": jnp.float32}[dtype_name]
     return make_kernel(load_source(key), formalism=formalism, dtype=dtype)
@@ -134,16 +151,16 @@ def test_consensus_along_away_table_float32(name, no_x64):
 @pytest.mark.parametrize("name", HEBD_SOURCES)
 def test_published_qa_points_directly(name):
     """Independent of the packaged QA file: literal consensus values at r >= 2 cm within 0.3 %."""
-    z, y = np.array(QA_POINTS, dtype=float).T
+    z, y, want = published_qa(name)
     got = np.asarray(jit_rate(jnp.asarray(z), jnp.asarray(y), kernel(hebd(name))))
-    np.testing.assert_allclose(got, PUBLISHED_QA[name], rtol=3e-3)
+    np.testing.assert_allclose(got, want, rtol=3e-3)
 
 
 @pytest.mark.parametrize("name", HEBD_SOURCES)
 def test_packaged_qa_table_holds_the_published_values(name):
     table = qa.consensus_table(load_source(hebd(name)))
     lookup = {(z, y): d for z, y, d in zip(table.z_cm, table.y_cm, table.dose_rate, strict=True)}
-    for (z, y), want in zip(QA_POINTS, PUBLISHED_QA[name], strict=True):
+    for z, y, want in zip(*published_qa(name), strict=True):
         assert lookup[(z, y)] == want
 
 
@@ -215,8 +232,11 @@ def test_geometry_function_matches_king2001_float32(no_x64):
 
 @pytest.mark.parametrize("length_cm", [0.3, 0.35, 0.36, 0.5, 1.0])
 def test_geometry_function_tends_to_inverse_square(length_cm):
-    """Far from the source r^2 G_L -> 1: second-order expansion 1 + L^2 (4 cos^2 t - 1) / (12 r^2),
-    bounded by the on-axis value L^2 / (4 r^2 - L^2); within 1e-3 for L = 0.3 cm (King) at 5..10 cm."""
+    """Far from the source r^2 G_L -> 1 (inverse square).
+
+    Second-order expansion 1 + L^2 (4 cos^2 t - 1) / (12 r^2), deviation bounded by the on-axis
+    value L^2 / (4 r^2 - L^2); within 1e-3 for L = 0.3 cm (King's source) at r = 5..10 cm.
+    """
     r = np.repeat(np.linspace(5.0, 10.0, 11), 13)
     theta = np.tile(np.linspace(0.0, 180.0, 13), 11)
     t = np.deg2rad(theta)
@@ -255,7 +275,9 @@ def test_one_d_point_source_equals_clrp_tables(r_cm, g_p, phi_an):
     """1-D formalism: S_K Lambda (r0/r)^2 g_P(r) phi_an(r), the same at every angle."""
     theta = np.deg2rad(np.array([0.0, 20.0, 63.0, 90.0, 140.0, 180.0]))
     z, y = r_cm * np.cos(theta), np.abs(r_cm * np.sin(theta))
-    got = np.asarray(jit_rate(jnp.asarray(z), jnp.asarray(y), kernel("mHDR-v2_CLRP", formalism="1d")))
+    got = np.asarray(
+        jit_rate(jnp.asarray(z), jnp.asarray(y), kernel("mHDR-v2_CLRP", formalism="1d"))
+    )
     np.testing.assert_allclose(got, 1.109 / r_cm**2 * g_p * phi_an, rtol=1e-12)
 
 
@@ -275,7 +297,7 @@ def test_dose_rate_at_reference_point_is_lambda_float32(key, no_x64):
 
 
 def test_dose_in_gray_units():
-    """40000 U, one 36 s dwell, 1 cm on the transverse axis: 40000 U x Lambda x 0.01 h x 0.01 Gy/cGy."""
+    """40000 U, one 36 s dwell, 1 cm on the transverse axis: 40000 U Lambda 0.01 h 0.01 Gy/cGy."""
     k = kernel("mHDR-v2_HEBD2012")
     axis = np.array([[1.0, 2.0, -0.5]])
     normal = np.cross(axis[0], [0.0, 0.0, 1.0])
@@ -297,7 +319,9 @@ def test_source_axis_convention_tip_side_positive_z():
     z, y = np.array(list(MHDR_V2_QA_AXIS), dtype=float).T
     want = list(MHDR_V2_QA_AXIS.values())
     points = position + 10.0 * (np.outer(z, axis) + np.outer(y, normal))
-    got = np.asarray(jit_rate_matrix(points, position[None], 3.0 * axis[None], kernel(hebd("mHDR-v2"))))
+    got = np.asarray(
+        jit_rate_matrix(points, position[None], 3.0 * axis[None], kernel(hebd("mHDR-v2")))
+    )
     np.testing.assert_allclose(got[:, 0], want, rtol=3e-3)
     assert got[0, 0] > 1.1 * got[1, 0]  # the tip side is hotter than the cable side at 5 cm
 
@@ -316,7 +340,8 @@ def test_decay_factor():
         math.exp(-math.log(2) * 10 / HALF_LIFE_DAYS), rel=1e-12
     )
     naive = datetime(2024, 3, 1)
-    assert decay_factor(HALF_LIFE_DAYS, naive, naive + timedelta(days=HALF_LIFE_DAYS)) == pytest.approx(0.5)
+    later = naive + timedelta(days=HALF_LIFE_DAYS)
+    assert decay_factor(HALF_LIFE_DAYS, naive, later) == pytest.approx(0.5, rel=1e-12)
 
 
 @pytest.mark.parametrize("days_before", [2.0, 30.0])
@@ -375,7 +400,8 @@ def test_rigid_motion_invariance():
     rot, shift = random_rotation(rng), rng.uniform(-50, 50, 3)
     k = kernel(hebd("Flexisource"))
     d0 = np.asarray(jit_dose_gy(points, positions, axes, times, k, SK_U))
-    d1 = np.asarray(jit_dose_gy(points @ rot.T + shift, positions @ rot.T + shift, axes @ rot.T, times, k, SK_U))
+    moved = (points @ rot.T + shift, positions @ rot.T + shift, axes @ rot.T)
+    d1 = np.asarray(jit_dose_gy(*moved, times, k, SK_U))
     np.testing.assert_allclose(d1, d0, rtol=1e-10)
 
 
@@ -438,7 +464,7 @@ def test_float32_kernel_stays_float32_with_x64_enabled():
     y = jnp.linspace(0.0, 2.0, 5, dtype=jnp.float32)
     assert dose_rate_per_sk(z, y, k).dtype == jnp.float32
     positions, axes = curved_catheters()
-    out = dose_gy(_small_grid_points()[:50], positions, axes, np.ones(len(positions)), k, SK_U)
+    out = jit_dose_gy(_small_grid_points()[:50], positions, axes, np.ones(len(positions)), k, SK_U)
     assert out.dtype == jnp.float32
 
 
@@ -528,7 +554,8 @@ def test_gradient_wrt_positions_matches_finite_differences():
         for j in range(3):
             step = np.zeros_like(positions)
             step[i, j] = h
-            fd[i, j] = (float(objective(positions + step)) - float(objective(positions - step))) / (2 * h)
+            diff = float(objective(positions + step)) - float(objective(positions - step))
+            fd[i, j] = diff / (2 * h)
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-7 * np.abs(fd).max())
 
 
@@ -540,6 +567,7 @@ def test_chunk_sizes_agree():
     positions, axes = curved_catheters()
     points = _random_points(rng, 7001, (0.0, 0.0, -10.0), 50.0)  # > one automatic chunk (20 dwells)
     times = rng.uniform(1, 20, len(positions))
+    assert auto_chunk_size(len(positions)) < len(points)  # chunk_size=0 really splits
     k = kernel(hebd("VS2000"))
     whole = np.asarray(jit_dose_gy(points, positions, axes, times, k, SK_U, chunk_size=None))
     for chunk in (0, 37, 4096, 10000):

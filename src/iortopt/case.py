@@ -1,6 +1,7 @@
 """A planning case: the dose grid and its structures, independent of how it was built.
 
-Structures are fractional occupancies on the dose grid (float32 in [0, 1], shape ``grid.shape_zyx``):
+Structures are fractional occupancies on the dose grid (float32 in [0, 1], shape
+``grid.shape_zyx``):
 the volume of a structure is ``occupancy.sum() * grid.voxel_volume_cm3``, which keeps thin or small
 organs at their true volume on a coarse grid. Roles: ``"target"`` or ``"oar"`` (or ``"other"``).
 """
@@ -26,7 +27,9 @@ class Structure:
 
     def __post_init__(self):
         if self.role not in ROLES:
-            raise ValueError(f"structure {self.name!r}: role must be one of {ROLES}, got {self.role!r}")
+            raise ValueError(
+                f"structure {self.name!r}: role must be one of {ROLES}, got {self.role!r}"
+            )
 
     def volume_cm3(self, grid: Grid) -> float:
         return float(self.occupancy.sum(dtype=np.float64)) * grid.voxel_volume_cm3

@@ -29,7 +29,9 @@ err_console = Console(stderr=True)
 
 EXIT_INPUT = 2
 
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="cpu or gpu (default: JAX's default)")]
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help="cpu or gpu (default: JAX's default)")
+]
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="float32 or float64")]
 
 
@@ -64,7 +66,13 @@ def sources():
         table.add_column(col, overflow="fold")
     for key in packaged_source_keys():
         s = load_source(key)
-        table.add_row(key, f"{s.dose_rate_constant:.5g}", f"{s.active_length_cm:g}", "yes" if s.has_1d else "no", s.citation)
+        table.add_row(
+            key,
+            f"{s.dose_rate_constant:.5g}",
+            f"{s.active_length_cm:g}",
+            "yes" if s.has_1d else "no",
+            s.citation,
+        )
     console.print(table)
 
 
@@ -97,7 +105,10 @@ def check(
         if reference is None:
             continue
         res = compare_with_consensus(make_kernel(source, dtype=dtype), reference)
-        ok = res["max_abs_dev_percent_r_ge_0.25cm"] <= 1.0 and res["max_abs_dev_percent_r_ge_1cm"] <= 0.3
+        ok = (
+            res["max_abs_dev_percent_r_ge_0.25cm"] <= 1.0
+            and res["max_abs_dev_percent_r_ge_1cm"] <= 0.3
+        )
         all_ok &= ok
         table.add_row(
             key,
@@ -116,7 +127,8 @@ def qa_along_away(
     source: Annotated[str, typer.Option("--source", help="packaged key, model name or .toml file")],
     out: Annotated[Path, typer.Option("--out", help="CSV file to write")],
     points: Annotated[
-        Path | None, typer.Option("--points", help="CSV with z_along_cm,y_away_cm (default: consensus QA grid)")
+        Path | None,
+        typer.Option("--points", help="CSV with z_along_cm,y_away_cm (default: consensus QA grid)"),
     ] = None,
     formalism: Annotated[str, typer.Option("--formalism", help="2d or 1d")] = "2d",
     precision: PrecisionOpt = "float64",
@@ -144,7 +156,9 @@ def qa_along_away(
         else:
             reference = consensus_table(src)
             if reference is None:
-                raise IortoptError(f"{src.key} has no packaged consensus QA grid: give --points CSV")
+                raise IortoptError(
+                    f"{src.key} has no packaged consensus QA grid: give --points CSV"
+                )
             keep = np.isfinite(reference.dose_rate)
             z, y = reference.z_cm[keep], reference.y_cm[keep]
     except IortoptError as exc:
@@ -167,7 +181,9 @@ def dose(
     source: Annotated[str, typer.Option("--source")] = "mHDR-v2_HEBD2012",
     sk: Annotated[float, typer.Option("--sk", help="air-kerma strength at treatment, U")] = 40700.0,
     spacing_mm: Annotated[float, typer.Option("--spacing-mm")] = 2.0,
-    margin_mm: Annotated[float, typer.Option("--margin-mm", help="grid extent beyond the dwells")] = 30.0,
+    margin_mm: Annotated[
+        float, typer.Option("--margin-mm", help="grid extent beyond the dwells")
+    ] = 30.0,
     formalism: Annotated[str, typer.Option("--formalism")] = "2d",
     precision: PrecisionOpt = "float32",
     device: DeviceOpt = None,
@@ -188,7 +204,9 @@ def dose(
         from iortopt.physics.tg43 import dose_gy, make_kernel
 
         if sk <= 0 or spacing_mm <= 0 or margin_mm < 0 or chunk_size < 0:
-            raise IortoptError("--sk and --spacing-mm must be > 0, --margin-mm and --chunk-size >= 0")
+            raise IortoptError(
+                "--sk and --spacing-mm must be > 0, --margin-mm and --chunk-size >= 0"
+            )
         positions, axes, times = read_dwells_csv(dwells)
         src = load_source(source)
         try:
@@ -198,9 +216,13 @@ def dose(
     except IortoptError as exc:
         _fail(exc)
     grid = Grid.from_bounds(positions.min(0) - margin_mm, positions.max(0) + margin_mm, spacing_mm)
-    console.print(f"grid {grid.shape_zyx} ({grid.n_voxels} voxels) x {len(times)} dwells, {src.key}")
+    console.print(
+        f"grid {grid.shape_zyx} ({grid.n_voxels} voxels) x {len(times)} dwells, {src.key}"
+    )
     t0 = time.perf_counter()
-    values = dose_gy(grid.points_mm(np.float32), positions, axes, times, kernel, sk, chunk_size=chunk_size)
+    values = dose_gy(
+        grid.points_mm(np.float32), positions, axes, times, kernel, sk, chunk_size=chunk_size
+    )
     values = np.asarray(values).reshape(grid.shape_zyx)
     elapsed = time.perf_counter() - t0
     from iortopt.io.store import write_dose_store
@@ -224,7 +246,9 @@ def dose(
 
 @app.command()
 def init(
-    name: Annotated[str, typer.Argument(help="config name; writes NAME.toml (or NAME if it ends in .toml)")],
+    name: Annotated[
+        str, typer.Argument(help="config name; writes NAME.toml (or NAME if it ends in .toml)")
+    ],
     force: Annotated[bool, typer.Option("--force", help="overwrite an existing file")] = False,
 ):
     """Write an annotated template plan config (the built-in example plan)."""
@@ -244,8 +268,12 @@ def init(
 
 @app.command()
 def run(
-    config: Annotated[Path | None, typer.Argument(help="plan config (TOML); default: built-in example")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="output folder (default ./iortopt-out/<plan>)")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="plan config (TOML); default: built-in example")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="output folder (default ./iortopt-out/<plan>)")
+    ] = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "float32",
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress display")] = False,

@@ -1,8 +1,8 @@
 """Plan configuration: pydantic models of a TOML plan file, and ``load_config``.
 
 A config is data: it is parsed with ``tomllib`` and validated here, never evaluated. Every error
-names the field (dotted path), the value given and what was expected. ``iortopt init NAME`` writes an
-annotated template; ``configs/`` holds the shipped examples.
+names the field (dotted path), the value given and what was expected. ``iortopt init NAME``
+writes an annotated template; ``configs/`` holds the shipped examples.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ class PlanSection(_Model):
 
 
 class CaseSection(_Model):
-    """Anatomy. ``kind = "builtin_flap"``: the parametric presacral flap case; ``flap`` overrides its
-    parameters (see ``iortopt.anatomy.phantoms.FlapCaseParams``)."""
+    """Anatomy. ``kind = "builtin_flap"``: the parametric presacral flap case; ``flap``
+    overrides its parameters (see ``iortopt.anatomy.phantoms.FlapCaseParams``)."""
 
     kind: Literal["builtin_flap"] = "builtin_flap"
     flap: dict[str, Any] = Field(default_factory=dict)
@@ -84,7 +84,9 @@ class Objective(_Model):
     - ``modulation``: dwell-time modulation restriction (neighbouring dwells in a catheter).
     """
 
-    type: Literal["underdose", "overdose", "max_dose", "mean_dose", "dvh_min", "dvh_max", "modulation"]
+    type: Literal[
+        "underdose", "overdose", "max_dose", "mean_dose", "dvh_min", "dvh_max", "modulation"
+    ]
     structure: str | None = None
     dose_gy: NonNegativeFloat | None = None
     volume_percent: Annotated[float, Field(gt=0, lt=100)] | None = None
@@ -101,7 +103,9 @@ class Objective(_Model):
             raise ValueError(f"objective type {self.type!r} needs 'dose_gy'")
         if self.type in ("dvh_min", "dvh_max"):
             if (self.volume_percent is None) == (self.volume_cc is None):
-                raise ValueError(f"objective type {self.type!r} needs one of volume_percent, volume_cc")
+                raise ValueError(
+                    f"objective type {self.type!r} needs one of volume_percent, volume_cc"
+                )
         elif self.volume_percent is not None or self.volume_cc is not None:
             raise ValueError(f"objective type {self.type!r} takes no volume_percent/volume_cc")
         return self
@@ -131,7 +135,9 @@ class RadiobiologySection(_Model):
 
 
 class OutputSection(_Model):
-    isodose_percent: list[PositiveFloat] = Field(default_factory=lambda: [50.0, 80.0, 100.0, 150.0, 200.0])
+    isodose_percent: list[PositiveFloat] = Field(
+        default_factory=lambda: [50.0, 80.0, 100.0, 150.0, 200.0]
+    )
     dose_chunk_size: Annotated[int, Field(ge=0)] = 0
 
 

@@ -27,19 +27,25 @@ class Grid:
         if len(shape) != 3 or min(shape) < 1:
             raise ValueError(f"shape_zyx must be three positive integers, got {self.shape_zyx}")
         if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
-            raise ValueError(f"spacing_xyz_mm must be three positive numbers, got {self.spacing_xyz_mm}")
+            raise ValueError(
+                f"spacing_xyz_mm must be three positive numbers, got {self.spacing_xyz_mm}"
+            )
         if len(origin) != 3 or not all(np.isfinite(origin)):
-            raise ValueError(f"origin_xyz_mm must be three finite numbers, got {self.origin_xyz_mm}")
+            raise ValueError(
+                f"origin_xyz_mm must be three finite numbers, got {self.origin_xyz_mm}"
+            )
         object.__setattr__(self, "shape_zyx", shape)
         object.__setattr__(self, "spacing_xyz_mm", spacing)
         object.__setattr__(self, "origin_xyz_mm", origin)
 
     @classmethod
     def from_bounds(cls, lower_xyz_mm, upper_xyz_mm, spacing_xyz_mm) -> Grid:
-        """Grid whose first and last voxel centres lie at ``lower`` and (up to rounding) ``upper``."""
+        """Grid with first voxel centre at ``lower`` and the last at (up to rounding) ``upper``."""
         lower = np.asarray(lower_xyz_mm, float)
         spacing = np.broadcast_to(np.asarray(spacing_xyz_mm, float), (3,))
-        counts = np.floor((np.asarray(upper_xyz_mm, float) - lower) / spacing + 1e-6).astype(int) + 1
+        counts = (
+            np.floor((np.asarray(upper_xyz_mm, float) - lower) / spacing + 1e-6).astype(int) + 1
+        )
         return cls(tuple(counts[::-1]), tuple(spacing), tuple(lower))
 
     @property
@@ -58,7 +64,9 @@ class Grid:
 
     def points_mm(self, dtype=np.float64) -> np.ndarray:
         """All voxel centres as (nz * ny * nx, 3) (x, y, z) mm, in C order of (z, y, x)."""
-        z, y, x = np.meshgrid(self.axis_mm("z"), self.axis_mm("y"), self.axis_mm("x"), indexing="ij")
+        z, y, x = np.meshgrid(
+            self.axis_mm("z"), self.axis_mm("y"), self.axis_mm("x"), indexing="ij"
+        )
         return np.stack([x.ravel(), y.ravel(), z.ravel()], axis=-1).astype(dtype)
 
     def index_to_mm(self, index_zyx) -> np.ndarray:
@@ -84,4 +92,6 @@ class Grid:
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> Grid:
-        return cls(tuple(attrs["shape_zyx"]), tuple(attrs["spacing_xyz_mm"]), tuple(attrs["origin_xyz_mm"]))
+        return cls(
+            tuple(attrs["shape_zyx"]), tuple(attrs["spacing_xyz_mm"]), tuple(attrs["origin_xyz_mm"])
+        )

@@ -71,7 +71,9 @@ def dvh_min(w: jnp.ndarray, dose_gy: float, volume_fraction=None, volume_voxels=
     """
 
     def fn(d, t):
-        dv = jax.lax.stop_gradient(dose_at_volume(d, w, _volume_in_weight_units(w, volume_fraction, volume_voxels)))
+        dv = jax.lax.stop_gradient(
+            dose_at_volume(d, w, _volume_in_weight_units(w, volume_fraction, volume_voxels))
+        )
         mask = (d >= dv).astype(d.dtype)
         return _wmean(w, mask * jnp.square(jax.nn.relu(dose_gy - d))) / dose_gy**2
 
@@ -83,7 +85,9 @@ def dvh_max(w: jnp.ndarray, dose_gy: float, volume_fraction=None, volume_voxels=
     dose < d <= D_v(current)."""
 
     def fn(d, t):
-        dv = jax.lax.stop_gradient(dose_at_volume(d, w, _volume_in_weight_units(w, volume_fraction, volume_voxels)))
+        dv = jax.lax.stop_gradient(
+            dose_at_volume(d, w, _volume_in_weight_units(w, volume_fraction, volume_voxels))
+        )
         mask = (d <= dv).astype(d.dtype)
         return _wmean(w, mask * jnp.square(jax.nn.relu(d - dose_gy))) / dose_gy**2
 
@@ -146,10 +150,15 @@ def build_terms(
             terms.append(Term(name, obj.weight, modulation(neighbour_pairs)))
             continue
         if obj.structure not in weights:
-            raise KeyError(f"objectives[{k}].structure: unknown structure {obj.structure!r}; have {sorted(weights)}")
+            raise KeyError(
+                f"objectives[{k}].structure: unknown structure {obj.structure!r}; "
+                f"have {sorted(weights)}"
+            )
         inside = np.flatnonzero(np.asarray(weights[obj.structure]) > 0)
         if inside.size == 0:
-            raise ValueError(f"objectives[{k}].structure: {obj.structure!r} has no voxels on the grid")
+            raise ValueError(
+                f"objectives[{k}].structure: {obj.structure!r} has no voxels on the grid"
+            )
         w = jnp.asarray(weights[obj.structure])[inside]
         dose = obj.dose_gy
         if obj.type in ("underdose", "overdose", "max_dose", "dvh_min", "dvh_max") and dose <= 0:

@@ -80,7 +80,9 @@ def minimise(
     opt = _optimizer(method, learning_rate)
     u = u_from_times(init_times_s, t_max_s).astype(dtype)
     state = opt.init(u)
-    value_and_grad = optax.value_and_grad_from_state(f) if method == "lbfgs" else jax.value_and_grad(f)
+    value_and_grad = (
+        optax.value_and_grad_from_state(f) if method == "lbfgs" else jax.value_and_grad(f)
+    )
 
     @jax.jit
     def step(u, state):

@@ -2,7 +2,8 @@
 
     prepare_plan(config)        -> PreparedPlan   case, dwells, source, optimisation voxels, terms
     optimise_and_write(prepared) -> PlanResult    influence matrix, optimiser, full-grid dose,
-                                                  DVHs/metrics/goals, plan.zarr + summary.json + PNGs
+                                                  DVHs/metrics/goals, plan.zarr, summary.json,
+                                                  PNGs
 
 The optimisation runs on the voxels that matter (every structure plus ``voxel_margin_mm``), with an
 explicit influence matrix (Gy per second of each dwell) when it fits in ``influence_memory_mb`` and
@@ -93,17 +94,31 @@ def _active_mask(cfg: PlanConfig, case: Case, dwells: Dwells, spacing_mm: float)
     app = cfg.applicator
     if app.active == "auto":
         target = case.structure(cfg.prescription.structure)
-        source_to_surface = float(cfg.case.flap.get("source_to_surface_mm", FlapCaseParams().source_to_surface_mm))
+        source_to_surface = float(
+            cfg.case.flap.get("source_to_surface_mm", FlapCaseParams().source_to_surface_mm)
+        )
         try:
-            return select_active(dwells, target.occupancy, case.grid, source_to_surface + app.active_margin_mm + spacing_mm / 2)
+            return select_active(
+                dwells,
+                target.occupancy,
+                case.grid,
+                source_to_surface + app.active_margin_mm + spacing_mm / 2,
+            )
         except ValueError as exc:
             raise ConfigError(f"applicator.active: {exc}") from None
     wanted = {tuple(p) for p in app.active}
-    mask = np.array([(int(c), int(i)) in wanted for c, i in zip(dwells.catheter, dwells.index, strict=True)])
-    found = {(int(c), int(i)) for c, i in zip(dwells.catheter[mask], dwells.index[mask], strict=True)}
+    mask = np.array(
+        [(int(c), int(i)) in wanted for c, i in zip(dwells.catheter, dwells.index, strict=True)]
+    )
+    found = {
+        (int(c), int(i)) for c, i in zip(dwells.catheter[mask], dwells.index[mask], strict=True)
+    }
     missing = sorted(wanted - found)
     if missing:
-        raise ConfigError(f"applicator.active: no dwell position (catheter, index) {missing[:5]} in the applicator")
+        raise ConfigError(
+            f"applicator.active: no dwell position (catheter, index) {missing[:5]} "
+            "in the applicator"
+        )
     return mask
 
 
@@ -121,7 +136,11 @@ def _optimisation_mask(case: Case, margin_mm: float) -> np.ndarray:
 def _check_names(cfg: PlanConfig, case: Case) -> None:
     names = [s.name for s in case.structures]
     refs = [("prescription.structure", cfg.prescription.structure)]
-    refs += [(f"objectives[{k}].structure", o.structure) for k, o in enumerate(cfg.objectives) if o.structure]
+    refs += [
+        (f"objectives[{k}].structure", o.structure)
+        for k, o in enumerate(cfg.objectives)
+        if o.structure
+    ]
     refs += [(f"goals[{k}].structure", g.structure) for k, g in enumerate(cfg.goals)]
     refs += [(f"radiobiology.alpha_beta_gy.{n}", n) for n in cfg.radiobiology.alpha_beta_gy]
     for where, name in refs:
@@ -131,7 +150,10 @@ def _check_names(cfg: PlanConfig, case: Case) -> None:
 
     for k, goal in enumerate(cfg.goals):
         if goal.metric not in METRIC_KEYS:
-            raise ConfigError(f"goals[{k}].metric: unknown metric {goal.metric!r}; expected one of {list(METRIC_KEYS)}")
+            raise ConfigError(
+                f"goals[{k}].metric: unknown metric {goal.metric!r}; "
+                f"expected one of {list(METRIC_KEYS)}"
+            )
 
 
 def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
@@ -156,7 +178,9 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
     if cfg.source.calibration is not None:
         try:
             factor = decay_factor(
-                source.half_life_days, _as_datetime(cfg.source.calibration), _as_datetime(cfg.source.treatment)
+                source.half_life_days,
+                _as_datetime(cfg.source.calibration),
+                _as_datetime(cfg.source.treatment),
             )
         except ValueError as exc:
             raise ConfigError(f"source.treatment: {exc}") from None
@@ -164,11 +188,28 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
         notes.append(f"S_K decayed by {factor:.4f} from calibration to treatment")
     opt_mask = _optimisation_mask(case, cfg.optimizer.voxel_margin_mm)
     weights = {s.name: s.occupancy[opt_mask] for s in case.structures}
-    return PreparedPlan(cfg, case, dwells, all_dwells, source, kernel, sk, opt_mask, weights, dtype, time.perf_counter() - t0, notes)
+    return PreparedPlan(
+        cfg,
+        case,
+        dwells,
+        all_dwells,
+        source,
+        kernel,
+        sk,
+        opt_mask,
+        weights,
+        dtype,
+        time.perf_counter() - t0,
+        notes,
+    )
 
 
-def _influence_matrix(points_mm: np.ndarray, dwells: Dwells, kernel: TG43Kernel, sk_U: float, dtype):
-    """(P, N) dose in Gy per second of dwell time, computed in chunks; returns (matrix, compile_s, run_s)."""
+def _influence_matrix(
+    points_mm: np.ndarray, dwells: Dwells, kernel: TG43Kernel, sk_U: float, dtype
+):
+    """(P, N) dose in Gy per second of dwell time, computed in chunks.
+
+    Returns (matrix, compile_s, run_s)."""
     scale = sk_U * GY_PER_CGY / SECONDS_PER_HOUR
     chunk = auto_chunk_size(len(dwells))
     n = points_mm.shape[0]
@@ -177,10 +218,16 @@ def _influence_matrix(points_mm: np.ndarray, dwells: Dwells, kernel: TG43Kernel,
     padded[:n] = points_mm
 
     def build(pts, pos, axes):
-        rows = jax.lax.map(lambda p: dose_rate_matrix(p, pos, axes, kernel), pts.reshape(n_chunks, chunk, 3))
+        rows = jax.lax.map(
+            lambda p: dose_rate_matrix(p, pos, axes, kernel), pts.reshape(n_chunks, chunk, 3)
+        )
         return rows.reshape(n_chunks * chunk, -1)[:n] * scale
 
-    args = (jnp.asarray(padded, dtype), jnp.asarray(dwells.positions_mm, dtype), jnp.asarray(dwells.axes, dtype))
+    args = (
+        jnp.asarray(padded, dtype),
+        jnp.asarray(dwells.positions_mm, dtype),
+        jnp.asarray(dwells.axes, dtype),
+    )
     t0 = time.perf_counter()
     compiled = jax.jit(build).lower(*args).compile()
     t1 = time.perf_counter()
@@ -188,7 +235,9 @@ def _influence_matrix(points_mm: np.ndarray, dwells: Dwells, kernel: TG43Kernel,
     return matrix, t1 - t0, time.perf_counter() - t1
 
 
-def _initial_time_s(dose_all_unit_times: np.ndarray, target_w: np.ndarray, rx_gy: float, t_max_s: float) -> float:
+def _initial_time_s(
+    dose_all_unit_times: np.ndarray, target_w: np.ndarray, rx_gy: float, t_max_s: float
+) -> float:
     """The equal dwell time giving the prescription as the mean target dose (below t_max).
 
     ``dose_all_unit_times``: (P,) dose in Gy with every active dwell at 1 s.
@@ -198,7 +247,9 @@ def _initial_time_s(dose_all_unit_times: np.ndarray, target_w: np.ndarray, rx_gy
     return min(value, 0.9 * t_max_s)
 
 
-def optimise_and_write(prepared: PreparedPlan, out_dir: str | Path, console: Console | None = None) -> PlanResult:
+def optimise_and_write(
+    prepared: PreparedPlan, out_dir: str | Path, console: Console | None = None
+) -> PlanResult:
     """Optimise dwell times, compute the full dose and write every output into ``out_dir``."""
     cfg, case, dwells, dtype = prepared.config, prepared.case, prepared.dwells, prepared.dtype
     grid = case.grid
@@ -207,15 +258,22 @@ def optimise_and_write(prepared: PreparedPlan, out_dir: str | Path, console: Con
     n_dwells = len(dwells)
     weights = {k: jnp.asarray(v, dtype) for k, v in prepared.weights.items()}
     terms = objectives.build_terms(
-        cfg.objectives, weights, grid.voxel_volume_cm3, dwells.neighbour_pairs(), cfg.prescription.dose_gy
+        cfg.objectives,
+        weights,
+        grid.voxel_volume_cm3,
+        dwells.neighbour_pairs(),
+        cfg.prescription.dose_gy,
     )
     total = objectives.combine(terms)
     matrix_bytes = points_opt.shape[0] * n_dwells * np.dtype(dtype).itemsize
     use_matrix = cfg.optimizer.influence == "matrix" or (
-        cfg.optimizer.influence == "auto" and matrix_bytes <= cfg.optimizer.influence_memory_mb * 2**20
+        cfg.optimizer.influence == "auto"
+        and matrix_bytes <= cfg.optimizer.influence_memory_mb * 2**20
     )
     if use_matrix:
-        matrix, compile_s, run_s = _influence_matrix(points_opt, dwells, prepared.kernel, prepared.sk_U, dtype)
+        matrix, compile_s, run_s = _influence_matrix(
+            points_opt, dwells, prepared.kernel, prepared.sk_U, dtype
+        )
         timings.update(influence_compile_s=compile_s, influence_s=run_s)
         dose_of = lambda t: matrix @ t  # noqa: E731
         unit_dose = np.asarray(matrix @ jnp.ones(n_dwells, dtype))
@@ -297,7 +355,9 @@ def optimise_and_write(prepared: PreparedPlan, out_dir: str | Path, console: Con
     timings["write_s"] = time.perf_counter() - t0
     summary["wall_times_s"] = timings
     _rewrite_summary(out_dir, summary)
-    return PlanResult(prepared, result.times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir)
+    return PlanResult(
+        prepared, result.times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir
+    )
 
 
 def evaluate_plan(prepared: PreparedPlan, dose: np.ndarray) -> dict:
@@ -312,12 +372,23 @@ def evaluate_plan(prepared: PreparedPlan, dose: np.ndarray) -> dict:
         metrics[s.name] = dvh.structure_metrics(dose, s.occupancy, vv, rx)
         dvhs[s.name] = dvh.cumulative_dvh(dose, s.occupancy, vv)
     target = case.structure(cfg.prescription.structure)
-    indices = dvh.plan_indices(dose, target.occupancy, {s.name: s.occupancy for s in case.oars}, rx, vv)
+    indices = dvh.plan_indices(
+        dose, target.occupancy, {s.name: s.occupancy for s in case.oars}, rx, vv
+    )
     goals = []
     for g in cfg.goals:
         value = metrics[g.structure][g.metric]
         met = bool(np.isfinite(value) and (value >= g.value if g.op == ">=" else value <= g.value))
-        goals.append({"structure": g.structure, "metric": g.metric, "op": g.op, "limit": g.value, "value": value, "met": met})
+        goals.append(
+            {
+                "structure": g.structure,
+                "metric": g.metric,
+                "op": g.op,
+                "limit": g.value,
+                "value": value,
+                "met": met,
+            }
+        )
     bio = {}
     n = cfg.prescription.n_fractions
     for name, ab in cfg.radiobiology.alpha_beta_gy.items():
@@ -330,7 +401,13 @@ def evaluate_plan(prepared: PreparedPlan, dose: np.ndarray) -> dict:
             "D90_EQD2_gy": float(radiobiology.eqd2_gy(m["D90_gy"], n, ab)),
             "D2cc_EQD2_gy": float(radiobiology.eqd2_gy(m["D2cc_gy"], n, ab)),
         }
-    return {"metrics": metrics, "dvhs": dvhs, "indices": indices, "goals": goals, "radiobiology": bio}
+    return {
+        "metrics": metrics,
+        "dvhs": dvhs,
+        "indices": indices,
+        "goals": goals,
+        "radiobiology": bio,
+    }
 
 
 def _provenance(prepared: PreparedPlan) -> dict:
@@ -418,8 +495,27 @@ def print_summary(result: PlanResult, console: Console) -> None:
     """Metrics table, clinical goals (met or not) and timings on the terminal."""
     s = result.summary
     table = Table(title=f"{s['plan']}: dose metrics (prescription {s['prescription_gy']:g} Gy)")
-    cols = ["structure", "volume cm3", "mean Gy", "max Gy", "D98 Gy", "D90 Gy", "D2cc Gy", "D0.1cc Gy", "V100 %"]
-    keys = ["volume_cm3", "mean_gy", "max_gy", "D98_gy", "D90_gy", "D2cc_gy", "D0.1cc_gy", "V100_percent"]
+    cols = [
+        "structure",
+        "volume cm3",
+        "mean Gy",
+        "max Gy",
+        "D98 Gy",
+        "D90 Gy",
+        "D2cc Gy",
+        "D0.1cc Gy",
+        "V100 %",
+    ]
+    keys = [
+        "volume_cm3",
+        "mean_gy",
+        "max_gy",
+        "D98_gy",
+        "D90_gy",
+        "D2cc_gy",
+        "D0.1cc_gy",
+        "V100_percent",
+    ]
     for c in cols:
         table.add_column(c, justify="right" if c != "structure" else "left")
     roles = {st.name: st.role for st in result.prepared.case.structures}
@@ -433,7 +529,10 @@ def print_summary(result: PlanResult, console: Console) -> None:
         goals.add_column(c)
     for g in s["goals"]:
         goals.add_row(
-            g["structure"], f"{g['metric']} {g['op']} {g['limit']:g}", f"{g['value']:.2f}", "[green]yes[/]" if g["met"] else "[red]NO[/]"
+            g["structure"],
+            f"{g['metric']} {g['op']} {g['limit']:g}",
+            f"{g['value']:.2f}",
+            "[green]yes[/]" if g["met"] else "[red]NO[/]",
         )
     console.print(goals)
     idx = s["plan_indices"]
@@ -443,7 +542,8 @@ def print_summary(result: PlanResult, console: Console) -> None:
     )
     w = s["wall_times_s"]
     console.print(
-        f"{s['n_dwells_active']} active dwells, total time {s['total_treatment_time_s']:.1f} s at S_K {s['air_kerma_strength_U']:.0f} U; "
+        f"{s['n_dwells_active']} active dwells, total time {s['total_treatment_time_s']:.1f} s "
+        f"at S_K {s['air_kerma_strength_U']:.0f} U; "
         f"{s['iterations']} iterations ({s['stop_reason']}); "
         + ", ".join(f"{k} {v:.2f}" for k, v in w.items())
         + f"; outputs in {result.out_dir}",

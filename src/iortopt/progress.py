@@ -12,7 +12,12 @@ class DelayedProgress:
     """A rich progress bar for ``total`` steps, shown once ``delay_s`` has passed (None: never)."""
 
     def __init__(self, console: Console | None, total: int, description: str, delay_s: float = 1.0):
-        self.console, self.total, self.description, self.delay_s = console, total, description, delay_s
+        self.console, self.total, self.description, self.delay_s = (
+            console,
+            total,
+            description,
+            delay_s,
+        )
         self.start = time.perf_counter()
         self.bar: Progress | None = None
         self.task = None

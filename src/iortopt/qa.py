@@ -1,4 +1,4 @@
-"""Along-away QA tables: the consensus HEBD 2012 tables packaged with iortopt and their recomputation.
+"""Along-away QA tables: the consensus HEBD 2012 tables packaged with iortopt, and recomputing them.
 
 An along-away table gives the dose rate per unit air-kerma strength (cGy h^-1 U^-1) at points
 (z along the source axis, y away from it), in cm from the source centre, z > 0 towards the tip.
@@ -21,7 +21,8 @@ from iortopt.physics.tg43 import TG43Kernel, dose_rate_per_sk
 
 @dataclass(frozen=True)
 class AlongAwayTable:
-    """Reference along-away table; ``flagged`` marks interpolated/extrapolated/inside-source cells."""
+    """Reference along-away table; ``flagged`` marks interpolated, extrapolated or inside-source
+    cells."""
 
     z_cm: np.ndarray
     y_cm: np.ndarray
@@ -35,7 +36,9 @@ class AlongAwayTable:
 
 def consensus_table(source: SourceData) -> AlongAwayTable | None:
     """The packaged consensus QA table of ``source``'s model, or None if there is none."""
-    resource = resources.files("iortopt") / "data" / "qa" / f"{source.name}_HEBD2012_QA_along_away.csv"
+    resource = (
+        resources.files("iortopt") / "data" / "qa" / f"{source.name}_HEBD2012_QA_along_away.csv"
+    )
     if source.dataset != "HEBD2012" or not resource.is_file():
         return None
     with resource.open() as fh:
@@ -66,7 +69,9 @@ def read_points_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                     z.append(float(row["z_along_cm"]))
                     y.append(float(row["y_away_cm"]))
                 except (TypeError, ValueError):
-                    raise InputFileError(f"{path}:{line_no}: expected two numbers, got {row}") from None
+                    raise InputFileError(
+                        f"{path}:{line_no}: expected two numbers, got {row}"
+                    ) from None
     except FileNotFoundError:
         raise InputFileError(f"{path}: file not found") from None
     if not z:
@@ -86,8 +91,8 @@ def along_away(kernel: TG43Kernel, z_cm: np.ndarray, y_cm: np.ndarray) -> np.nda
 def compare_with_consensus(kernel: TG43Kernel, table: AlongAwayTable) -> dict:
     """Relative deviations (%) from a consensus table at the points it does not flag.
 
-    Returns max |deviation| for r >= 0.25 cm and for r >= 1 cm, the number of points compared and the
-    worst point, as used by the acceptance criteria (1 % and 0.3 %).
+    Returns max |deviation| for r >= 0.25 cm and for r >= 1 cm, the number of points compared and
+    the worst point, as used by the acceptance criteria (1 % and 0.3 %).
     """
     ok = ~table.flagged & np.isfinite(table.dose_rate) & (table.r_cm >= 0.25)
     computed = along_away(kernel, table.z_cm[ok], table.y_cm[ok])

@@ -33,7 +33,9 @@ def configure(device: str | None = None, precision: str = "float32"):
             jax.config.update("jax_platforms", DEVICES[device])
             jax.devices()
         except RuntimeError as exc:
-            raise IortoptError(f"--device {device}: no usable {device.upper()} backend ({exc})") from None
+            raise IortoptError(
+                f"--device {device}: no usable {device.upper()} backend ({exc})"
+            ) from None
     return PRECISIONS[precision]
 
 

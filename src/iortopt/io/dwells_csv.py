@@ -24,13 +24,17 @@ def read_dwells_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
             reader = csv.DictReader(line for line in fh if not line.lstrip().startswith("#"))
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
-                raise InputFileError(f"{path}: missing column(s) {missing}; expected header {','.join(COLUMNS)}")
+                raise InputFileError(
+                    f"{path}: missing column(s) {missing}; expected header {','.join(COLUMNS)}"
+                )
             rows = []
             for line_no, row in enumerate(reader, start=2):
                 try:
                     rows.append([float(row[c]) for c in COLUMNS])
                 except (TypeError, ValueError):
-                    raise InputFileError(f"{path}: row {line_no}: expected 7 numbers, got {row}") from None
+                    raise InputFileError(
+                        f"{path}: row {line_no}: expected 7 numbers, got {row}"
+                    ) from None
     except FileNotFoundError:
         raise InputFileError(f"{path}: file not found") from None
     if not rows:
@@ -40,7 +44,9 @@ def read_dwells_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
         raise InputFileError(f"{path}: values must be finite")
     positions, axes, times = data[:, 0:3], data[:, 3:6], data[:, 6]
     if np.any(np.linalg.norm(axes, axis=1) == 0):
-        raise InputFileError(f"{path}: row {int(np.argmin(np.linalg.norm(axes, axis=1))) + 2}: zero source axis")
+        raise InputFileError(
+            f"{path}: row {int(np.argmin(np.linalg.norm(axes, axis=1))) + 2}: zero source axis"
+        )
     if np.any(times < 0):
         raise InputFileError(f"{path}: row {int(np.argmin(times)) + 2}: negative time_s")
     return positions, axes, times

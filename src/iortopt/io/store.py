@@ -3,9 +3,11 @@
 Layout of a plan store (``plan.zarr``)::
 
     /                   attrs: iortopt (version, kind), config, provenance, metrics, summary
-    dose_gy             (nz, ny, nx) float32, attrs: grid (shape_zyx, spacing_xyz_mm, origin_xyz_mm), unit
+    dose_gy             (nz, ny, nx) float32; attrs: grid (shape_zyx, spacing_xyz_mm,
+                        origin_xyz_mm), unit
     structures/<name>   (nz, ny, nx) float32 fractional occupancy, attrs: role
-    dwells/positions_mm (N, 3), dwells/axes (N, 3), dwells/times_s (N,), dwells/catheter (N,), dwells/index (N,)
+    dwells/positions_mm (N, 3), dwells/axes (N, 3), dwells/times_s (N,),
+    dwells/catheter (N,), dwells/index (N,)
     dvh/<name>          (2, bins): row 0 dose_gy, row 1 volume_cm3 (cumulative)
 
 Writers build the store under a temporary name beside the target and rename it into place, so a
@@ -39,7 +41,8 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 @contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success move it to ``final`` (replacing it), else delete it."""
+    """Yield a temporary sibling path; on success move it to ``final`` (replacing it), else
+    delete it."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -71,7 +74,9 @@ def _to_jsonable(value):
     return str(value)
 
 
-def write_array(group: zarr.Group, name: str, data: np.ndarray, attrs: dict | None = None) -> zarr.Array:
+def write_array(
+    group: zarr.Group, name: str, data: np.ndarray, attrs: dict | None = None
+) -> zarr.Array:
     """Create array ``name`` in ``group`` holding ``data`` (chunked for dose-like 3-D arrays)."""
     data = np.asarray(data)
     arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=_chunks(data.shape))
@@ -81,12 +86,21 @@ def write_array(group: zarr.Group, name: str, data: np.ndarray, attrs: dict | No
     return arr
 
 
-def write_dose_store(path: str | Path, dose_gy: np.ndarray, grid: Grid, attrs: dict | None = None) -> Path:
+def write_dose_store(
+    path: str | Path, dose_gy: np.ndarray, grid: Grid, attrs: dict | None = None
+) -> Path:
     """Write a dose grid (nz, ny, nx) in Gy with its grid metadata to a new zarr v3 store."""
     with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        root.attrs.update(_to_jsonable({"iortopt": {"version": __version__, "kind": "dose"}, **(attrs or {})}))
-        write_array(root, "dose_gy", np.asarray(dose_gy, np.float32), {"grid": grid.to_attrs(), "unit": "Gy"})
+        root.attrs.update(
+            _to_jsonable({"iortopt": {"version": __version__, "kind": "dose"}, **(attrs or {})})
+        )
+        write_array(
+            root,
+            "dose_gy",
+            np.asarray(dose_gy, np.float32),
+            {"grid": grid.to_attrs(), "unit": "Gy"},
+        )
     return Path(path)
 
 
@@ -98,17 +112,30 @@ def read_dose_store(path: str | Path) -> tuple[np.ndarray, Grid, dict]:
 
 
 def write_plan_store(path: str | Path, plan: dict) -> Path:
-    """Write a plan store (layout in the module docstring) from a dict with keys ``grid``, ``dose_gy``,
-    ``structures`` (list of (name, role, occupancy)), ``dwells`` (dict of arrays), ``dvhs`` (name -> DVH),
+    """Write a plan store (layout in the module docstring) from a dict with keys ``grid``,
+    ``dose_gy``, ``structures`` (list of (name, role, occupancy)), ``dwells`` (dict of arrays),
+    ``dvhs`` (name -> DVH),
     and ``attrs`` (config, provenance, metrics, summary)."""
     grid: Grid = plan["grid"]
     with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        root.attrs.update(_to_jsonable({"iortopt": {"version": __version__, "kind": "plan"}, **plan["attrs"]}))
-        write_array(root, "dose_gy", np.asarray(plan["dose_gy"], np.float32), {"grid": grid.to_attrs(), "unit": "Gy"})
+        root.attrs.update(
+            _to_jsonable({"iortopt": {"version": __version__, "kind": "plan"}, **plan["attrs"]})
+        )
+        write_array(
+            root,
+            "dose_gy",
+            np.asarray(plan["dose_gy"], np.float32),
+            {"grid": grid.to_attrs(), "unit": "Gy"},
+        )
         structures = root.create_group("structures")
         for name, role, occupancy in plan["structures"]:
-            write_array(structures, name, np.asarray(occupancy, np.float32), {"role": role, "grid": grid.to_attrs()})
+            write_array(
+                structures,
+                name,
+                np.asarray(occupancy, np.float32),
+                {"role": role, "grid": grid.to_attrs()},
+            )
         dwells = root.create_group("dwells")
         for key, values in plan["dwells"].items():
             write_array(dwells, key, np.asarray(values))
@@ -118,6 +145,9 @@ def write_plan_store(path: str | Path, plan: dict) -> Path:
                 dvh_group,
                 name,
                 np.stack([dvh.dose_gy, dvh.volume_cm3]).astype(np.float64),
-                {"rows": ["dose_gy", "volume_cm3 (cumulative)"], "total_volume_cm3": dvh.total_volume_cm3},
+                {
+                    "rows": ["dose_gy", "volume_cm3 (cumulative)"],
+                    "total_volume_cm3": dvh.total_volume_cm3,
+                },
             )
     return Path(path)

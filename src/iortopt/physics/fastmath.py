@@ -20,7 +20,8 @@ _ATAN_COEFFS = (
 def atan2_upper(y: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
     """``atan2(y, x)`` in radians for ``y >= 0`` (result in [0, pi]).
 
-    float32 inputs use a polynomial (about 6x faster than ``jnp.arctan2`` on CPU, error <= 1e-6 rad);
+    float32 inputs use a polynomial (about 6x faster than ``jnp.arctan2`` on CPU, error
+    <= 1e-6 rad);
     float64 inputs use ``jnp.arctan2`` so validation runs keep full precision.
     """
     if jnp.result_type(y, x) == jnp.float64:

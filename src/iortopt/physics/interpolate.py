@@ -9,7 +9,7 @@ same values as interpolating the published one, while the interval index becomes
 the four corner values one contiguous read.
 
 If no common spacing with at most ``MAX_NODES`` nodes exists (knots such as 1/3), the table is
-resampled on ``MAX_NODES`` nodes and ``exact`` is False; the deviation from knot interpolation is then
+resampled on ``MAX_NODES`` nodes and ``exact`` is False; the deviation from knot interpolation is
 bounded by the table's curvature over one node spacing.
 
 Extrapolation (HEBD 2012 rule for TG-43 tables): below the first knot the first value is used

@@ -1,6 +1,6 @@
 """TG-43 source datasets: the packaged consensus/CLRP data and user-commissioned files.
 
-File format (TOML, one source per file; the packaged files in ``iortopt/data/sources`` are examples)::
+File format (TOML, one source per file; the packaged ``iortopt/data/sources`` files are examples)::
 
     [source]
     name = "mHDR-v2"                              # model name
@@ -26,8 +26,9 @@ File format (TOML, one source per file; the packaged files in ``iortopt/data/sou
     phi_an = [...]
 
 theta is measured from the source's long axis, theta = 0 at the distal tip (HEBD/CLRP convention).
-Missing F values (``nan``, CLRP "-" entries near the axis) are filled with the nearest published value
-at the same angle; angles outside the tabulated range take the nearest tabulated angle. Every dataset is self-consistent: never mix one dataset's Lambda with another's
+Missing F values (``nan``, CLRP "-" entries near the axis) are filled with the nearest published
+value at the same angle; angles outside the tabulated range take the nearest tabulated angle.
+Every dataset is self-consistent: never mix one dataset's Lambda with another's
 tables, which is why each file carries all of them.
 """
 
@@ -49,7 +50,7 @@ THETA0_DEG = 90.0
 NORMALISATION_TOLERANCE = 0.02
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SourceData:
     """One consistent TG-43 dataset of a source model. Distances in cm, angles in degrees."""
 
@@ -90,8 +91,16 @@ def _array(origin: str, table: dict, section: str, key: str, *, required: bool =
         if required:
             raise _fail(origin, f"[{section}] {key}", "missing")
         return None
+    value = table[key]
+    flat = value
+    while isinstance(flat, list) and flat and isinstance(flat[0], list):
+        flat = [item for row in flat for item in (row if isinstance(row, list) else [row])]
+    items = flat if isinstance(flat, list) else [flat]
+    bad = next((v for v in items if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+    if bad is not None:
+        raise _fail(origin, f"[{section}] {key}", f"expected numbers, found {bad!r}")
     try:
-        arr = np.asarray(table[key], dtype=np.float64)
+        arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise _fail(origin, f"[{section}] {key}", f"expected numbers ({exc})") from None
     return arr
@@ -180,7 +189,9 @@ def parse_source(doc: dict, origin: str = "<source data>") -> SourceData:
             f"expected {th.size} rows (theta_deg) of {f_r.size} values (r_cm), got shape {F.shape}",
         )
     if np.any(np.isinf(F)) or np.any(F[np.isfinite(F)] < 0):
-        raise _fail(origin, "[anisotropy_function] F", "values must be non-negative (nan = no data)")
+        raise _fail(
+            origin, "[anisotropy_function] F", "values must be non-negative (nan = no data)"
+        )
     empty_rows = np.flatnonzero(~np.isfinite(F).any(axis=1))
     if empty_rows.size:
         raise _fail(
@@ -192,7 +203,9 @@ def parse_source(doc: dict, origin: str = "<source data>") -> SourceData:
         raise _fail(origin, "[anisotropy_function] theta_deg", "must include 90 degrees")
     f_90_r0 = float(np.interp(R0_CM, f_r, F[int(row90)]))
     if abs(f_90_r0 - 1.0) > NORMALISATION_TOLERANCE:
-        raise _fail(origin, "[anisotropy_function] F", f"F(1 cm, 90 deg) = {f_90_r0:.4f}, expected 1")
+        raise _fail(
+            origin, "[anisotropy_function] F", f"F(1 cm, 90 deg) = {f_90_r0:.4f}, expected 1"
+        )
 
     phi_r = phi = None
     if "anisotropy_factor_1d" in doc:
@@ -239,7 +252,9 @@ def _packaged_dir():
 
 def packaged_source_keys() -> list[str]:
     """Keys (``<name>_<dataset>``) of all packaged datasets, consensus (HEBD) first."""
-    keys = [p.name.removesuffix(".toml") for p in _packaged_dir().iterdir() if p.name.endswith(".toml")]
+    keys = [
+        p.name.removesuffix(".toml") for p in _packaged_dir().iterdir() if p.name.endswith(".toml")
+    ]
     return sorted(keys, key=lambda k: (not k.endswith("HEBD2012"), k.lower()))
 
 

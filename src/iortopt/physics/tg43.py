@@ -136,7 +136,9 @@ def dose_rate_per_sk(z_cm: jnp.ndarray, y_cm: jnp.ndarray, kernel: TG43Kernel) -
     theta_axis = kernel.f_theta_axis
     theta_last = theta_axis.first + (theta_axis.size - 1) / theta_axis.inv_step
     theta_deg = jnp.minimum(atan2_upper(y, z) * (180.0 / np.pi), theta_last)
-    f = jnp.maximum(interp2d(kernel.f_theta_axis, kernel.f_r_axis, kernel.f_values, theta_deg, r), 0.0)
+    f = jnp.maximum(
+        interp2d(kernel.f_theta_axis, kernel.f_r_axis, kernel.f_values, theta_deg, r), 0.0
+    )
     return kernel.dose_rate_constant * geometry * g * f
 
 
@@ -205,7 +207,9 @@ def dose_gy(
     points_mm = jnp.asarray(points_mm, dtype)
     positions_cm = jnp.asarray(positions_mm, dtype) * 0.1
     unit_axes = normalise_axes(jnp.asarray(axes, dtype))
-    weights = dwell_weights_gy(jnp.asarray(dwell_times_s, dtype), air_kerma_strength_U).astype(dtype)
+    weights = dwell_weights_gy(jnp.asarray(dwell_times_s, dtype), air_kerma_strength_U).astype(
+        dtype
+    )
 
     def block(pts_mm):
         z, y = along_away_cm(pts_mm * 0.1, positions_cm, unit_axes)
@@ -233,9 +237,9 @@ def auto_chunk_size(n_dwells: int, pairs_per_chunk: int = PAIRS_PER_CHUNK) -> in
 
 def decay_factor(half_life_days: float, calibration: datetime, treatment: datetime) -> float:
     """Fraction of the calibrated S_K left at ``treatment`` (exponential decay; both times aware or
-    both naive). Raises ValueError if treatment precedes calibration by more than a day."""
+    both naive). Raises ValueError if treatment precedes calibration."""
     elapsed_days = (treatment - calibration).total_seconds() / 86400.0
-    if elapsed_days < -1.0:
+    if elapsed_days < 0.0:
         raise ValueError(
             f"treatment time {treatment.isoformat()} is before the source calibration "
             f"{calibration.isoformat()}"
