@@ -89,8 +89,8 @@ def test_reparametrisation_round_trip():
 
 def test_checkpoint_round_trip(tmp_path):
     path = tmp_path / "ckpt.npz"
-    save_checkpoint(path, np.array([1.0, 2.0]), 7)
-    times, it = load_checkpoint(path)
+    save_checkpoint(path, np.array([1.0, 2.0]), 7, "abc")
+    times, it, key = load_checkpoint(path)
     np.testing.assert_array_equal(times, [1.0, 2.0])
-    assert it == 7
+    assert it == 7 and key == "abc"
     assert not list(tmp_path.glob("*.tmp*"))

@@ -65,6 +65,8 @@ def minimise(
     learning_rate: float = 0.05,
     progress: Callable[[int, float], None] | None = None,
     dtype=jnp.float32,
+    checkpoint: Callable[[int, np.ndarray], None] | None = None,
+    checkpoint_every: int = 25,
 ) -> OptimizationResult:
     """Minimise ``objective_of_times`` over 0 <= t <= t_max_s.
 
@@ -75,6 +77,8 @@ def minimise(
         max_iterations / tolerance: stop after max_iterations, or when the relative objective change
             stays below tolerance for PATIENCE iterations in a row.
         progress: called as progress(iteration, objective) after each iteration.
+        checkpoint: called as checkpoint(iteration, times_s) every ``checkpoint_every`` iterations,
+            so a long run can be resumed from its last dwell times.
     """
     f = lambda u: jnp.asarray(objective_of_times(times_from_u(u, t_max_s)), dtype)  # noqa: E731
     opt = _optimizer(method, learning_rate)
@@ -113,6 +117,8 @@ def minimise(
         u, state = u_next, state_next
         if progress is not None:
             progress(it, value)
+        if checkpoint is not None and it % checkpoint_every == 0:
+            checkpoint(it, np.asarray(times_from_u(u, t_max_s), dtype=np.float64))
         calm = calm + 1 if rel < tolerance else 0
         if calm >= PATIENCE:
             stop_reason, converged = "relative change below tolerance", True
@@ -134,15 +140,15 @@ def minimise(
     )
 
 
-def save_checkpoint(path: str | Path, times_s: np.ndarray, iteration: int) -> None:
-    """Write dwell times and iteration to ``path`` (.npz) atomically."""
+def save_checkpoint(path: str | Path, times_s: np.ndarray, iteration: int, key: str = "") -> None:
+    """Write dwell times, iteration and an identifying ``key`` to ``path`` (.npz) atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, times_s=np.asarray(times_s), iteration=np.asarray(iteration))
+    np.savez(tmp, times_s=np.asarray(times_s), iteration=np.asarray(iteration), key=np.asarray(key))
     tmp.replace(path)
 
 
-def load_checkpoint(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a checkpoint written by :func:`save_checkpoint` (no pickle)."""
+def load_checkpoint(path: str | Path) -> tuple[np.ndarray, int, str]:
+    """Read a checkpoint written by :func:`save_checkpoint` (no pickle): times, iteration, key."""
     with np.load(Path(path), allow_pickle=False) as data:
-        return np.asarray(data["times_s"]), int(data["iteration"])
+        return np.asarray(data["times_s"]), int(data["iteration"]), str(data["key"])

@@ -13,6 +13,7 @@ matrix-free kernel passes otherwise; the full grid is computed once at the end.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import shutil
@@ -247,10 +248,25 @@ def _initial_time_s(
     return min(value, 0.9 * t_max_s)
 
 
+def checkpoint_path_for(out_dir: str | Path) -> Path:
+    """Where a run writing ``out_dir`` keeps its optimiser checkpoint (removed on success)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.checkpoint.npz")
+
+
+def checkpoint_key(cfg: PlanConfig, n_dwells: int) -> str:
+    """Identifies the problem a checkpoint belongs to: the whole config and the dwell count."""
+    return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16] + f"-{n_dwells}"
+
+
 def optimise_and_write(
     prepared: PreparedPlan, out_dir: str | Path, console: Console | None = None
 ) -> PlanResult:
-    """Optimise dwell times, compute the full dose and write every output into ``out_dir``."""
+    """Optimise dwell times, compute the full dose and write every output into ``out_dir``.
+
+    Every 25 iterations the dwell times go to a checkpoint beside ``out_dir``; a later run of the
+    same config into the same folder starts from it (an interrupted long run resumes).
+    """
     cfg, case, dwells, dtype = prepared.config, prepared.case, prepared.dwells, prepared.dtype
     grid = case.grid
     timings = {"setup_s": prepared.setup_s}
@@ -286,7 +302,16 @@ def optimise_and_write(
     t_max = cfg.applicator.max_dwell_time_s
     init = np.full(n_dwells, _initial_time_s(unit_dose, target_w, cfg.prescription.dose_gy, t_max))
 
-    from iortopt.optimize import minimise
+    from iortopt.optimize import load_checkpoint, minimise, save_checkpoint
+
+    out_dir = Path(out_dir)
+    checkpoint_path = checkpoint_path_for(out_dir)
+    run_key = checkpoint_key(cfg, n_dwells)
+    if checkpoint_path.exists():
+        times_saved, it_saved, key_saved = load_checkpoint(checkpoint_path)
+        if key_saved == run_key and times_saved.shape == (n_dwells,):
+            init = times_saved
+            prepared.notes.append(f"resumed from checkpoint at iteration {it_saved}")
 
     bar = DelayedProgress(console, cfg.optimizer.max_iterations, "optimising")
     result = minimise(
@@ -299,6 +324,7 @@ def optimise_and_write(
         learning_rate=cfg.optimizer.learning_rate,
         progress=lambda it, value: bar.update(it, f"objective {value:.4g}"),
         dtype=dtype,
+        checkpoint=lambda it, times: save_checkpoint(checkpoint_path, times, it, run_key),
     )
     bar.close()
     timings.update(optimise_compile_s=result.compile_s, optimise_s=result.optimise_s)
@@ -349,12 +375,12 @@ def optimise_and_write(
         "precision": np.dtype(dtype).name,
     }
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
     summary["wall_times_s"] = timings
     _write_outputs(prepared, dose, result.times_s, evaluation, summary, out_dir)
     timings["write_s"] = time.perf_counter() - t0
     summary["wall_times_s"] = timings
     _rewrite_summary(out_dir, summary)
+    checkpoint_path.unlink(missing_ok=True)
     return PlanResult(
         prepared, result.times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir
     )
@@ -391,15 +417,19 @@ def evaluate_plan(prepared: PreparedPlan, dose: np.ndarray) -> dict:
         )
     bio = {}
     n = cfg.prescription.n_fractions
+
+    def lq(fn, dose_gy: float, ab: float) -> float:
+        return float(fn(dose_gy, n, ab)) if np.isfinite(dose_gy) else float("nan")
+
     for name, ab in cfg.radiobiology.alpha_beta_gy.items():
         m = metrics[name]
         bio[name] = {
-            "model": "linear-quadratic (disputed above ~10 Gy per fraction)",
+            "model": radiobiology.MODEL_NAME,
             "alpha_beta_gy": ab,
             "n_fractions": n,
-            "D90_BED_gy": float(radiobiology.bed_gy(m["D90_gy"], n, ab)),
-            "D90_EQD2_gy": float(radiobiology.eqd2_gy(m["D90_gy"], n, ab)),
-            "D2cc_EQD2_gy": float(radiobiology.eqd2_gy(m["D2cc_gy"], n, ab)),
+            "D90_BED_gy": lq(radiobiology.bed_gy, m["D90_gy"], ab),
+            "D90_EQD2_gy": lq(radiobiology.eqd2_gy, m["D90_gy"], ab),
+            "D2cc_EQD2_gy": lq(radiobiology.eqd2_gy, m["D2cc_gy"], ab),
         }
     return {
         "metrics": metrics,
