@@ -42,7 +42,8 @@ PUBLISHED_LAMBDA_L = {
 }
 HEBD_KEYS = [k for k in PUBLISHED_LAMBDA_L if k.endswith("HEBD2012")]
 IR192_HALF_LIFE_DAYS = 73.83  # PROVENANCE A6 (73.827 .. 73.83 d in the sources read)
-REFERENCE_DIR = Path("/work/shared/reference/tg43")  # optional full-table cross-check
+# optional full-table cross-check against ../shared (beside the repository, as in CI)
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tg43"
 
 
 # --------------------------------------------------------------------------- packaged data

@@ -38,7 +38,8 @@ jit_rate_matrix = jax.jit(dose_rate_matrix)
 jit_rate = jax.jit(dose_rate_per_sk)
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-REFERENCE_DIR = Path("/work/shared/reference/tg43")  # optional full-table cross-check
+# optional full-table cross-check against ../shared (beside the repository, as in CI)
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "reference" / "tg43"
 
 HEBD_SOURCES = ["mHDR-v2", "GammaMedPlus", "VS2000", "Flexisource", "M-19"]
 

@@ -1,0 +1,161 @@
+"""Generate the packaged ILLUSTRATIVE 50 kV spherical-applicator beam file.
+
+Writes ``src/iortopt/data/xray/generic_50kV_spheres.toml`` (format: :mod:`iortopt.physics.xray`).
+The numbers come from a smooth model shaped by a few published facts; they are NOT measured data
+and NOT FOR CLINICAL USE. Run from the repository root::
+
+    .venv/bin/python scripts/make_generic_xray_data.py
+
+Depth dose (relative to the applicator surface, in water)
+---------------------------------------------------------
+For a sphere of radius a (mm) and depth d (mm) from its surface (r = a + d from the source)::
+
+    ln D(d)/D(0) = -2 ln(1 + d/a) - mu_inf d - (mu_0(a) - mu_inf) h ln(1 + d/h)
+    mu_0(a)      = MU_REF (A_REF / a)^P
+
+- inverse square from the source at the sphere centre, times an attenuation whose local
+  coefficient falls from mu_0(a) at the surface to mu_inf deep in water, over the hardening
+  length h (the soft part of the spectrum is absorbed first: the published mean photon energy
+  behind 5 and 10 mm of water rises from 18 to 24 keV);
+- mu_0 falls with the radius because a thicker applicator wall hardens the beam, so larger
+  spheres fall off less steeply at every depth;
+- the local fall-off at the surface is r^-(2 + mu_0(a) a): r^-3.2 for the 1.5 cm sphere to r^-2.8
+  for the 5 cm one, close to the published "about 1/r^3";
+- 20 Gy at the surface gives 5.2, 6.1 and 6.9 Gy at 10 mm for the 3.0, 3.5 and 4.0 cm spheres
+  (inside TARGIT's "5-7 Gy at 1 cm"), 1.8 to 4.1 Gy for 1.5 to 2.5 cm and 7.7 and 8.3 Gy for
+  4.5 and 5.0 cm.
+
+Surface dose rate
+-----------------
+Only three sizes have published treatment times for 20 Gy at the surface: 23, 25 and 44 min for
+the 3, 4 and 5 cm spheres (Sethi et al. 2018, Front Oncol 8:74, Table 1; one centre, they depend on
+that centre's source output). These fix rate = 20 Gy / time for those sizes. ln(rate) is
+interpolated in diameter by a monotone cubic Hermite curve (Fritsch-Carlson slopes; secant slopes
+at the two ends) and continued linearly below 3 cm with the 3-4 cm secant slope: smooth (C1) and
+strictly decreasing with size. The 1.5 to 2.5 cm and 3.5 and 4.5 cm rates are therefore
+assumptions, not data; the small sizes are the least certain (real small spheres are faster).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+OUT = Path(__file__).resolve().parents[1] / "src" / "iortopt" / "data" / "xray"
+NAME = "generic_50kV_spheres"
+FORMALISM = "TARGIT (Zeiss V4.0)"
+
+DIAMETERS_CM = tuple(round(1.5 + 0.5 * k, 1) for k in range(8))
+#: Published anchors: diameter (cm) -> treatment time (min) for 20 Gy at the surface.
+ANCHOR_TIMES_MIN = {3.0: 23.0, 4.0: 25.0, 5.0: 44.0}
+ANCHOR_DOSE_GY = 20.0
+
+MU_REF_PER_MM = 0.065  # surface attenuation coefficient of the 3 cm sphere
+A_REF_MM = 15.0
+P_HARDENING = 1.3  # mu_0 ~ a^-P
+MU_INF_PER_MM = 0.012  # deep (hardened) attenuation coefficient
+HARDENING_LENGTH_MM = 2.5
+
+DEPTHS_MM = np.concatenate(
+    [
+        np.arange(0.0, 10.0, 0.5),
+        np.arange(10.0, 20.0, 1.0),
+        np.arange(20.0, 40.0, 2.0),
+        np.arange(40.0, 60.01, 5.0),
+    ]
+)
+
+
+def relative_depth_dose(depth_mm: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Model D(d)/D(0) at depths (mm) for a sphere of radius (mm); see the module docstring."""
+    d = np.asarray(depth_mm, dtype=np.float64)
+    mu_0 = MU_REF_PER_MM * (A_REF_MM / radius_mm) ** P_HARDENING
+    h = HARDENING_LENGTH_MM
+    log_rel = (
+        -2.0 * np.log1p(d / radius_mm)
+        - MU_INF_PER_MM * d
+        - (mu_0 - MU_INF_PER_MM) * h * np.log1p(d / h)
+    )
+    return np.exp(log_rel)
+
+
+def surface_dose_rate_gy_min(diameter_cm: float) -> float:
+    """Model surface dose rate (Gy/min): monotone C1 curve through the published anchors."""
+    knots = np.array(sorted(ANCHOR_TIMES_MIN))
+    log_rate = np.log(ANCHOR_DOSE_GY / np.array([ANCHOR_TIMES_MIN[k] for k in knots]))
+    secant = np.diff(log_rate) / np.diff(knots)
+    slopes = np.empty_like(log_rate)
+    slopes[0], slopes[-1] = secant[0], secant[-1]
+    # Fritsch-Carlson interior slopes: harmonic mean of same-sign secants keeps the curve monotone.
+    slopes[1:-1] = 2.0 / (1.0 / secant[:-1] + 1.0 / secant[1:])
+    x = float(diameter_cm)
+    if x <= knots[0]:
+        return math.exp(log_rate[0] + slopes[0] * (x - knots[0]))
+    if x >= knots[-1]:
+        return math.exp(log_rate[-1] + slopes[-1] * (x - knots[-1]))
+    k = int(np.searchsorted(knots, x) - 1)
+    h = knots[k + 1] - knots[k]
+    t = (x - knots[k]) / h
+    value = (
+        (2 * t**3 - 3 * t**2 + 1) * log_rate[k]
+        + (t**3 - 2 * t**2 + t) * h * slopes[k]
+        + (-2 * t**3 + 3 * t**2) * log_rate[k + 1]
+        + (t**3 - t**2) * h * slopes[k + 1]
+    )
+    return math.exp(value)
+
+
+def _numbers(values) -> str:
+    return "[" + ", ".join(f"{v:.6g}" for v in values) + "]"
+
+
+def render() -> str:
+    """The TOML text of the generic dataset."""
+    lines = [
+        "# ILLUSTRATIVE, NOT FOR CLINICAL USE.",
+        "# Generated by scripts/make_generic_xray_data.py from a smooth model (see that script):",
+        "# not measured data. Replace with your centre's commissioning data for any real use.",
+        "",
+        "[beam]",
+        f'name = "{NAME}"',
+        f'formalism = "{FORMALISM}"',
+        "illustrative = true",
+        'citation = "Model shaped by: Sethi A et al., Front Oncol 8:74 (2018), Table 1 (23, 25, 44 '
+        'min for 20 Gy at the surface of 3, 4, 5 cm spheres); TARGIT (20 Gy surface, 5-7 Gy at 1 '
+        'cm); Radiat Oncol 2:11 (2007) (about 1/r^3 fall-off, 18 -> 24 keV behind 5 -> 10 mm)."',
+        'notes = "ILLUSTRATIVE, NOT FOR CLINICAL USE. Surface dose rates of 1.5-2.5, 3.5 and 4.5 '
+        "cm are interpolated/extrapolated assumptions; depth doses are a smooth model, not "
+        'measurements. Formalism recorded as the one the published times refer to (assumed)."',
+    ]
+    for diameter in DIAMETERS_CM:
+        radius_mm = 5.0 * diameter
+        rel = relative_depth_dose(DEPTHS_MM, radius_mm)
+        lines += [
+            "",
+            "[[applicator]]",
+            f"diameter_cm = {diameter}",
+            f"surface_dose_rate_Gy_min = {surface_dose_rate_gy_min(diameter):.6g}",
+            f"depth_mm = {_numbers(DEPTHS_MM)}",
+            f"relative_dose = {_numbers(rel)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{NAME}.toml"
+    path.write_text(render())
+    print(f"wrote {path}")
+    for diameter in DIAMETERS_CM:
+        rate = surface_dose_rate_gy_min(diameter)
+        at_10 = 20.0 * float(relative_depth_dose(np.array([10.0]), 5.0 * diameter)[0])
+        print(
+            f"  {diameter:.1f} cm: {rate:.4f} Gy/min, {20.0 / rate:.2f} min for 20 Gy, "
+            f"{at_10:.2f} Gy at 10 mm"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,652 @@
+"""Plan 50 kV X-ray IORT of the breast with a spherical applicator: choose size, position, time.
+
+Inputs: a breast phantom (:class:`iortopt.anatomy.breast.BreastCaseParams`), a beam
+(:mod:`iortopt.physics.xray`) and a prescription. :func:`optimise_xray` does four things.
+
+1. Catalogue comparison. Every catalogue size, centred in the cavity, gets the time that meets
+   the prescription (``"surface"``: Rx at the applicator surface, time = Rx / surface rate;
+   ``"depth"``: Rx at ``prescription_depth_mm``). All sizes are evaluated in one vmapped pass
+   (:func:`iortopt.physics.xray.catalogue_dose_gy`) on one common set of evaluation points: the
+   centres of a lattice (spacing ``eval_spacing_mm``, offset half a spacing from the dose grid)
+   in the OARs and in breast tissue near the cavity, each standing for its lattice cell, plus a
+   1 mm sample of the deepest skin layer (the plane z = skin surface - skin thickness) for the
+   skin maximum. Per size the structures follow the applicator as in
+   :mod:`iortopt.anatomy.breast` (rigid anatomy, tissue conforming to the sphere). Reported:
+
+   - ``target_coverage_percent``: percentage of the PTV_shell volume receiving at least
+     ``coverage_fraction`` x Rx. Default fraction: 0.25 in surface mode (5 Gy for 20 Gy, the low
+     end of TARGIT's "5-7 Gy at 1 cm"), 1.0 in depth mode;
+   - ``skin_distance_mm`` (applicator surface to skin surface) and ``skin_flag`` (< the minimum,
+     5 mm by default: TARGIT's constraint), ``skin_max_gy`` (maximum on the deepest skin layer);
+   - ``chest_wall_D2cc_gy``, ``rib_D2cc_gy``, ``lung_mean_gy``;
+   - ``fits_cavity`` (cavity wall within ``fit_tolerance_mm`` of the surface), ``wall_gap_mm``;
+   - ``score`` = 100 [coverage - oar_weight (skin_max + chest_wall_D2cc + rib_D2cc + lung_mean)/Rx
+     - fit_weight (wall_gap / fit_tolerance)^2]: coverage against OAR dose, and a preference for
+     the size closest to the cavity (conformance is assumed, not simulated, so the less the
+     tissue has to move the more the model is worth).
+
+2. Choice (documented rule): among the sizes that fit the cavity and keep the skin distance
+   >= the minimum, the highest score. If none qualifies, the best-scoring size that fits (then
+   any size), with a warning in ``notes``. ``chosen["reason"]`` says which rule decided.
+
+3. Continuous relaxation: radius (within the catalogue's range), centre (within
+   ``max_shift_mm`` of the cavity centre per axis, if ``optimise_position``) and time, optimised
+   with optax (Adam) on a smooth version of the score (soft PTV membership and soft coverage)
+   plus penalties: prescription (100 (D_Rx / Rx - 1)^2), skin distance and fit (1 per mm^2 of
+   violation). Reported next to the catalogue choice; it shows where the trade-off would sit if
+   any size could be made. With ``optimise_position`` the chosen size's centre is then optimised
+   the same way (radius fixed; kept only if its score is at least the centred one's).
+
+4. The final :class:`~iortopt.case.Case` for the chosen applicator and its full-grid dose. In
+   voxels cut by the applicator surface the dose is the mean over the voxel's tissue sub-samples
+   (the occupancy supersampling), so their tissue fraction gets its dose rather than the 0 of an
+   applicator voxel centre; elsewhere it is the voxel-centre dose.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from iortopt.anatomy.breast import (
+    BreastCaseParams,
+    BreastGeometry,
+    breast_geometry,
+    build_breast_case,
+    structure_masks,
+)
+from iortopt.case import Case
+from iortopt.dvh import dose_at_volume_cm3, volume_at_dose
+from iortopt.objectives import dose_at_volume
+from iortopt.physics.xray import (
+    XrayBeam,
+    catalogue_dose_gy,
+    depth_dose_gy,
+    load_xray_beam,
+    sphere_dose_gy,
+    surface_dose_rate_gy_min,
+)
+
+PRESCRIPTION_MODES = ("surface", "depth")
+#: Default coverage level as a fraction of Rx, per prescription mode (see the module docstring).
+DEFAULT_COVERAGE_FRACTION = {"surface": 0.25, "depth": 1.0}
+D2CC_CM3 = 2.0
+#: Spacing (mm) and half-width (mm) of the sample of the deepest skin layer.
+SKIN_SAMPLE_SPACING_MM = 1.0
+SKIN_SAMPLE_HALF_WIDTH_MM = 30.0
+#: Soft-membership width (mm) and soft-coverage width (fraction of the coverage dose).
+SOFT_DEPTH_MM = 0.5
+SOFT_DOSE_FRACTION = 0.02
+PRESCRIPTION_PENALTY = 100.0
+CONSTRAINT_PENALTY_PER_MM2 = 1.0
+#: Adam's learning rate decays from 0.1 by this factor over the iterations (settles the result).
+LEARNING_RATE_DECAY = 0.05
+ILLUSTRATIVE_NOTE = (
+    "ILLUSTRATIVE beam data, NOT FOR CLINICAL USE: depth doses and most surface dose rates come "
+    "from a smooth model, not measurements."
+)
+
+
+@dataclass
+class XrayPlanResult:
+    """Outcome of :func:`optimise_xray` (doses in Gy, lengths in mm, times in minutes)."""
+
+    case: Case
+    dose_gy: np.ndarray  # (nz, ny, nx) float32 on case.grid
+    chosen: dict
+    comparison: list[dict]
+    continuous: dict
+    timings: dict
+    notes: list[str] = field(default_factory=list)
+    beam_name: str = ""
+    formalism: str = ""
+    geometry: BreastGeometry | None = None
+
+
+@dataclass(frozen=True)
+class _EvalPoints:
+    """Common evaluation points: lattice cells (volume ``cell_cm3`` each) then the skin sample."""
+
+    points_mm: np.ndarray  # (P + S, 3)
+    labels: dict  # name -> (P + S,) bool; the skin sample is labelled "skin_sample" only
+    cell_cm3: float
+    n_lattice: int
+
+
+def _lattice_axis(low: float, high: float, spacing: float) -> np.ndarray:
+    n = max(int(np.ceil((high - low) / spacing - 1e-9)), 1)
+    return low + (np.arange(n) + 0.5) * spacing
+
+
+def _evaluation_points(g: BreastGeometry, spacing_mm: float, reach_mm: float) -> _EvalPoints:
+    """Lattice points in the OARs and in breast tissue within ``reach_mm`` of the cavity centre,
+    plus the 1 mm sample of the deepest skin layer."""
+    w = g.region_half_width_mm
+    lo = (np.floor(np.array([-w, -w, g.lung_back_z_mm]) / spacing_mm)) * spacing_mm
+    hi = np.array([w, w, g.skin_surface_z_mm])
+    x, y, z = (_lattice_axis(lo[k], hi[k], spacing_mm) for k in range(3))
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    pts = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=-1)
+    labels = g.tissue_labels(pts)
+    near = np.linalg.norm(pts - g.cavity_centre_mm, axis=-1) <= reach_mm
+    keep = labels["skin"] | labels["chest_wall"] | labels["rib"] | labels["lung"]
+    keep |= labels["breast_tissue"] & near
+    pts = pts[keep]
+    labels = {k: v[keep] for k, v in labels.items()}
+
+    hw = SKIN_SAMPLE_HALF_WIDTH_MM
+    s = np.arange(-hw, hw + 1e-9, SKIN_SAMPLE_SPACING_MM)
+    sy, sx = np.meshgrid(s, s, indexing="ij")
+    skin = np.stack([sx.ravel(), sy.ravel(), np.full(sx.size, g.skin_inner_z_mm)], axis=-1)
+    n = pts.shape[0]
+    all_labels = {k: np.concatenate([v, np.zeros(len(skin), bool)]) for k, v in labels.items()}
+    all_labels["skin_sample"] = np.concatenate([np.zeros(n, bool), np.ones(len(skin), bool)])
+    return _EvalPoints(np.concatenate([pts, skin]), all_labels, spacing_mm**3 * 1e-3, n)
+
+
+def _prescription_dose_per_min(radius_mm: float, mode: str, depth_mm: float, beam) -> float:
+    """Dose rate (Gy/min) at the prescription point of a sphere (isotropic)."""
+    if mode == "surface":
+        return float(surface_dose_rate_gy_min(float(radius_mm), beam))
+    return float(depth_dose_gy(jnp.asarray(float(depth_mm)), float(radius_mm), 1.0, beam))
+
+
+def _row_metrics(
+    dose: np.ndarray,
+    ev: _EvalPoints,
+    g: BreastGeometry,
+    radius_mm: float,
+    centre_mm: np.ndarray,
+    coverage_dose_gy: float,
+) -> dict:
+    """Coverage and OAR metrics of one applicator from its dose (P + S,) on the eval points."""
+    depth = np.linalg.norm(ev.points_mm - centre_mm, axis=-1) - radius_mm
+    masks = structure_masks(ev.labels, depth, g.target_thickness_mm)
+    ptv = masks["PTV_shell"]
+    coverage = float(np.mean(dose[ptv] >= coverage_dose_gy)) if ptv.any() else float("nan")
+    skin = masks["skin"] | (ev.labels["skin_sample"] & (depth > 0))
+
+    def d2cc(name):
+        m = masks[name]
+        if not m.any():
+            return float("nan")
+        return float(dose_at_volume_cm3(dose[m], np.ones(m.sum()), ev.cell_cm3, D2CC_CM3))
+
+    return {
+        "target_coverage_percent": 100.0 * coverage,
+        "skin_max_gy": float(dose[skin].max()) if skin.any() else 0.0,
+        "chest_wall_D2cc_gy": d2cc("chest_wall"),
+        "rib_D2cc_gy": d2cc("rib"),
+        "lung_mean_gy": float(dose[masks["lung"]].mean()) if masks["lung"].any() else 0.0,
+    }
+
+
+def _score(row: dict, prescription_gy: float, oar_weight: float, fit_weight: float, tol: float):
+    oar = sum(
+        np.nan_to_num(row[k])
+        for k in ("skin_max_gy", "chest_wall_D2cc_gy", "rib_D2cc_gy", "lung_mean_gy")
+    )
+    return 100.0 * (
+        row["target_coverage_percent"] / 100.0
+        - oar_weight * oar / prescription_gy
+        - fit_weight * (row["wall_gap_mm"] / tol) ** 2
+    )
+
+
+def _choose(rows: list[dict], min_skin_mm: float, tol: float) -> tuple[int, str, list[str]]:
+    """Index of the chosen row, the reason, and warnings (rule in the module docstring)."""
+    warnings = []
+    eligible = [k for k, r in enumerate(rows) if r["fits_cavity"] and not r["skin_flag"]]
+    pool, rule = eligible, (
+        f"fit the cavity (wall gap <= {tol:g} mm) and keep the skin distance >= {min_skin_mm:g} mm"
+    )
+    if not pool:
+        pool = [k for k, r in enumerate(rows) if r["fits_cavity"]]
+        rule = f"fit the cavity (wall gap <= {tol:g} mm); none keeps the skin distance"
+        warnings.append(
+            f"no catalogue size keeps the skin distance >= {min_skin_mm:g} mm: the chosen plan "
+            "violates the skin constraint"
+        )
+    if not pool:
+        pool = list(range(len(rows)))
+        rule = "are in the catalogue; none fits the cavity"
+        warnings.append("no catalogue size fits the cavity: the chosen plan is outside the model")
+    ranked = sorted(pool, key=lambda k: -rows[k]["score"])
+    best = ranked[0]
+    names = ", ".join(f"{rows[k]['diameter_cm']:g}" for k in sorted(pool))
+    r = rows[best]
+    reason = (
+        f"{r['diameter_cm']:g} cm: highest score ({r['score']:.1f}) among the sizes that {rule} "
+        f"({names} cm); coverage {r['target_coverage_percent']:.1f} %, skin distance "
+        f"{r['skin_distance_mm']:.1f} mm, skin max {r['skin_max_gy']:.2f} Gy, wall gap "
+        f"{r['wall_gap_mm']:.1f} mm"
+    )
+    if len(ranked) > 1:
+        nxt = rows[ranked[1]]
+        reason += f"; next best {nxt['diameter_cm']:g} cm (score {nxt['score']:.1f})"
+    return best, reason, warnings
+
+
+# ----------------------------------------------------------------------------------------------
+# Continuous relaxation
+# ----------------------------------------------------------------------------------------------
+
+
+def _relaxation(
+    ev: _EvalPoints,
+    g: BreastGeometry,
+    beam: XrayBeam,
+    *,
+    prescription_gy: float,
+    mode: str,
+    depth_mm: float,
+    coverage_dose_gy: float,
+    radius_range_mm: tuple[float, float],
+    max_shift_mm: float,
+    min_skin_mm: float,
+    oar_weight: float,
+    fit_weight: float,
+    shaft_axis,
+    anisotropy: float,
+    iterations: int,
+    dtype,
+):
+    """Jitted optimiser: ``run(u0, lock_radius, fixed_radius)`` -> (u, objective history) and
+    ``decode(u)`` -> (radius, centre, time)."""
+    pts = jnp.asarray(ev.points_mm, dtype)
+    lab = {k: jnp.asarray(v) for k, v in ev.labels.items()}
+    wall = jnp.asarray(g.cavity_wall_mm, dtype)
+    c0 = jnp.asarray(g.cavity_centre_mm, dtype)
+    a_lo, a_hi = radius_range_mm
+    cw_voxels = D2CC_CM3 / ev.cell_cm3
+    tol = g.fit_tolerance_mm
+    t_ref = prescription_gy / _prescription_dose_per_min(0.5 * (a_lo + a_hi), mode, depth_mm, beam)
+    shift = max_shift_mm
+
+    def decode(u, lock, fixed_radius):
+        free_a = a_lo + (a_hi - a_lo) * jax.nn.sigmoid(u[0])
+        radius = jnp.where(lock > 0, fixed_radius, free_a)
+        centre = c0 + shift * jnp.tanh(u[1:4])
+        return radius, centre, t_ref * jnp.exp(u[4])
+
+    def objective(u, lock, fixed_radius):
+        radius, centre, t = decode(u, lock, fixed_radius)
+        dose = sphere_dose_gy(pts, centre, radius, t, beam, shaft_axis, anisotropy)
+        depth = jnp.linalg.norm(pts - centre, axis=-1) - radius
+        member = (
+            lab["breast_tissue"]
+            * jax.nn.sigmoid(depth / SOFT_DEPTH_MM)
+            * jax.nn.sigmoid((g.target_thickness_mm - depth) / SOFT_DEPTH_MM)
+        )
+        # Inside the sphere the soft membership is small but not 0, and there is no tissue
+        # there to underdose: count those points as covered rather than as 0 Gy.
+        covered = jnp.where(
+            depth < 0,
+            1.0,
+            jax.nn.sigmoid((dose - coverage_dose_gy) / (SOFT_DOSE_FRACTION * coverage_dose_gy)),
+        )
+        coverage = jnp.sum(member * covered) / jnp.maximum(jnp.sum(member), 1e-6)
+        skin_max = jnp.max(jnp.where(lab["skin"] | lab["skin_sample"], dose, 0.0))
+
+        def d2cc(name):
+            w = lab[name].astype(dtype)
+            return dose_at_volume(jnp.where(lab[name], dose, 0.0), w, cw_voxels)
+
+        lung = jnp.sum(jnp.where(lab["lung"], dose, 0.0)) / jnp.maximum(jnp.sum(lab["lung"]), 1)
+        oar = skin_max + d2cc("chest_wall") + d2cc("rib") + lung
+        gap = jnp.max(jnp.sqrt(jnp.square(jnp.linalg.norm(wall - centre, axis=-1) - radius) + 1e-4))
+        score = coverage - oar_weight * oar / prescription_gy - fit_weight * jnp.square(gap / tol)
+        if mode == "surface":
+            d_rx = surface_dose_rate_gy_min(radius, beam) * t
+        else:
+            d_rx = depth_dose_gy(jnp.asarray(depth_mm, dtype), radius, t, beam)
+        skin_distance = g.skin_surface_z_mm - centre[2] - radius
+        penalty = (
+            PRESCRIPTION_PENALTY * jnp.square(d_rx / prescription_gy - 1.0)
+            + CONSTRAINT_PENALTY_PER_MM2 * jnp.square(jax.nn.relu(min_skin_mm - skin_distance))
+            + CONSTRAINT_PENALTY_PER_MM2 * jnp.square(jax.nn.relu(gap - tol))
+        )
+        return (-score + penalty).astype(dtype)
+
+    opt = optax.adam(optax.exponential_decay(0.1, iterations, LEARNING_RATE_DECAY))
+    value_and_grad = jax.value_and_grad(objective)
+
+    def run(u0, lock, fixed_radius):
+        def step(carry, _):
+            u, state = carry
+            value, grad = value_and_grad(u, lock, fixed_radius)
+            updates, state = opt.update(grad, state, u)
+            return (optax.apply_updates(u, updates), state), value
+
+        (u, _), history = jax.lax.scan(step, (u0, opt.init(u0)), None, length=iterations)
+        return u, history, objective(u, lock, fixed_radius)
+
+    return jax.jit(run), jax.jit(decode), t_ref
+
+
+def _encode(radius_mm, time_min, t_ref, radius_range_mm, dtype) -> jnp.ndarray:
+    a_lo, a_hi = radius_range_mm
+    frac = np.clip((radius_mm - a_lo) / (a_hi - a_lo), 1e-3, 1 - 1e-3)
+    return jnp.asarray([np.log(frac / (1 - frac)), 0.0, 0.0, 0.0, np.log(time_min / t_ref)], dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-grid dose
+# ----------------------------------------------------------------------------------------------
+
+
+def full_grid_dose_gy(
+    case: Case,
+    centre_mm,
+    radius_mm: float,
+    time_min: float,
+    beam: XrayBeam,
+    supersampling: int = 3,
+    shaft_axis=None,
+    anisotropy: float = 0.0,
+    dtype=jnp.float32,
+) -> np.ndarray:
+    """Dose (nz, ny, nx) float32 on ``case.grid`` (voxel centres; tissue sub-sample mean in
+    voxels cut by the applicator surface, see the module docstring)."""
+    grid = case.grid
+    pts = grid.points_mm()
+    centre = np.asarray(centre_mm, float)
+    dose = np.asarray(
+        sphere_dose_gy(
+            jnp.asarray(pts, dtype), centre, radius_mm, time_min, beam, shaft_axis, anisotropy
+        ),
+        np.float64,
+    )
+    half_diagonal = 0.5 * float(np.linalg.norm(grid.spacing_xyz_mm))
+    band = np.flatnonzero(np.abs(np.linalg.norm(pts - centre, axis=-1) - radius_mm) <= half_diagonal)
+    if band.size:
+        offsets = (np.arange(supersampling) + 0.5) / supersampling - 0.5
+        oz, oy, ox = np.meshgrid(offsets, offsets, offsets, indexing="ij")
+        sub = np.stack([ox.ravel(), oy.ravel(), oz.ravel()], -1) * np.asarray(grid.spacing_xyz_mm)
+        sub_pts = (pts[band][:, None, :] + sub[None]).reshape(-1, 3)
+        sub_dose = np.asarray(
+            sphere_dose_gy(
+                jnp.asarray(sub_pts, dtype), centre, radius_mm, time_min, beam, shaft_axis,
+                anisotropy, edge_mm=0.0,
+            ),
+            np.float64,
+        ).reshape(band.size, -1)
+        tissue = (np.linalg.norm(sub_pts - centre, axis=-1) > radius_mm).reshape(band.size, -1)
+        n = tissue.sum(axis=1)
+        dose[band] = np.where(n > 0, (sub_dose * tissue).sum(axis=1) / np.maximum(n, 1), 0.0)
+    return dose.reshape(grid.shape_zyx).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------
+
+
+def optimise_xray(
+    params: BreastCaseParams,
+    beam: XrayBeam | str | Path = "generic_50kV_spheres",
+    prescription_gy: float = 20.0,
+    prescription_mode: str = "surface",
+    prescription_depth_mm: float = 10.0,
+    catalogue_diameters_cm=None,
+    min_skin_distance_mm: float = 5.0,
+    optimise_position: bool = True,
+    dtype=jnp.float32,
+    *,
+    coverage_fraction: float | None = None,
+    oar_weight: float = 0.1,
+    fit_weight: float = 0.1,
+    max_shift_mm: float = 3.0,
+    shaft_axis=(0.0, 0.0, 1.0),
+    anisotropy: float = 0.0,
+    eval_spacing_mm: float | None = None,
+    relaxation_iterations: int = 150,
+) -> XrayPlanResult:
+    """Choose applicator size, position and time for the breast phantom (see module docstring).
+
+    Args:
+        params: the breast phantom.
+        beam: an :class:`XrayBeam`, or a packaged beam name / TOML path for
+            :func:`~iortopt.physics.xray.load_xray_beam`.
+        prescription_gy: prescribed dose, Gy.
+        prescription_mode: ``"surface"`` (at the applicator surface) or ``"depth"`` (at
+            ``prescription_depth_mm`` from it).
+        catalogue_diameters_cm: sizes to compare (default: all in the beam).
+        min_skin_distance_mm: applicator surface to skin surface, mm; smaller distances are
+            flagged.
+        optimise_position: optimise the centre (within ``max_shift_mm`` per axis) in the
+            relaxation and for the chosen size.
+        dtype: float dtype of the dose computations.
+        coverage_fraction: coverage level as a fraction of Rx (default 0.25 surface, 1.0 depth).
+        oar_weight, fit_weight: weights of the score.
+        shaft_axis, anisotropy: probe-shaft anisotropy model (default isotropic).
+        eval_spacing_mm: lattice spacing of the evaluation points (default ``params.spacing_mm``).
+        relaxation_iterations: Adam iterations of each continuous optimisation.
+    Returns:
+        :class:`XrayPlanResult`.
+    """
+    t_start = time.perf_counter()
+    if not isinstance(beam, XrayBeam):
+        beam = load_xray_beam(beam)
+    if prescription_mode not in PRESCRIPTION_MODES:
+        raise ValueError(
+            f"prescription_mode must be one of {PRESCRIPTION_MODES}, got {prescription_mode!r}"
+        )
+    if not prescription_gy > 0:
+        raise ValueError(f"prescription_gy must be > 0, got {prescription_gy}")
+    if catalogue_diameters_cm is None:
+        catalogue_diameters_cm = beam.diameters_cm
+    indices = [beam.index_of_diameter(float(d)) for d in catalogue_diameters_cm]
+    diameters = np.array([beam.diameters_cm[k] for k in indices])
+    radii = 5.0 * diameters
+    if coverage_fraction is None:
+        coverage_fraction = DEFAULT_COVERAGE_FRACTION[prescription_mode]
+    coverage_dose = coverage_fraction * prescription_gy
+    anisotropy = float(anisotropy)
+    axis = None if anisotropy == 0.0 else tuple(float(v) for v in shaft_axis)
+
+    g = breast_geometry(params)
+    spacing = float(eval_spacing_mm or params.spacing_mm)
+    reach = float(radii.max()) + params.target_thickness_mm + max_shift_mm + spacing
+    ev = _evaluation_points(g, spacing, reach)
+    c0 = g.cavity_centre_mm
+    times = np.array(
+        [
+            prescription_gy
+            / _prescription_dose_per_min(a, prescription_mode, prescription_depth_mm, beam)
+            for a in radii
+        ]
+    )
+    batch = jax.jit(lambda p, c, r, t: catalogue_dose_gy(p, c, r, t, beam, axis, anisotropy))
+    pts = jnp.asarray(ev.points_mm, dtype)
+    setup_s = time.perf_counter() - t_start
+
+    # --- 1. catalogue comparison, one batched pass -----------------------------------------
+    t0 = time.perf_counter()
+    centres = np.tile(c0, (len(radii), 1))
+    compiled = batch.lower(pts, jnp.asarray(centres, dtype), jnp.asarray(radii, dtype),
+                           jnp.asarray(times, dtype)).compile()
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    doses = np.asarray(
+        compiled(pts, jnp.asarray(centres, dtype), jnp.asarray(radii, dtype), jnp.asarray(times, dtype)),
+        np.float64,
+    )
+    rows = []
+    for k, (d_cm, a, t) in enumerate(zip(diameters, radii, times, strict=True)):
+        row = _catalogue_row(
+            doses[k], ev, g, beam, float(d_cm), float(a), c0, float(t), coverage_dose,
+            min_skin_distance_mm,
+        )
+        row["score"] = _score(row, prescription_gy, oar_weight, fit_weight, g.fit_tolerance_mm)
+        rows.append(row)
+    best, reason, warnings = _choose(rows, min_skin_distance_mm, g.fit_tolerance_mm)
+    batch_s = time.perf_counter() - t0
+
+    # --- 3. continuous relaxation ----------------------------------------------------------
+    t0 = time.perf_counter()
+    radius_range = (float(beam.radii_mm.min()), float(beam.radii_mm.max()))
+    run, decode, t_ref = _relaxation(
+        ev, g, beam,
+        prescription_gy=prescription_gy, mode=prescription_mode, depth_mm=prescription_depth_mm,
+        coverage_dose_gy=coverage_dose, radius_range_mm=radius_range,
+        max_shift_mm=max_shift_mm if optimise_position else 0.0,
+        min_skin_mm=min_skin_distance_mm, oar_weight=oar_weight, fit_weight=fit_weight,
+        shaft_axis=axis, anisotropy=anisotropy, iterations=relaxation_iterations, dtype=dtype,
+    )
+    start_radius = float(np.clip(g.cavity_equivalent_radius_mm, *radius_range))
+    start_time = prescription_gy / _prescription_dose_per_min(
+        start_radius, prescription_mode, prescription_depth_mm, beam
+    )
+    u0 = _encode(start_radius, start_time, t_ref, radius_range, dtype)
+    free, locked = jnp.asarray(0.0, dtype), jnp.asarray(1.0, dtype)
+    run_compiled = run.lower(u0, free, jnp.asarray(start_radius, dtype)).compile()
+    compile_s += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    u, history, final_objective = run_compiled(u0, free, jnp.asarray(start_radius, dtype))
+    radius_c, centre_c, time_c = (np.asarray(v, np.float64) for v in decode(u, free, 0.0))
+    continuous = {
+        "radius_mm": float(radius_c),
+        "diameter_cm": float(radius_c) / 5.0,
+        "centre_mm": centre_c.tolist(),
+        "time_min": float(time_c),
+        "surface_dose_gy": float(surface_dose_rate_gy_min(float(radius_c), beam)) * float(time_c),
+        "skin_distance_mm": g.skin_distance_mm(float(radius_c), centre_c),
+        "objective": float(final_objective),
+        "score": -100.0 * float(final_objective),
+        "iterations": relaxation_iterations,
+        "nearest_catalogue_cm": float(diameters[np.argmin(np.abs(radii - radius_c))]),
+    }
+
+    # --- 2b. position of the chosen size -----------------------------------------------------
+    chosen_row = dict(rows[best])
+    chosen_centre = c0.copy()
+    if optimise_position:
+        a_k = float(radii[best])
+        u0k = _encode(a_k, float(times[best]), t_ref, radius_range, dtype)
+        uk, _, _ = run_compiled(u0k, locked, jnp.asarray(a_k, dtype))
+        _, centre_k, _ = decode(uk, locked, a_k)
+        centre_k = np.asarray(centre_k, np.float64)
+        shifted = _evaluate_at(
+            compiled, pts, ev, g, beam, diameters, radii, times, best, centre_k, coverage_dose,
+            min_skin_distance_mm, prescription_gy, oar_weight, fit_weight, dtype,
+        )
+        if shifted["score"] >= chosen_row["score"] and shifted["fits_cavity"] and (
+            not shifted["skin_flag"] or chosen_row["skin_flag"]
+        ):
+            chosen_row, chosen_centre = shifted, centre_k
+    optimise_s = time.perf_counter() - t0 + batch_s
+
+    # --- 4. final case and full-grid dose ---------------------------------------------------
+    t0 = time.perf_counter()
+    a_best, t_best = float(radii[best]), float(times[best])
+    case, geometry = build_breast_case(params, a_best, chosen_centre)
+    dose = full_grid_dose_gy(
+        case, chosen_centre, a_best, t_best, beam, params.supersampling, axis, anisotropy, dtype
+    )
+    full_dose_s = time.perf_counter() - t0
+
+    moved = float(np.linalg.norm(chosen_centre - c0))
+    if moved > 0:
+        reason += f"; centre optimised ({moved:.1f} mm from the cavity centre)"
+    chosen = {
+        "diameter_cm": float(diameters[best]),
+        "radius_mm": a_best,
+        "centre_mm": chosen_centre.tolist(),
+        "time_min": t_best,
+        "surface_dose_gy": chosen_row["surface_dose_gy"],
+        "dose_at_10mm_gy": chosen_row["dose_at_10mm_gy"],
+        "reason": reason,
+        "skin_distance_mm": chosen_row["skin_distance_mm"],
+        "skin_distance_ok": not chosen_row["skin_flag"],
+        "fits_cavity": chosen_row["fits_cavity"],
+        "target_coverage_percent": chosen_row["target_coverage_percent"],
+        "score": chosen_row["score"],
+        "full_grid": _grid_metrics(case, dose, coverage_dose),
+    }
+    notes = [
+        f"beam {beam.name!r}, dosimetry formalism: {beam.formalism}",
+        f"prescription {prescription_gy:g} Gy at "
+        + ("the applicator surface" if prescription_mode == "surface"
+           else f"{prescription_depth_mm:g} mm depth"),
+        f"coverage = % of PTV_shell volume receiving >= {coverage_dose:g} Gy "
+        f"({coverage_fraction:g} x Rx)",
+        "tissue model: rigid anatomy, cavity conforming to the applicator (see "
+        "iortopt.anatomy.breast)",
+    ]
+    if beam.illustrative:
+        notes.insert(0, ILLUSTRATIVE_NOTE)
+    if anisotropy:
+        notes.append(f"shaft anisotropy {anisotropy:g} toward {axis} (illustrative model)")
+    notes += warnings + list(case.info.get("warnings", []))
+    timings = {
+        "setup_s": setup_s,
+        "compile_s": compile_s,
+        "optimise_s": optimise_s,
+        "full_dose_s": full_dose_s,
+        "total_s": time.perf_counter() - t_start,
+    }
+    return XrayPlanResult(
+        case=case, dose_gy=dose, chosen=chosen, comparison=rows, continuous=continuous,
+        timings=timings, notes=notes, beam_name=beam.name, formalism=beam.formalism,
+        geometry=geometry,
+    )
+
+
+def _catalogue_row(
+    dose, ev, g, beam, diameter_cm, radius_mm, centre_mm, time_min, coverage_dose, min_skin_mm
+) -> dict:
+    """One comparison row (without the score)."""
+    skin_distance = g.skin_distance_mm(radius_mm, centre_mm)
+    gap = g.wall_gap_mm(radius_mm, centre_mm)
+    row = {
+        "diameter_cm": diameter_cm,
+        "radius_mm": radius_mm,
+        "fits_cavity": gap <= g.fit_tolerance_mm + 1e-9,
+        "wall_gap_mm": gap,
+        "time_min": time_min,
+        "surface_dose_gy": float(surface_dose_rate_gy_min(radius_mm, beam)) * time_min,
+        "dose_at_10mm_gy": float(depth_dose_gy(jnp.asarray(10.0), radius_mm, time_min, beam)),
+        "skin_distance_mm": skin_distance,
+        "skin_flag": bool(skin_distance < min_skin_mm),
+    }
+    row.update(_row_metrics(dose, ev, g, radius_mm, np.asarray(centre_mm), coverage_dose))
+    return row
+
+
+def _evaluate_at(
+    compiled, pts, ev, g, beam, diameters, radii, times, k, centre, coverage_dose, min_skin_mm,
+    prescription_gy, oar_weight, fit_weight, dtype,
+) -> dict:
+    """Row of size k at ``centre``, reusing the compiled batch (all K rows at that centre)."""
+    centres = jnp.asarray(np.tile(centre, (len(radii), 1)), dtype)
+    doses = compiled(pts, centres, jnp.asarray(radii, dtype), jnp.asarray(times, dtype))
+    row = _catalogue_row(
+        np.asarray(doses[k], np.float64), ev, g, beam, float(diameters[k]), float(radii[k]),
+        centre, float(times[k]), coverage_dose, min_skin_mm,
+    )
+    row["score"] = _score(row, prescription_gy, oar_weight, fit_weight, g.fit_tolerance_mm)
+    return row
+
+
+def _grid_metrics(case: Case, dose: np.ndarray, coverage_dose: float) -> dict:
+    """Cross-check metrics from the full grid and the fractional occupancies."""
+    v = case.grid.voxel_volume_cm3
+
+    def occ(name):
+        return case.structure(name).occupancy
+
+    return {
+        "target_coverage_percent": 100.0 * volume_at_dose(dose, occ("PTV_shell"), coverage_dose),
+        "PTV_shell_cm3": case.structure("PTV_shell").volume_cm3(case.grid),
+        "skin_max_gy": float(dose[occ("skin") > 0].max()),
+        "chest_wall_D2cc_gy": float(dose_at_volume_cm3(dose, occ("chest_wall"), v, D2CC_CM3)),
+        "rib_D2cc_gy": float(dose_at_volume_cm3(dose, occ("rib"), v, D2CC_CM3)),
+        "lung_mean_gy": float((dose * occ("lung")).sum() / occ("lung").sum()),
+    }
