@@ -15,7 +15,8 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def builtin_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "flap"
+    # a nested folder that does not exist yet, as with the default ./iortopt-out/<plan>
+    out = tmp_path_factory.mktemp("run") / "new" / "flap"
     result = runner.invoke(app, ["run", "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     return out, result.output

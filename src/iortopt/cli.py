@@ -21,6 +21,7 @@ app = typer.Typer(
     help="iortopt: intraoperative radiotherapy planning (TG-43 HDR flaps, dose, QA).",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_show_locals=False,
 )
 qa_app = typer.Typer(help="Quality-assurance tables.", no_args_is_help=True)
 app.add_typer(qa_app, name="qa")

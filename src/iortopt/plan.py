@@ -305,6 +305,7 @@ def optimise_and_write(
     from iortopt.optimize import load_checkpoint, minimise, save_checkpoint
 
     out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
     checkpoint_path = checkpoint_path_for(out_dir)
     run_key = checkpoint_key(cfg, n_dwells)
     if checkpoint_path.exists():

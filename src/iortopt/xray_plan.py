@@ -341,6 +341,9 @@ def _encode(radius_mm, time_min, t_ref, radius_range_mm, dtype) -> jnp.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
+_sphere_dose_jit = jax.jit(sphere_dose_gy, static_argnames=("shaft_axis", "anisotropy", "edge_mm"))
+
+
 def full_grid_dose_gy(
     case: Case,
     centre_mm,
@@ -357,26 +360,25 @@ def full_grid_dose_gy(
     grid = case.grid
     pts = grid.points_mm()
     centre = np.asarray(centre_mm, float)
-    dose = np.asarray(
-        sphere_dose_gy(
-            jnp.asarray(pts, dtype), centre, radius_mm, time_min, beam, shaft_axis, anisotropy
-        ),
-        np.float64,
-    )
     half_diagonal = 0.5 * float(np.linalg.norm(grid.spacing_xyz_mm))
     band = np.flatnonzero(np.abs(np.linalg.norm(pts - centre, axis=-1) - radius_mm) <= half_diagonal)
+    offsets = (np.arange(supersampling) + 0.5) / supersampling - 0.5
+    oz, oy, ox = np.meshgrid(offsets, offsets, offsets, indexing="ij")
+    sub = np.stack([ox.ravel(), oy.ravel(), oz.ravel()], -1) * np.asarray(grid.spacing_xyz_mm)
+    sub_pts = (pts[band][:, None, :] + sub[None]).reshape(-1, 3)
+    # One call for voxel centres and sub-samples: one compilation.
+    both = _sphere_dose_jit(
+        jnp.asarray(np.concatenate([pts, sub_pts]), dtype),
+        jnp.asarray(centre, dtype),
+        jnp.asarray(radius_mm, dtype),
+        jnp.asarray(time_min, dtype),
+        beam,
+        shaft_axis=None if shaft_axis is None else tuple(float(v) for v in shaft_axis),
+        anisotropy=float(anisotropy),
+    )
+    both = np.asarray(both, np.float64)
+    dose, sub_dose = both[: len(pts)], both[len(pts) :].reshape(band.size, -1)
     if band.size:
-        offsets = (np.arange(supersampling) + 0.5) / supersampling - 0.5
-        oz, oy, ox = np.meshgrid(offsets, offsets, offsets, indexing="ij")
-        sub = np.stack([ox.ravel(), oy.ravel(), oz.ravel()], -1) * np.asarray(grid.spacing_xyz_mm)
-        sub_pts = (pts[band][:, None, :] + sub[None]).reshape(-1, 3)
-        sub_dose = np.asarray(
-            sphere_dose_gy(
-                jnp.asarray(sub_pts, dtype), centre, radius_mm, time_min, beam, shaft_axis,
-                anisotropy, edge_mm=0.0,
-            ),
-            np.float64,
-        ).reshape(band.size, -1)
         tissue = (np.linalg.norm(sub_pts - centre, axis=-1) > radius_mm).reshape(band.size, -1)
         n = tissue.sum(axis=1)
         dose[band] = np.where(n > 0, (sub_dose * tissue).sum(axis=1) / np.maximum(n, 1), 0.0)
@@ -500,11 +502,10 @@ def optimise_xray(
         min_skin_mm=min_skin_distance_mm, oar_weight=oar_weight, fit_weight=fit_weight,
         shaft_axis=axis, anisotropy=anisotropy, iterations=relaxation_iterations, dtype=dtype,
     )
-    start_radius = float(np.clip(g.cavity_equivalent_radius_mm, *radius_range))
-    start_time = prescription_gy / _prescription_dose_per_min(
-        start_radius, prescription_mode, prescription_depth_mm, beam
-    )
-    u0 = _encode(start_radius, start_time, t_ref, radius_range, dtype)
+    # Start from the chosen catalogue size: the objective is flat near the optimum and Adam
+    # started far away can stop in a shallow local minimum.
+    start_radius = float(np.clip(radii[best], *radius_range))
+    u0 = _encode(start_radius, float(times[best]), t_ref, radius_range, dtype)
     free, locked = jnp.asarray(0.0, dtype), jnp.asarray(1.0, dtype)
     run_compiled = run.lower(u0, free, jnp.asarray(start_radius, dtype)).compile()
     compile_s += time.perf_counter() - t0
