@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=["cpu", "gpu"], default=None)
     parser.add_argument("--precision", choices=["float32", "float64"], default="float32")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument(
+        "--max-iterations", type=int, default=None, help="override optimizer.max_iterations"
+    )
     args = parser.parse_args(argv)
 
     from iortopt.runtime import configure, device_info
@@ -56,6 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
     from iortopt.plan import optimise_and_write, prepare_plan
 
     cfg = load_config(args.config)
+    if args.max_iterations is not None:
+        optimizer = cfg.optimizer.model_copy(update={"max_iterations": args.max_iterations})
+        cfg = cfg.model_copy(update={"optimizer": optimizer})
     prepared = prepare_plan(cfg, dtype)
     with tempfile.TemporaryDirectory() as tmp:
         result = optimise_and_write(prepared, Path(tmp) / "plan", console=None)
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         "n_dwells_active": s["n_dwells_active"],
         "influence": s["influence"],
         "iterations": s["iterations"],
+        "max_iterations": cfg.optimizer.max_iterations,
         "goals_all_met": s["goals_all_met"],
         "wall_times_s": s["wall_times_s"],
         "total_wall_s_incl_imports_and_compile": total,

@@ -123,7 +123,7 @@ def render() -> str:
         f'formalism = "{FORMALISM}"',
         "illustrative = true",
         'citation = "Model shaped by: Sethi A et al., Front Oncol 8:74 (2018), Table 1 (23, 25, 44 '
-        'min for 20 Gy at the surface of 3, 4, 5 cm spheres); TARGIT (20 Gy surface, 5-7 Gy at 1 '
+        "min for 20 Gy at the surface of 3, 4, 5 cm spheres); TARGIT (20 Gy surface, 5-7 Gy at 1 "
         'cm); Radiat Oncol 2:11 (2007) (about 1/r^3 fall-off, 18 -> 24 keV behind 5 -> 10 mm)."',
         'notes = "ILLUSTRATIVE, NOT FOR CLINICAL USE. Surface dose rates of 1.5-2.5, 3.5 and 4.5 '
         "cm are interpolated/extrapolated assumptions; depth doses are a smooth model, not "

@@ -18,7 +18,7 @@ from iortopt import __version__
 from iortopt.errors import IortoptError
 
 app = typer.Typer(
-    help="iortopt: intraoperative radiotherapy planning (TG-43 HDR flaps, dose, QA).",
+    help="iortopt: intraoperative radiotherapy planning (HDR flaps, 50 kV X-ray spheres).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
@@ -285,17 +285,32 @@ def run(
 
         dtype = configure(device, precision)
         from iortopt.config import load_config
-        from iortopt.plan import prepare_plan
 
         cfg = load_config(config)
-        prepared = prepare_plan(cfg, dtype)
+        if cfg.plan.modality == "xray_sphere":
+            from iortopt.plan_xray import prepare_xray
+
+            prepared = prepare_xray(cfg, dtype)
+        else:
+            from iortopt.plan import prepare_plan
+
+            prepared = prepare_plan(cfg, dtype)
     except IortoptError as exc:
         _fail(exc)
-    from iortopt.plan import optimise_and_write, print_summary
-
     out_dir = out if out is not None else Path("iortopt-out") / cfg.plan.name
-    result = optimise_and_write(prepared, out_dir, console=None if quiet else console)
-    print_summary(result, console)
+    if cfg.plan.modality == "xray_sphere":
+        from iortopt.plan_xray import print_xray_summary, run_xray
+
+        try:
+            result = run_xray(prepared, out_dir)
+        except IortoptError as exc:
+            _fail(exc)
+        print_xray_summary(result, console)
+    else:
+        from iortopt.plan import optimise_and_write, print_summary
+
+        result = optimise_and_write(prepared, out_dir, console=None if quiet else console)
+        print_summary(result, console)
     if not result.summary["goals_all_met"]:
         console.print("[yellow]Not every clinical goal is met (see the table above).[/]")
 

@@ -27,16 +27,18 @@ class _Model(BaseModel):
 
 class PlanSection(_Model):
     name: str = Field("plan", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    modality: Literal["hdr_flap"] = "hdr_flap"
+    modality: Literal["hdr_flap", "xray_sphere"] = "hdr_flap"
     description: str = ""
 
 
 class CaseSection(_Model):
-    """Anatomy. ``kind = "builtin_flap"``: the parametric presacral flap case; ``flap``
-    overrides its parameters (see ``iortopt.anatomy.phantoms.FlapCaseParams``)."""
+    """Anatomy. ``kind = "builtin_flap"``: the parametric presacral flap case, ``flap`` overrides
+    its parameters (``iortopt.anatomy.phantoms.FlapCaseParams``); ``kind = "builtin_breast"``: the
+    breast lumpectomy case, ``breast`` overrides ``iortopt.anatomy.breast.BreastCaseParams``."""
 
-    kind: Literal["builtin_flap"] = "builtin_flap"
+    kind: Literal["builtin_flap", "builtin_breast"] = "builtin_flap"
     flap: dict[str, Any] = Field(default_factory=dict)
+    breast: dict[str, Any] = Field(default_factory=dict)
 
 
 class SourceSection(_Model):
@@ -130,6 +132,18 @@ class OptimizerSection(_Model):
     influence_memory_mb: PositiveFloat = 2048.0
 
 
+class XraySection(_Model):
+    """50 kV X-ray spherical applicators (modality ``xray_sphere``)."""
+
+    beam: str = "generic_50kV_spheres"
+    prescription_mode: Literal["surface", "depth"] = "surface"
+    prescription_depth_mm: PositiveFloat = 10.0
+    catalogue_diameters_cm: list[PositiveFloat] | None = None
+    min_skin_distance_mm: NonNegativeFloat = 5.0
+    optimise_position: bool = True
+    anisotropy: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+
 class RadiobiologySection(_Model):
     alpha_beta_gy: dict[str, PositiveFloat] = Field(default_factory=dict)
 
@@ -152,6 +166,17 @@ class PlanConfig(_Model):
     optimizer: OptimizerSection = OptimizerSection()
     radiobiology: RadiobiologySection = RadiobiologySection()
     output: OutputSection = OutputSection()
+    xray: XraySection = XraySection()
+
+    @model_validator(mode="after")
+    def _case_fits_modality(self):
+        expected = {"hdr_flap": "builtin_flap", "xray_sphere": "builtin_breast"}[self.plan.modality]
+        if self.case.kind != expected:
+            raise ValueError(
+                f"case.kind {self.case.kind!r} does not fit plan.modality "
+                f"{self.plan.modality!r} (expected {expected!r})"
+            )
+        return self
 
 
 def _format_errors(origin: str, exc: ValidationError) -> str:

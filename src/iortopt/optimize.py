@@ -56,7 +56,7 @@ def _optimizer(method: str, learning_rate: float) -> optax.GradientTransformatio
 
 
 def minimise(
-    objective_of_times: Callable[[jnp.ndarray], jnp.ndarray],
+    objective_of_times: Callable[..., jnp.ndarray],
     init_times_s: np.ndarray,
     t_max_s: float,
     method: str = "lbfgs",
@@ -67,11 +67,15 @@ def minimise(
     dtype=jnp.float32,
     checkpoint: Callable[[int, np.ndarray], None] | None = None,
     checkpoint_every: int = 25,
+    operands: tuple = (),
 ) -> OptimizationResult:
     """Minimise ``objective_of_times`` over 0 <= t <= t_max_s.
 
     Args:
-        objective_of_times: pure, differentiable function of (N,) dwell times (s) -> scalar.
+        objective_of_times: pure, differentiable function (times_s (N,), *operands) -> scalar.
+        operands: large arrays the objective needs (an influence matrix, points). They are passed
+            to the compiled step as arguments, not captured as constants, which would copy them
+            into the program and slow compilation.
         init_times_s: (N,) starting dwell times (s).
         method: "lbfgs" (optax.lbfgs with its zoom line search) or "adam".
         max_iterations / tolerance: stop after max_iterations, or when the relative objective change
@@ -80,26 +84,25 @@ def minimise(
         checkpoint: called as checkpoint(iteration, times_s) every ``checkpoint_every`` iterations,
             so a long run can be resumed from its last dwell times.
     """
-    f = lambda u: jnp.asarray(objective_of_times(times_from_u(u, t_max_s)), dtype)  # noqa: E731
     opt = _optimizer(method, learning_rate)
     u = u_from_times(init_times_s, t_max_s).astype(dtype)
     state = opt.init(u)
-    value_and_grad = (
-        optax.value_and_grad_from_state(f) if method == "lbfgs" else jax.value_and_grad(f)
-    )
 
     @jax.jit
-    def step(u, state):
+    def step(u, state, operands):
+        def f(u):
+            return jnp.asarray(objective_of_times(times_from_u(u, t_max_s), *operands), dtype)
+
         if method == "lbfgs":
-            value, grad = value_and_grad(u, state=state)
+            value, grad = optax.value_and_grad_from_state(f)(u, state=state)
             updates, state = opt.update(grad, state, u, value=value, grad=grad, value_fn=f)
         else:
-            value, grad = value_and_grad(u)
+            value, grad = jax.value_and_grad(f)(u)
             updates, state = opt.update(grad, state, u)
         return optax.apply_updates(u, updates), state, value
 
     t0 = time.perf_counter()
-    u_next, state_next, value = step(u, state)
+    u_next, state_next, value = step(u, state, operands)
     jax.block_until_ready(value)
     compile_s = time.perf_counter() - t0
     history = [float(value)]
@@ -107,7 +110,7 @@ def minimise(
     calm, stop_reason, converged = 0, "max_iterations", False
     t1 = time.perf_counter()
     for it in range(1, max_iterations):
-        u_next, state_next, value = step(u, state)
+        u_next, state_next, value = step(u, state, operands)
         value = float(value)
         if not np.isfinite(value):
             stop_reason = "non-finite objective"
@@ -129,7 +132,7 @@ def minimise(
     times = np.asarray(times_from_u(u, t_max_s), dtype=np.float64)
     return OptimizationResult(
         times_s=times,
-        objective=float(objective_of_times(jnp.asarray(times, dtype))),
+        objective=float(objective_of_times(jnp.asarray(times, dtype), *operands)),
         iterations=len(history),
         converged=converged,
         stop_reason=stop_reason,

@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
-import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,10 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 from scipy import ndimage
 
-from iortopt import __version__, objectives
+from iortopt import objectives
 from iortopt.anatomy.phantoms import FlapCaseParams, build_flap_case
 from iortopt.applicators import Dwells, select_active
 from iortopt.case import Case
@@ -46,8 +41,16 @@ from iortopt.physics.tg43 import (
     dose_rate_matrix,
     make_kernel,
 )
+from iortopt.plan_outputs import (
+    check_structure_names,
+    common_summary,
+    evaluate_plan,
+    print_report,
+    provenance,
+    rewrite_summary,
+    write_plan_outputs,
+)
 from iortopt.progress import DelayedProgress
-from iortopt.runtime import device_info
 
 
 @dataclass
@@ -134,29 +137,6 @@ def _optimisation_mask(case: Case, margin_mm: float) -> np.ndarray:
     return distance <= margin_mm
 
 
-def _check_names(cfg: PlanConfig, case: Case) -> None:
-    names = [s.name for s in case.structures]
-    refs = [("prescription.structure", cfg.prescription.structure)]
-    refs += [
-        (f"objectives[{k}].structure", o.structure)
-        for k, o in enumerate(cfg.objectives)
-        if o.structure
-    ]
-    refs += [(f"goals[{k}].structure", g.structure) for k, g in enumerate(cfg.goals)]
-    refs += [(f"radiobiology.alpha_beta_gy.{n}", n) for n in cfg.radiobiology.alpha_beta_gy]
-    for where, name in refs:
-        if name not in names:
-            raise ConfigError(f"{where}: unknown structure {name!r}; the case has {names}")
-    from iortopt.dvh import METRIC_KEYS
-
-    for k, goal in enumerate(cfg.goals):
-        if goal.metric not in METRIC_KEYS:
-            raise ConfigError(
-                f"goals[{k}].metric: unknown metric {goal.metric!r}; "
-                f"expected one of {list(METRIC_KEYS)}"
-            )
-
-
 def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
     """Build the case, dwells, source and optimisation voxels; validate every cross-reference.
 
@@ -165,7 +145,7 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
     """
     t0 = time.perf_counter()
     case, applicator = _case_from_config(cfg)
-    _check_names(cfg, case)
+    check_structure_names(cfg, case)
     all_dwells = applicator.dwells(cfg.applicator.step_mm)
     active = _active_mask(cfg, case, all_dwells, min(case.grid.spacing_xyz_mm))
     dwells = all_dwells.subset(active)
@@ -291,13 +271,22 @@ def optimise_and_write(
             points_opt, dwells, prepared.kernel, prepared.sk_U, dtype
         )
         timings.update(influence_compile_s=compile_s, influence_s=run_s)
-        dose_of = lambda t: matrix @ t  # noqa: E731
-        unit_dose = np.asarray(matrix @ jnp.ones(n_dwells, dtype))
+        operands = (matrix,)
+
+        def dose_of(t, matrix):
+            return matrix @ t
+
     else:
-        pos, axes = jnp.asarray(dwells.positions_mm, dtype), jnp.asarray(dwells.axes, dtype)
-        pts = jnp.asarray(points_opt, dtype)
-        dose_of = lambda t: dose_gy(pts, pos, axes, t, prepared.kernel, prepared.sk_U)  # noqa: E731
-        unit_dose = np.asarray(jax.jit(dose_of)(jnp.ones(n_dwells, dtype)))
+        operands = (
+            jnp.asarray(points_opt, dtype),
+            jnp.asarray(dwells.positions_mm, dtype),
+            jnp.asarray(dwells.axes, dtype),
+        )
+
+        def dose_of(t, pts, pos, axes):
+            return dose_gy(pts, pos, axes, t, prepared.kernel, prepared.sk_U)
+
+    unit_dose = np.asarray(jax.jit(dose_of)(jnp.ones(n_dwells, dtype), *operands))
     target_w = prepared.weights[cfg.prescription.structure]
     t_max = cfg.applicator.max_dwell_time_s
     init = np.full(n_dwells, _initial_time_s(unit_dose, target_w, cfg.prescription.dose_gy, t_max))
@@ -316,7 +305,7 @@ def optimise_and_write(
 
     bar = DelayedProgress(console, cfg.optimizer.max_iterations, "optimising")
     result = minimise(
-        lambda t: total(dose_of(t), t),
+        lambda t, *ops: total(dose_of(t, *ops), t),
         init,
         t_max,
         method=cfg.optimizer.method,
@@ -326,6 +315,7 @@ def optimise_and_write(
         progress=lambda it, value: bar.update(it, f"objective {value:.4g}"),
         dtype=dtype,
         checkpoint=lambda it, times: save_checkpoint(checkpoint_path, times, it, run_key),
+        operands=operands,
     )
     bar.close()
     timings.update(optimise_compile_s=result.compile_s, optimise_s=result.optimise_s)
@@ -343,21 +333,16 @@ def optimise_and_write(
     dose = np.asarray(full, np.float32).reshape(grid.shape_zyx)
     timings["full_dose_s"] = time.perf_counter() - t0
     times_final = jnp.asarray(result.times_s, dtype)
-    term_values = objectives.evaluate(terms, dose_of(times_final), times_final)
+    term_values = objectives.evaluate(terms, dose_of(times_final, *operands), times_final)
 
-    evaluation = evaluate_plan(prepared, dose)
-    summary = {
-        "plan": cfg.plan.name,
-        "modality": cfg.plan.modality,
-        "iortopt_version": __version__,
-        "prescription_gy": cfg.prescription.dose_gy,
-        "prescription_structure": cfg.prescription.structure,
+    evaluation = evaluate_plan(cfg, case, dose)
+    summary = common_summary(cfg, case, evaluation, dtype)
+    summary |= {
         "source": prepared.source.key,
         "air_kerma_strength_U": prepared.sk_U,
         "n_dwells_active": n_dwells,
         "n_dwells_total": len(prepared.all_dwells),
         "total_treatment_time_s": float(np.sum(result.times_s)),
-        "grid_shape_zyx": list(grid.shape_zyx),
         "optimisation_voxels": int(points_opt.shape[0]),
         "influence": "matrix" if use_matrix else "matrix_free",
         "objective": result.objective,
@@ -366,211 +351,51 @@ def optimise_and_write(
         "converged": result.converged,
         "stop_reason": result.stop_reason,
         "method": result.method,
-        "metrics": evaluation["metrics"],
-        "plan_indices": evaluation["indices"],
-        "radiobiology": evaluation["radiobiology"],
-        "goals": evaluation["goals"],
-        "goals_all_met": all(g["met"] for g in evaluation["goals"]),
         "notes": prepared.notes,
-        "device": device_info(),
-        "precision": np.dtype(dtype).name,
     }
     t0 = time.perf_counter()
     summary["wall_times_s"] = timings
-    _write_outputs(prepared, dose, result.times_s, evaluation, summary, out_dir)
+    d = dwells
+    write_plan_outputs(
+        cfg,
+        case,
+        dose,
+        evaluation,
+        summary,
+        out_dir,
+        applicator={
+            "dwells": {
+                "positions_mm": d.positions_mm,
+                "axes": d.axes,
+                "times_s": result.times_s,
+                "catheter": d.catheter,
+                "index": d.index,
+            }
+        },
+        provenance_attrs=provenance(
+            cfg,
+            case,
+            dtype,
+            source=prepared.source.key,
+            source_citation=prepared.source.citation,
+            formalism=cfg.source.formalism,
+            air_kerma_strength_U=prepared.sk_U,
+        ),
+        markers_mm=d.positions_mm,
+    )
     timings["write_s"] = time.perf_counter() - t0
     summary["wall_times_s"] = timings
-    _rewrite_summary(out_dir, summary)
+    rewrite_summary(out_dir, summary)
     checkpoint_path.unlink(missing_ok=True)
     return PlanResult(
         prepared, result.times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir
     )
 
 
-def evaluate_plan(prepared: PreparedPlan, dose: np.ndarray) -> dict:
-    """DVHs, metrics per structure, plan indices, goals and BED/EQD2 for a full-grid dose."""
-    from iortopt import dvh, radiobiology
-
-    cfg, case = prepared.config, prepared.case
-    rx = cfg.prescription.dose_gy
-    vv = case.grid.voxel_volume_cm3
-    metrics, dvhs = {}, {}
-    for s in case.structures:
-        metrics[s.name] = dvh.structure_metrics(dose, s.occupancy, vv, rx)
-        dvhs[s.name] = dvh.cumulative_dvh(dose, s.occupancy, vv)
-    target = case.structure(cfg.prescription.structure)
-    indices = dvh.plan_indices(
-        dose, target.occupancy, {s.name: s.occupancy for s in case.oars}, rx, vv
-    )
-    goals = []
-    for g in cfg.goals:
-        value = metrics[g.structure][g.metric]
-        met = bool(np.isfinite(value) and (value >= g.value if g.op == ">=" else value <= g.value))
-        goals.append(
-            {
-                "structure": g.structure,
-                "metric": g.metric,
-                "op": g.op,
-                "limit": g.value,
-                "value": value,
-                "met": met,
-            }
-        )
-    bio = {}
-    n = cfg.prescription.n_fractions
-
-    def lq(fn, dose_gy: float, ab: float) -> float:
-        return float(fn(dose_gy, n, ab)) if np.isfinite(dose_gy) else float("nan")
-
-    for name, ab in cfg.radiobiology.alpha_beta_gy.items():
-        m = metrics[name]
-        bio[name] = {
-            "model": radiobiology.MODEL_NAME,
-            "alpha_beta_gy": ab,
-            "n_fractions": n,
-            "D90_BED_gy": lq(radiobiology.bed_gy, m["D90_gy"], ab),
-            "D90_EQD2_gy": lq(radiobiology.eqd2_gy, m["D90_gy"], ab),
-            "D2cc_EQD2_gy": lq(radiobiology.eqd2_gy, m["D2cc_gy"], ab),
-        }
-    return {
-        "metrics": metrics,
-        "dvhs": dvhs,
-        "indices": indices,
-        "goals": goals,
-        "radiobiology": bio,
-    }
-
-
-def _provenance(prepared: PreparedPlan) -> dict:
-    return {
-        "iortopt_version": __version__,
-        "source": prepared.source.key,
-        "source_citation": prepared.source.citation,
-        "formalism": prepared.config.source.formalism,
-        "air_kerma_strength_U": prepared.sk_U,
-        "device": device_info(),
-        "precision": np.dtype(prepared.dtype).name,
-        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "case": prepared.case.name,
-    }
-
-
-def _write_outputs(prepared, dose, times_s, evaluation, summary, out_dir: Path) -> None:
-    """Write everything into a temporary folder beside ``out_dir``, then swap it into place."""
-    from iortopt import report
-    from iortopt.io.store import _to_jsonable, write_plan_store
-
-    cfg, case = prepared.config, prepared.case
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
-    try:
-        d = prepared.dwells
-        write_plan_store(
-            tmp / "plan.zarr",
-            {
-                "grid": case.grid,
-                "dose_gy": dose,
-                "structures": [(s.name, s.role, s.occupancy) for s in case.structures],
-                "dwells": {
-                    "positions_mm": d.positions_mm,
-                    "axes": d.axes,
-                    "times_s": times_s,
-                    "catheter": d.catheter,
-                    "index": d.index,
-                },
-                "dvhs": evaluation["dvhs"],
-                "attrs": {
-                    "config": cfg.model_dump(mode="json"),
-                    "provenance": _provenance(prepared),
-                    "metrics": evaluation["metrics"],
-                    "summary": summary,
-                },
-            },
-        )
-        (tmp / "summary.json").write_text(json.dumps(_to_jsonable(summary), indent=2))
-        rx = cfg.prescription.dose_gy
-        clinical = {s.name for s in case.structures if s.role != "other"}
-        dvhs = {k: v for k, v in evaluation["dvhs"].items() if k in clinical}
-        report.plot_dvh(dvhs, tmp / "dvh.png", prescription_gy=rx, title=cfg.plan.name)
-        report.plot_dose_slices(
-            dose,
-            case.grid,
-            case.structures,
-            tmp / "dose_slices.png",
-            [rx * p / 100 for p in cfg.output.isodose_percent],
-            dwell_positions_mm=d.positions_mm,
-            title=f"{cfg.plan.name}: dose (Gy)",
-        )
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _rewrite_summary(out_dir: Path, summary: dict) -> None:
-    from iortopt.io.store import _to_jsonable
-
-    tmp = out_dir / ".summary.json.tmp"
-    tmp.write_text(json.dumps(_to_jsonable(summary), indent=2))
-    os.replace(tmp, out_dir / "summary.json")
-
-
 def print_summary(result: PlanResult, console: Console) -> None:
     """Metrics table, clinical goals (met or not) and timings on the terminal."""
     s = result.summary
-    table = Table(title=f"{s['plan']}: dose metrics (prescription {s['prescription_gy']:g} Gy)")
-    cols = [
-        "structure",
-        "volume cm3",
-        "mean Gy",
-        "max Gy",
-        "D98 Gy",
-        "D90 Gy",
-        "D2cc Gy",
-        "D0.1cc Gy",
-        "V100 %",
-    ]
-    keys = [
-        "volume_cm3",
-        "mean_gy",
-        "max_gy",
-        "D98_gy",
-        "D90_gy",
-        "D2cc_gy",
-        "D0.1cc_gy",
-        "V100_percent",
-    ]
-    for c in cols:
-        table.add_column(c, justify="right" if c != "structure" else "left")
-    roles = {st.name: st.role for st in result.prepared.case.structures}
-    for name, m in s["metrics"].items():
-        if roles.get(name) == "other":
-            continue
-        table.add_row(name, *[f"{m[k]:.2f}" if np.isfinite(m[k]) else "-" for k in keys])
-    console.print(table)
-    goals = Table(title="Clinical goals")
-    for c in ("structure", "goal", "value", "met"):
-        goals.add_column(c)
-    for g in s["goals"]:
-        goals.add_row(
-            g["structure"],
-            f"{g['metric']} {g['op']} {g['limit']:g}",
-            f"{g['value']:.2f}",
-            "[green]yes[/]" if g["met"] else "[red]NO[/]",
-        )
-    console.print(goals)
-    idx = s["plan_indices"]
-    console.print(
-        "indices: " + ", ".join(f"{k} {v:.3f}" for k, v in idx.items() if isinstance(v, float)),
-        highlight=False,
-    )
+    print_report(s, result.prepared.case, console)
     w = s["wall_times_s"]
     console.print(
         f"{s['n_dwells_active']} active dwells, total time {s['total_treatment_time_s']:.1f} s "

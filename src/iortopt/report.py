@@ -63,6 +63,7 @@ def plot_dvh(dvhs: Mapping[str, DVH], path, prescription_gy=None, title=None) ->
         path: output PNG path.
         prescription_gy: draws a dashed vertical line at the prescription if given.
         title: figure title.
+        markers_label: legend text of the ``dwell_positions_mm`` markers.
 
     Returns:
         The output path.
@@ -119,6 +120,7 @@ def plot_dose_slices(
     dwell_positions_mm=None,
     title=None,
     dose_max_gy=None,
+    markers_label: str = "dwell positions",
 ) -> Path:
     """Axial, coronal and sagittal dose slices through one point, saved as a PNG.
 
@@ -219,7 +221,7 @@ def plot_dose_slices(
     if levels.size:
         handles.append(Line2D([], [], color="k", lw=0.9, label="isodose (Gy)"))
     if any_dwell_drawn:
-        handles.append(Line2D([], [], ls="none", label="dwell positions (within 1 voxel)",
+        handles.append(Line2D([], [], ls="none", label=f"{markers_label} (within 1 voxel)",
                               **_DWELL_MARKER))  # fmt: skip
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))

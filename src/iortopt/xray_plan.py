@@ -6,12 +6,15 @@ Inputs: a breast phantom (:class:`iortopt.anatomy.breast.BreastCaseParams`), a b
 1. Catalogue comparison. Every catalogue size, centred in the cavity, gets the time that meets
    the prescription (``"surface"``: Rx at the applicator surface, time = Rx / surface rate;
    ``"depth"``: Rx at ``prescription_depth_mm``). All sizes are evaluated in one vmapped pass
-   (:func:`iortopt.physics.xray.catalogue_dose_gy`) on one common set of evaluation points: the
-   centres of a lattice (spacing ``eval_spacing_mm``, offset half a spacing from the dose grid)
-   in the OARs and in breast tissue near the cavity, each standing for its lattice cell, plus a
-   1 mm sample of the deepest skin layer (the plane z = skin surface - skin thickness) for the
-   skin maximum. Per size the structures follow the applicator as in
-   :mod:`iortopt.anatomy.breast` (rigid anatomy, tissue conforming to the sphere). Reported:
+   (:func:`iortopt.physics.xray.catalogue_dose_gy`) on one common set of evaluation points,
+   built on a lattice of cells (spacing ``eval_spacing_mm``, offset half a spacing from the dose
+   grid): the centres of the breast-tissue cells near the cavity (per size, those 0 to T mm from
+   the applicator surface are the PTV_shell), and for each OAR the centroid of the part of each
+   cell inside it, weighted by that part's volume (from sub-samples), so that thin layers and cut
+   cells keep their volume and depth; plus a 1 mm sample of the deepest skin layer (the plane
+   z = skin surface - skin thickness) for the skin maximum. Per size the structures follow the
+   applicator as in :mod:`iortopt.anatomy.breast` (rigid anatomy, tissue conforming to the
+   sphere; points in the ball are not tissue). Reported:
 
    - ``target_coverage_percent``: percentage of the PTV_shell volume receiving at least
      ``coverage_fraction`` x Rx. Default fraction: 0.25 in surface mode (5 Gy for 20 Gy, the low
@@ -29,13 +32,14 @@ Inputs: a breast phantom (:class:`iortopt.anatomy.breast.BreastCaseParams`), a b
    >= the minimum, the highest score. If none qualifies, the best-scoring size that fits (then
    any size), with a warning in ``notes``. ``chosen["reason"]`` says which rule decided.
 
-3. Continuous relaxation: radius (within the catalogue's range), centre (within
+3. Continuous relaxation: radius (within the beam's range of radii), centre (within
    ``max_shift_mm`` of the cavity centre per axis, if ``optimise_position``) and time, optimised
    with optax (Adam) on a smooth version of the score (soft PTV membership and soft coverage)
    plus penalties: prescription (100 (D_Rx / Rx - 1)^2), skin distance and fit (1 per mm^2 of
-   violation). Reported next to the catalogue choice; it shows where the trade-off would sit if
-   any size could be made. With ``optimise_position`` the chosen size's centre is then optimised
-   the same way (radius fixed; kept only if its score is at least the centred one's).
+   violation). Reported next to the catalogue choice with its exact (catalogue-style) metrics and
+   score; it shows where the trade-off would sit if any size could be made. With
+   ``optimise_position`` the chosen size's centre is then optimised the same way (radius fixed;
+   kept only if its exact score is at least the centred one's and the constraints still hold).
 
 4. The final :class:`~iortopt.case.Case` for the chosen applicator and its full-grid dose. In
    voxels cut by the applicator surface the dose is the mean over the voxel's tissue sub-samples
@@ -59,7 +63,6 @@ from iortopt.anatomy.breast import (
     BreastGeometry,
     breast_geometry,
     build_breast_case,
-    structure_masks,
 )
 from iortopt.case import Case
 from iortopt.dvh import dose_at_volume_cm3, volume_at_dose
@@ -111,12 +114,40 @@ class XrayPlanResult:
 
 @dataclass(frozen=True)
 class _EvalPoints:
-    """Common evaluation points: lattice cells (volume ``cell_cm3`` each) then the skin sample."""
+    """Common evaluation points (mm), their volumes (cm^3) and structure groups.
 
-    points_mm: np.ndarray  # (P + S, 3)
-    labels: dict  # name -> (P + S,) bool; the skin sample is labelled "skin_sample" only
-    cell_cm3: float
-    n_lattice: int
+    ``groups`` maps "breast", "skin", "chest_wall", "rib", "lung" to index arrays into
+    ``points_mm``; the groups are disjoint. Breast points are lattice-cell centres (per size, the
+    PTV is the subset at depth 0..T). An OAR point is the centroid of the part of one lattice cell
+    that lies in that OAR, weighted by that part's volume, so thin layers and cut cells keep their
+    volume and depth. The 1 mm skin sample (weight 0) is in the "skin" group for the maximum.
+    """
+
+    points_mm: np.ndarray  # (P, 3)
+    weights_cm3: np.ndarray  # (P,)
+    groups: dict
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every evaluation of a plan needs (points, anatomy, beam, prescription, weights)."""
+
+    ev: _EvalPoints
+    geometry: BreastGeometry
+    beam: XrayBeam
+    prescription_gy: float
+    coverage_dose_gy: float
+    min_skin_mm: float
+    oar_weight: float
+    fit_weight: float
+    dtype: object
+
+    def batch_args(self, centres_mm, radii_mm, times_min) -> tuple:
+        """Arguments of the batched catalogue dose, in the working dtype."""
+        return tuple(
+            jnp.asarray(np.asarray(v, np.float64), self.dtype)
+            for v in (self.ev.points_mm, centres_mm, radii_mm, times_min)
+        )
 
 
 def _lattice_axis(low: float, high: float, spacing: float) -> np.ndarray:
@@ -124,30 +155,62 @@ def _lattice_axis(low: float, high: float, spacing: float) -> np.ndarray:
     return low + (np.arange(n) + 0.5) * spacing
 
 
-def _evaluation_points(g: BreastGeometry, spacing_mm: float, reach_mm: float) -> _EvalPoints:
-    """Lattice points in the OARs and in breast tissue within ``reach_mm`` of the cavity centre,
-    plus the 1 mm sample of the deepest skin layer."""
+OAR_NAMES = ("skin", "chest_wall", "rib", "lung")
+
+
+def _evaluation_points(
+    g: BreastGeometry, spacing_mm: float, reach_mm: float, supersampling: int
+) -> _EvalPoints:
+    """Evaluation points (see :class:`_EvalPoints`): a lattice of ``spacing_mm`` cells over the
+    region, offset half a spacing from the dose grid; breast cells within ``reach_mm`` of the
+    cavity centre; OAR parts of cells from ``supersampling``^3 sub-samples per cell."""
     w = g.region_half_width_mm
-    lo = (np.floor(np.array([-w, -w, g.lung_back_z_mm]) / spacing_mm)) * spacing_mm
+    lo = np.floor(np.array([-w, -w, g.lung_back_z_mm]) / spacing_mm) * spacing_mm
     hi = np.array([w, w, g.skin_surface_z_mm])
     x, y, z = (_lattice_axis(lo[k], hi[k], spacing_mm) for k in range(3))
     zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
-    pts = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=-1)
-    labels = g.tissue_labels(pts)
-    near = np.linalg.norm(pts - g.cavity_centre_mm, axis=-1) <= reach_mm
-    keep = labels["skin"] | labels["chest_wall"] | labels["rib"] | labels["lung"]
-    keep |= labels["breast_tissue"] & near
-    pts = pts[keep]
-    labels = {k: v[keep] for k, v in labels.items()}
+    cells = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=-1)
+    cell_cm3 = spacing_mm**3 * 1e-3
+
+    centre_labels = g.tissue_labels(cells)
+    near = np.linalg.norm(cells - g.cavity_centre_mm, axis=-1) <= reach_mm
+    points, weights, groups = [cells[centre_labels["breast_tissue"] & near]], [], {}
+    weights.append(np.full(len(points[0]), cell_cm3))
+    groups["breast"] = np.arange(len(points[0]))
+
+    # Only cells that can touch an OAR slab are sub-sampled.
+    half = 0.5 * spacing_mm
+    candidate = (cells[:, 2] >= g.skin_inner_z_mm - half) | (
+        cells[:, 2] <= g.muscle_front_z_mm + half
+    )
+    cand = cells[candidate]
+    offsets = ((np.arange(supersampling) + 0.5) / supersampling - 0.5) * spacing_mm
+    count = {name: np.zeros(len(cand)) for name in OAR_NAMES}
+    total = {name: np.zeros((len(cand), 3)) for name in OAR_NAMES}
+    for ox in offsets:
+        for oy in offsets:
+            for oz in offsets:
+                sub = cand + np.array([ox, oy, oz])
+                labels = g.tissue_labels(sub)
+                for name in OAR_NAMES:
+                    count[name] += labels[name]
+                    total[name] += labels[name][:, None] * sub
+    n = len(points[0])
+    for name in OAR_NAMES:
+        has = count[name] > 0
+        points.append(total[name][has] / count[name][has, None])
+        weights.append(count[name][has] / supersampling**3 * cell_cm3)
+        groups[name] = n + np.arange(int(has.sum()))
+        n += int(has.sum())
 
     hw = SKIN_SAMPLE_HALF_WIDTH_MM
     s = np.arange(-hw, hw + 1e-9, SKIN_SAMPLE_SPACING_MM)
     sy, sx = np.meshgrid(s, s, indexing="ij")
     skin = np.stack([sx.ravel(), sy.ravel(), np.full(sx.size, g.skin_inner_z_mm)], axis=-1)
-    n = pts.shape[0]
-    all_labels = {k: np.concatenate([v, np.zeros(len(skin), bool)]) for k, v in labels.items()}
-    all_labels["skin_sample"] = np.concatenate([np.zeros(n, bool), np.ones(len(skin), bool)])
-    return _EvalPoints(np.concatenate([pts, skin]), all_labels, spacing_mm**3 * 1e-3, n)
+    points.append(skin)
+    weights.append(np.zeros(len(skin)))
+    groups["skin"] = np.concatenate([groups["skin"], n + np.arange(len(skin))])
+    return _EvalPoints(np.concatenate(points), np.concatenate(weights), groups)
 
 
 def _prescription_dose_per_min(radius_mm: float, mode: str, depth_mm: float, beam) -> float:
@@ -155,6 +218,16 @@ def _prescription_dose_per_min(radius_mm: float, mode: str, depth_mm: float, bea
     if mode == "surface":
         return float(surface_dose_rate_gy_min(float(radius_mm), beam))
     return float(depth_dose_gy(jnp.asarray(float(depth_mm)), float(radius_mm), 1.0, beam))
+
+
+_METRIC_KEYS = (
+    "target_coverage_percent",
+    "skin_max_gy",
+    "chest_wall_D2cc_gy",
+    "rib_D2cc_gy",
+    "lung_mean_gy",
+    "wall_gap_mm",
+)
 
 
 def _row_metrics(
@@ -165,25 +238,34 @@ def _row_metrics(
     centre_mm: np.ndarray,
     coverage_dose_gy: float,
 ) -> dict:
-    """Coverage and OAR metrics of one applicator from its dose (P + S,) on the eval points."""
+    """Coverage and OAR metrics of one applicator from its dose (P,) on the eval points."""
     depth = np.linalg.norm(ev.points_mm - centre_mm, axis=-1) - radius_mm
-    masks = structure_masks(ev.labels, depth, g.target_thickness_mm)
-    ptv = masks["PTV_shell"]
-    coverage = float(np.mean(dose[ptv] >= coverage_dose_gy)) if ptv.any() else float("nan")
-    skin = masks["skin"] | (ev.labels["skin_sample"] & (depth > 0))
+    w = np.where(depth > 0, ev.weights_cm3, 0.0)  # the ball is not tissue
+
+    def part(name):
+        idx = ev.groups[name]
+        return dose[idx], w[idx]
+
+    breast = ev.groups["breast"]
+    ptv_w = np.where(depth[breast] <= g.target_thickness_mm, w[breast], 0.0)
+    covered = dose[breast] >= coverage_dose_gy
+    coverage = (ptv_w * covered).sum() / ptv_w.sum() if ptv_w.sum() > 0 else float("nan")
+    skin_idx = ev.groups["skin"]
+    skin_max = dose[skin_idx][depth[skin_idx] > 0]
 
     def d2cc(name):
-        m = masks[name]
-        if not m.any():
+        d, wt = part(name)
+        if wt.sum() <= 0:
             return float("nan")
-        return float(dose_at_volume_cm3(dose[m], np.ones(m.sum()), ev.cell_cm3, D2CC_CM3))
+        return float(dose_at_volume_cm3(d, wt, 1.0, D2CC_CM3))
 
+    lung_d, lung_w = part("lung")
     return {
-        "target_coverage_percent": 100.0 * coverage,
-        "skin_max_gy": float(dose[skin].max()) if skin.any() else 0.0,
+        "target_coverage_percent": 100.0 * float(coverage),
+        "skin_max_gy": float(skin_max.max()) if skin_max.size else 0.0,
         "chest_wall_D2cc_gy": d2cc("chest_wall"),
         "rib_D2cc_gy": d2cc("rib"),
-        "lung_mean_gy": float(dose[masks["lung"]].mean()) if masks["lung"].any() else 0.0,
+        "lung_mean_gy": float((lung_d * lung_w).sum() / lung_w.sum()) if lung_w.sum() else 0.0,
     }
 
 
@@ -203,7 +285,8 @@ def _choose(rows: list[dict], min_skin_mm: float, tol: float) -> tuple[int, str,
     """Index of the chosen row, the reason, and warnings (rule in the module docstring)."""
     warnings = []
     eligible = [k for k, r in enumerate(rows) if r["fits_cavity"] and not r["skin_flag"]]
-    pool, rule = eligible, (
+    pool = eligible
+    rule = (
         f"fit the cavity (wall gap <= {tol:g} mm) and keep the skin distance >= {min_skin_mm:g} mm"
     )
     if not pool:
@@ -223,9 +306,9 @@ def _choose(rows: list[dict], min_skin_mm: float, tol: float) -> tuple[int, str,
     r = rows[best]
     reason = (
         f"{r['diameter_cm']:g} cm: highest score ({r['score']:.1f}) among the sizes that {rule} "
-        f"({names} cm); coverage {r['target_coverage_percent']:.1f} %, skin distance "
-        f"{r['skin_distance_mm']:.1f} mm, skin max {r['skin_max_gy']:.2f} Gy, wall gap "
-        f"{r['wall_gap_mm']:.1f} mm"
+        f"({names} cm); centred in the cavity: coverage {r['target_coverage_percent']:.1f} %, "
+        f"skin distance {r['skin_distance_mm']:.1f} mm, skin max {r['skin_max_gy']:.2f} Gy, "
+        f"wall gap {r['wall_gap_mm']:.1f} mm"
     )
     if len(ranked) > 1:
         nxt = rows[ranked[1]]
@@ -239,32 +322,36 @@ def _choose(rows: list[dict], min_skin_mm: float, tol: float) -> tuple[int, str,
 
 
 def _relaxation(
-    ev: _EvalPoints,
-    g: BreastGeometry,
-    beam: XrayBeam,
+    ctx: _Context,
     *,
-    prescription_gy: float,
     mode: str,
     depth_mm: float,
-    coverage_dose_gy: float,
     radius_range_mm: tuple[float, float],
     max_shift_mm: float,
-    min_skin_mm: float,
-    oar_weight: float,
-    fit_weight: float,
     shaft_axis,
     anisotropy: float,
     iterations: int,
-    dtype,
 ):
-    """Jitted optimiser: ``run(u0, lock_radius, fixed_radius)`` -> (u, objective history) and
-    ``decode(u)`` -> (radius, centre, time)."""
+    """The continuous optimiser, jitted.
+
+    Variables u (5,): radius = lo + (hi - lo) sigmoid(u0), centre = cavity centre +
+    max_shift tanh(u1..3) per axis, time = t_ref exp(u4).
+
+    Returns:
+        run(u0, lock, fixed_radius) -> (u, objective history (iterations,), final objective);
+            with lock > 0 the radius is held at ``fixed_radius``.
+        decode(u, lock, fixed_radius) -> (radius_mm, centre_mm (3,), time_min).
+        t_ref: the time scale (min) of u4.
+    """
+    ev, g, beam, dtype = ctx.ev, ctx.geometry, ctx.beam, ctx.dtype
+    prescription_gy, coverage_dose_gy = ctx.prescription_gy, ctx.coverage_dose_gy
+    oar_weight, fit_weight, min_skin_mm = ctx.oar_weight, ctx.fit_weight, ctx.min_skin_mm
     pts = jnp.asarray(ev.points_mm, dtype)
-    lab = {k: jnp.asarray(v) for k, v in ev.labels.items()}
+    idx = ev.groups  # structures as index sets: sorts and sums run over their own points only
+    weight = {name: jnp.asarray(ev.weights_cm3[i], dtype) for name, i in idx.items()}
     wall = jnp.asarray(g.cavity_wall_mm, dtype)
     c0 = jnp.asarray(g.cavity_centre_mm, dtype)
     a_lo, a_hi = radius_range_mm
-    cw_voxels = D2CC_CM3 / ev.cell_cm3
     tol = g.fit_tolerance_mm
     t_ref = prescription_gy / _prescription_dose_per_min(0.5 * (a_lo + a_hi), mode, depth_mm, beam)
     shift = max_shift_mm
@@ -278,27 +365,32 @@ def _relaxation(
     def objective(u, lock, fixed_radius):
         radius, centre, t = decode(u, lock, fixed_radius)
         dose = sphere_dose_gy(pts, centre, radius, t, beam, shaft_axis, anisotropy)
-        depth = jnp.linalg.norm(pts - centre, axis=-1) - radius
-        member = (
-            lab["breast_tissue"]
-            * jax.nn.sigmoid(depth / SOFT_DEPTH_MM)
-            * jax.nn.sigmoid((g.target_thickness_mm - depth) / SOFT_DEPTH_MM)
+        breast = idx["breast"]
+        depth = jnp.linalg.norm(pts[breast] - centre, axis=-1) - radius
+        member = jax.nn.sigmoid(depth / SOFT_DEPTH_MM) * jax.nn.sigmoid(
+            (g.target_thickness_mm - depth) / SOFT_DEPTH_MM
         )
         # Inside the sphere the soft membership is small but not 0, and there is no tissue
         # there to underdose: count those points as covered rather than as 0 Gy.
         covered = jnp.where(
             depth < 0,
             1.0,
-            jax.nn.sigmoid((dose - coverage_dose_gy) / (SOFT_DOSE_FRACTION * coverage_dose_gy)),
+            jax.nn.sigmoid(
+                (dose[breast] - coverage_dose_gy) / (SOFT_DOSE_FRACTION * coverage_dose_gy)
+            ),
         )
         coverage = jnp.sum(member * covered) / jnp.maximum(jnp.sum(member), 1e-6)
-        skin_max = jnp.max(jnp.where(lab["skin"] | lab["skin_sample"], dose, 0.0))
 
         def d2cc(name):
-            w = lab[name].astype(dtype)
-            return dose_at_volume(jnp.where(lab[name], dose, 0.0), w, cw_voxels)
+            d = dose[idx[name]]
+            return dose_at_volume(d, weight[name], D2CC_CM3) if d.size else 0.0
 
-        lung = jnp.sum(jnp.where(lab["lung"], dose, 0.0)) / jnp.maximum(jnp.sum(lab["lung"]), 1)
+        lung = (
+            jnp.sum(dose[idx["lung"]] * weight["lung"]) / jnp.sum(weight["lung"])
+            if idx["lung"].size
+            else 0.0
+        )
+        skin_max = jnp.max(dose[idx["skin"]])
         oar = skin_max + d2cc("chest_wall") + d2cc("rib") + lung
         gap = jnp.max(jnp.sqrt(jnp.square(jnp.linalg.norm(wall - centre, axis=-1) - radius) + 1e-4))
         score = coverage - oar_weight * oar / prescription_gy - fit_weight * jnp.square(gap / tol)
@@ -341,9 +433,6 @@ def _encode(radius_mm, time_min, t_ref, radius_range_mm, dtype) -> jnp.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
-_sphere_dose_jit = jax.jit(sphere_dose_gy, static_argnames=("shaft_axis", "anisotropy", "edge_mm"))
-
-
 def full_grid_dose_gy(
     case: Case,
     centre_mm,
@@ -361,13 +450,15 @@ def full_grid_dose_gy(
     pts = grid.points_mm()
     centre = np.asarray(centre_mm, float)
     half_diagonal = 0.5 * float(np.linalg.norm(grid.spacing_xyz_mm))
-    band = np.flatnonzero(np.abs(np.linalg.norm(pts - centre, axis=-1) - radius_mm) <= half_diagonal)
+    band = np.flatnonzero(
+        np.abs(np.linalg.norm(pts - centre, axis=-1) - radius_mm) <= half_diagonal
+    )
     offsets = (np.arange(supersampling) + 0.5) / supersampling - 0.5
     oz, oy, ox = np.meshgrid(offsets, offsets, offsets, indexing="ij")
     sub = np.stack([ox.ravel(), oy.ravel(), oz.ravel()], -1) * np.asarray(grid.spacing_xyz_mm)
     sub_pts = (pts[band][:, None, :] + sub[None]).reshape(-1, 3)
     # One call for voxel centres and sub-samples: one compilation.
-    both = _sphere_dose_jit(
+    both = sphere_dose_gy(
         jnp.asarray(np.concatenate([pts, sub_pts]), dtype),
         jnp.asarray(centre, dtype),
         jnp.asarray(radius_mm, dtype),
@@ -376,7 +467,7 @@ def full_grid_dose_gy(
         shaft_axis=None if shaft_axis is None else tuple(float(v) for v in shaft_axis),
         anisotropy=float(anisotropy),
     )
-    both = np.asarray(both, np.float64)
+    both = np.array(both, np.float64)  # a writable copy
     dose, sub_dose = both[: len(pts)], both[len(pts) :].reshape(band.size, -1)
     if band.size:
         tissue = (np.linalg.norm(sub_pts - centre, axis=-1) > radius_mm).reshape(band.size, -1)
@@ -449,15 +540,22 @@ def optimise_xray(
     radii = 5.0 * diameters
     if coverage_fraction is None:
         coverage_fraction = DEFAULT_COVERAGE_FRACTION[prescription_mode]
-    coverage_dose = coverage_fraction * prescription_gy
     anisotropy = float(anisotropy)
     axis = None if anisotropy == 0.0 else tuple(float(v) for v in shaft_axis)
-
     g = breast_geometry(params)
     spacing = float(eval_spacing_mm or params.spacing_mm)
     reach = float(radii.max()) + params.target_thickness_mm + max_shift_mm + spacing
-    ev = _evaluation_points(g, spacing, reach)
-    c0 = g.cavity_centre_mm
+    ctx = _Context(
+        ev=_evaluation_points(g, spacing, reach, params.supersampling),
+        geometry=g,
+        beam=beam,
+        prescription_gy=float(prescription_gy),
+        coverage_dose_gy=float(coverage_fraction * prescription_gy),
+        min_skin_mm=float(min_skin_distance_mm),
+        oar_weight=float(oar_weight),
+        fit_weight=float(fit_weight),
+        dtype=dtype,
+    )
     times = np.array(
         [
             prescription_gy
@@ -465,86 +563,84 @@ def optimise_xray(
             for a in radii
         ]
     )
+    c0 = g.cavity_centre_mm
     batch = jax.jit(lambda p, c, r, t: catalogue_dose_gy(p, c, r, t, beam, axis, anisotropy))
-    pts = jnp.asarray(ev.points_mm, dtype)
     setup_s = time.perf_counter() - t_start
 
-    # --- 1. catalogue comparison, one batched pass -----------------------------------------
+    # 1. catalogue comparison: all sizes in one batched pass (compiled once, reused in 2b).
     t0 = time.perf_counter()
-    centres = np.tile(c0, (len(radii), 1))
-    compiled = batch.lower(pts, jnp.asarray(centres, dtype), jnp.asarray(radii, dtype),
-                           jnp.asarray(times, dtype)).compile()
+    args = ctx.batch_args(np.tile(c0, (len(radii), 1)), radii, times)
+    batch = batch.lower(*args).compile()
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    doses = np.asarray(
-        compiled(pts, jnp.asarray(centres, dtype), jnp.asarray(radii, dtype), jnp.asarray(times, dtype)),
-        np.float64,
-    )
-    rows = []
-    for k, (d_cm, a, t) in enumerate(zip(diameters, radii, times, strict=True)):
-        row = _catalogue_row(
-            doses[k], ev, g, beam, float(d_cm), float(a), c0, float(t), coverage_dose,
-            min_skin_distance_mm,
-        )
-        row["score"] = _score(row, prescription_gy, oar_weight, fit_weight, g.fit_tolerance_mm)
-        rows.append(row)
-    best, reason, warnings = _choose(rows, min_skin_distance_mm, g.fit_tolerance_mm)
+    doses = np.asarray(batch(*args), np.float64)
+    rows = [
+        _catalogue_row(ctx, doses[k], diameters[k], radii[k], c0, times[k])
+        for k in range(len(radii))
+    ]
+    best, reason, warnings = _choose(rows, ctx.min_skin_mm, g.fit_tolerance_mm)
     batch_s = time.perf_counter() - t0
 
-    # --- 3. continuous relaxation ----------------------------------------------------------
+    # 3. continuous relaxation, started from the chosen size (the objective is flat near its
+    # optimum, and Adam started far away can stop in a shallow local minimum).
     t0 = time.perf_counter()
     radius_range = (float(beam.radii_mm.min()), float(beam.radii_mm.max()))
     run, decode, t_ref = _relaxation(
-        ev, g, beam,
-        prescription_gy=prescription_gy, mode=prescription_mode, depth_mm=prescription_depth_mm,
-        coverage_dose_gy=coverage_dose, radius_range_mm=radius_range,
+        ctx,
+        mode=prescription_mode,
+        depth_mm=prescription_depth_mm,
+        radius_range_mm=radius_range,
         max_shift_mm=max_shift_mm if optimise_position else 0.0,
-        min_skin_mm=min_skin_distance_mm, oar_weight=oar_weight, fit_weight=fit_weight,
-        shaft_axis=axis, anisotropy=anisotropy, iterations=relaxation_iterations, dtype=dtype,
+        shaft_axis=axis,
+        anisotropy=anisotropy,
+        iterations=relaxation_iterations,
     )
-    # Start from the chosen catalogue size: the objective is flat near the optimum and Adam
-    # started far away can stop in a shallow local minimum.
-    start_radius = float(np.clip(radii[best], *radius_range))
-    u0 = _encode(start_radius, float(times[best]), t_ref, radius_range, dtype)
     free, locked = jnp.asarray(0.0, dtype), jnp.asarray(1.0, dtype)
-    run_compiled = run.lower(u0, free, jnp.asarray(start_radius, dtype)).compile()
+    u0 = _encode(radii[best], times[best], t_ref, radius_range, dtype)
+    run = run.lower(u0, free, jnp.asarray(radii[best], dtype)).compile()
     compile_s += time.perf_counter() - t0
     t0 = time.perf_counter()
-    u, history, final_objective = run_compiled(u0, free, jnp.asarray(start_radius, dtype))
+    u, _, objective = run(u0, free, jnp.asarray(radii[best], dtype))
     radius_c, centre_c, time_c = (np.asarray(v, np.float64) for v in decode(u, free, 0.0))
+    # Exact metrics of the continuous optimum: the compiled batch with every row set to it.
+    k = len(radii)
+    doses = np.asarray(
+        batch(*ctx.batch_args(np.tile(centre_c, (k, 1)), np.full(k, radius_c), np.full(k, time_c)))
+    )
+    exact = _catalogue_row(ctx, doses[0], radius_c / 5.0, radius_c, centre_c, time_c)
     continuous = {
         "radius_mm": float(radius_c),
         "diameter_cm": float(radius_c) / 5.0,
         "centre_mm": centre_c.tolist(),
         "time_min": float(time_c),
-        "surface_dose_gy": float(surface_dose_rate_gy_min(float(radius_c), beam)) * float(time_c),
-        "skin_distance_mm": g.skin_distance_mm(float(radius_c), centre_c),
-        "objective": float(final_objective),
-        "score": -100.0 * float(final_objective),
+        "objective": float(objective),
+        **{key: exact[key] for key in ("surface_dose_gy", "skin_distance_mm", "fits_cavity")},
+        **{key: exact[key] for key in _METRIC_KEYS},
+        "score": exact["score"],
         "iterations": relaxation_iterations,
         "nearest_catalogue_cm": float(diameters[np.argmin(np.abs(radii - radius_c))]),
     }
 
-    # --- 2b. position of the chosen size -----------------------------------------------------
-    chosen_row = dict(rows[best])
-    chosen_centre = c0.copy()
+    # 2b. centre of the chosen size: same optimiser with the radius locked; the shift is kept
+    # only if the exact (catalogue) score does not get worse and the constraints still hold.
+    chosen_row, chosen_centre = rows[best], c0.copy()
     if optimise_position:
-        a_k = float(radii[best])
-        u0k = _encode(a_k, float(times[best]), t_ref, radius_range, dtype)
-        uk, _, _ = run_compiled(u0k, locked, jnp.asarray(a_k, dtype))
-        _, centre_k, _ = decode(uk, locked, a_k)
-        centre_k = np.asarray(centre_k, np.float64)
-        shifted = _evaluate_at(
-            compiled, pts, ev, g, beam, diameters, radii, times, best, centre_k, coverage_dose,
-            min_skin_distance_mm, prescription_gy, oar_weight, fit_weight, dtype,
+        u0 = _encode(radii[best], times[best], t_ref, radius_range, dtype)
+        u, _, _ = run(u0, locked, jnp.asarray(radii[best], dtype))
+        centre_k = np.asarray(decode(u, locked, radii[best])[1], np.float64)
+        doses = np.asarray(batch(*ctx.batch_args(np.tile(centre_k, (len(radii), 1)), radii, times)))
+        shifted = _catalogue_row(
+            ctx, doses[best], diameters[best], radii[best], centre_k, times[best]
         )
-        if shifted["score"] >= chosen_row["score"] and shifted["fits_cavity"] and (
-            not shifted["skin_flag"] or chosen_row["skin_flag"]
+        if (
+            shifted["score"] >= chosen_row["score"]
+            and shifted["fits_cavity"]
+            and (not shifted["skin_flag"] or chosen_row["skin_flag"])
         ):
             chosen_row, chosen_centre = shifted, centre_k
     optimise_s = time.perf_counter() - t0 + batch_s
 
-    # --- 4. final case and full-grid dose ---------------------------------------------------
+    # 4. final case and full-grid dose.
     t0 = time.perf_counter()
     a_best, t_best = float(radii[best]), float(times[best])
     case, geometry = build_breast_case(params, a_best, chosen_centre)
@@ -555,7 +651,7 @@ def optimise_xray(
 
     moved = float(np.linalg.norm(chosen_centre - c0))
     if moved > 0:
-        reason += f"; centre optimised ({moved:.1f} mm from the cavity centre)"
+        reason += f"; centre then optimised ({moved:.1f} mm from the cavity centre)"
     chosen = {
         "diameter_cm": float(diameters[best]),
         "radius_mm": a_best,
@@ -567,19 +663,21 @@ def optimise_xray(
         "skin_distance_mm": chosen_row["skin_distance_mm"],
         "skin_distance_ok": not chosen_row["skin_flag"],
         "fits_cavity": chosen_row["fits_cavity"],
-        "target_coverage_percent": chosen_row["target_coverage_percent"],
+        **{k: chosen_row[k] for k in _METRIC_KEYS},
         "score": chosen_row["score"],
-        "full_grid": _grid_metrics(case, dose, coverage_dose),
+        "full_grid": _grid_metrics(case, dose, ctx.coverage_dose_gy),
     }
+    where = (
+        "the applicator surface"
+        if prescription_mode == "surface"
+        else f"{prescription_depth_mm:g} mm depth"
+    )
     notes = [
         f"beam {beam.name!r}, dosimetry formalism: {beam.formalism}",
-        f"prescription {prescription_gy:g} Gy at "
-        + ("the applicator surface" if prescription_mode == "surface"
-           else f"{prescription_depth_mm:g} mm depth"),
-        f"coverage = % of PTV_shell volume receiving >= {coverage_dose:g} Gy "
+        f"prescription {prescription_gy:g} Gy at {where}",
+        f"coverage = % of PTV_shell volume receiving >= {ctx.coverage_dose_gy:g} Gy "
         f"({coverage_fraction:g} x Rx)",
-        "tissue model: rigid anatomy, cavity conforming to the applicator (see "
-        "iortopt.anatomy.breast)",
+        "tissue model: rigid anatomy, cavity conforming to the applicator (iortopt.anatomy.breast)",
     ]
     if beam.illustrative:
         notes.insert(0, ILLUSTRATIVE_NOTE)
@@ -594,45 +692,45 @@ def optimise_xray(
         "total_s": time.perf_counter() - t_start,
     }
     return XrayPlanResult(
-        case=case, dose_gy=dose, chosen=chosen, comparison=rows, continuous=continuous,
-        timings=timings, notes=notes, beam_name=beam.name, formalism=beam.formalism,
+        case=case,
+        dose_gy=dose,
+        chosen=chosen,
+        comparison=rows,
+        continuous=continuous,
+        timings=timings,
+        notes=notes,
+        beam_name=beam.name,
+        formalism=beam.formalism,
         geometry=geometry,
     )
 
 
-def _catalogue_row(
-    dose, ev, g, beam, diameter_cm, radius_mm, centre_mm, time_min, coverage_dose, min_skin_mm
-) -> dict:
-    """One comparison row (without the score)."""
-    skin_distance = g.skin_distance_mm(radius_mm, centre_mm)
-    gap = g.wall_gap_mm(radius_mm, centre_mm)
+def _catalogue_row(ctx: _Context, dose, diameter_cm, radius_mm, centre_mm, time_min) -> dict:
+    """One comparison row: plan data, constraints, metrics and score of one applicator."""
+    g, beam = ctx.geometry, ctx.beam
+    radius_mm, time_min = float(radius_mm), float(time_min)
+    centre = np.asarray(centre_mm, np.float64)
+    skin_distance = g.skin_distance_mm(radius_mm, centre)
+    gap = g.wall_gap_mm(radius_mm, centre)
     row = {
-        "diameter_cm": diameter_cm,
+        "diameter_cm": float(diameter_cm),
         "radius_mm": radius_mm,
         "fits_cavity": gap <= g.fit_tolerance_mm + 1e-9,
-        "wall_gap_mm": gap,
         "time_min": time_min,
         "surface_dose_gy": float(surface_dose_rate_gy_min(radius_mm, beam)) * time_min,
         "dose_at_10mm_gy": float(depth_dose_gy(jnp.asarray(10.0), radius_mm, time_min, beam)),
         "skin_distance_mm": skin_distance,
-        "skin_flag": bool(skin_distance < min_skin_mm),
+        "skin_flag": bool(skin_distance < ctx.min_skin_mm),
+        "wall_gap_mm": gap,
     }
-    row.update(_row_metrics(dose, ev, g, radius_mm, np.asarray(centre_mm), coverage_dose))
-    return row
-
-
-def _evaluate_at(
-    compiled, pts, ev, g, beam, diameters, radii, times, k, centre, coverage_dose, min_skin_mm,
-    prescription_gy, oar_weight, fit_weight, dtype,
-) -> dict:
-    """Row of size k at ``centre``, reusing the compiled batch (all K rows at that centre)."""
-    centres = jnp.asarray(np.tile(centre, (len(radii), 1)), dtype)
-    doses = compiled(pts, centres, jnp.asarray(radii, dtype), jnp.asarray(times, dtype))
-    row = _catalogue_row(
-        np.asarray(doses[k], np.float64), ev, g, beam, float(diameters[k]), float(radii[k]),
-        centre, float(times[k]), coverage_dose, min_skin_mm,
+    row.update(
+        _row_metrics(
+            np.asarray(dose, np.float64), ctx.ev, g, radius_mm, centre, ctx.coverage_dose_gy
+        )
     )
-    row["score"] = _score(row, prescription_gy, oar_weight, fit_weight, g.fit_tolerance_mm)
+    row["score"] = _score(
+        row, ctx.prescription_gy, ctx.oar_weight, ctx.fit_weight, g.fit_tolerance_mm
+    )
     return row
 
 

@@ -331,7 +331,9 @@ def breast_geometry(
     n_ribs = int(math.floor((w + params.rib_radius_mm) / params.rib_spacing_mm))
     rib_y = tuple(float(k * params.rib_spacing_mm) for k in range(-n_ribs, n_ribs + 1))
     radius = r if applicator_radius_mm is None else float(applicator_radius_mm)
-    centre = np.zeros(3) if applicator_centre_mm is None else np.asarray(applicator_centre_mm, float)
+    centre = (
+        np.zeros(3) if applicator_centre_mm is None else np.asarray(applicator_centre_mm, float)
+    )
     if not radius > 0 or centre.shape != (3,) or not np.all(np.isfinite(centre)):
         raise ValueError(
             f"applicator radius must be > 0 and centre three finite numbers, got {radius}, {centre}"

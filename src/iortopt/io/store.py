@@ -6,8 +6,9 @@ Layout of a plan store (``plan.zarr``)::
     dose_gy             (nz, ny, nx) float32; attrs: grid (shape_zyx, spacing_xyz_mm,
                         origin_xyz_mm), unit
     structures/<name>   (nz, ny, nx) float32 fractional occupancy, attrs: role
-    dwells/positions_mm (N, 3), dwells/axes (N, 3), dwells/times_s (N,),
+    dwells/positions_mm (N, 3), dwells/axes (N, 3), dwells/times_s (N,),     (HDR plans)
     dwells/catheter (N,), dwells/index (N,)
+    applicator/centre_mm (3,), radius_mm, time_min, ...                       (X-ray plans)
     dvh/<name>          (2, bins): row 0 dose_gy, row 1 volume_cm3 (cumulative)
 
 Writers build the store under a temporary name beside the target and rename it into place, so a
@@ -113,8 +114,8 @@ def read_dose_store(path: str | Path) -> tuple[np.ndarray, Grid, dict]:
 
 def write_plan_store(path: str | Path, plan: dict) -> Path:
     """Write a plan store (layout in the module docstring) from a dict with keys ``grid``,
-    ``dose_gy``, ``structures`` (list of (name, role, occupancy)), ``dwells`` (dict of arrays),
-    ``dvhs`` (name -> DVH),
+    ``dose_gy``, ``structures`` (list of (name, role, occupancy)), ``groups`` (group name ->
+    dict of arrays, e.g. the dwells), ``dvhs`` (name -> DVH),
     and ``attrs`` (config, provenance, metrics, summary)."""
     grid: Grid = plan["grid"]
     with atomic_path(path) as tmp:
@@ -136,9 +137,10 @@ def write_plan_store(path: str | Path, plan: dict) -> Path:
                 np.asarray(occupancy, np.float32),
                 {"role": role, "grid": grid.to_attrs()},
             )
-        dwells = root.create_group("dwells")
-        for key, values in plan["dwells"].items():
-            write_array(dwells, key, np.asarray(values))
+        for group_name, arrays in plan.get("groups", {}).items():
+            group = root.create_group(group_name)
+            for key, values in arrays.items():
+                write_array(group, key, np.asarray(values))
         dvh_group = root.create_group("dvh")
         for name, dvh in plan["dvhs"].items():
             write_array(

@@ -1,0 +1,208 @@
+"""One 50 kV X-ray sphere plan from config to outputs (modality ``xray_sphere``).
+
+    prepare_xray(config)        -> PreparedXray   breast case parameters, beam, validated names
+    run_xray(prepared, out_dir) -> XrayRunResult  catalogue comparison + continuous relaxation
+                                                  (:func:`iortopt.xray_plan.optimise_xray`),
+                                                  metrics/goals, the same outputs as HDR plans
+
+``summary.json`` carries the applicator comparison table (one row per catalogue size), the chosen
+size with the reason, and the continuous-radius optimum.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from iortopt.anatomy.breast import BreastCaseParams, build_breast_case
+from iortopt.config import PlanConfig
+from iortopt.errors import ConfigError
+from iortopt.physics.xray import XrayBeam, load_xray_beam
+from iortopt.plan_outputs import (
+    check_structure_names,
+    common_summary,
+    evaluate_plan,
+    print_report,
+    provenance,
+    rewrite_summary,
+    write_plan_outputs,
+)
+
+
+@dataclass
+class PreparedXray:
+    config: PlanConfig
+    params: BreastCaseParams
+    beam: XrayBeam
+    dtype: object
+    setup_s: float
+
+
+@dataclass
+class XrayRunResult:
+    prepared: PreparedXray
+    case: object
+    dose_gy: np.ndarray
+    summary: dict
+    out_dir: Path
+
+
+def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
+    """Validate the breast parameters, the beam and every structure name; nothing is written.
+
+    Raises:
+        ConfigError / SourceDataError naming the field or file at fault.
+    """
+    t0 = time.perf_counter()
+    try:
+        params = BreastCaseParams(**cfg.case.breast)
+    except TypeError as exc:
+        raise ConfigError(f"case.breast: {exc} (see BreastCaseParams for the fields)") from None
+    except ValueError as exc:
+        raise ConfigError(f"case.breast: {exc}") from None
+    beam = load_xray_beam(cfg.xray.beam)
+    sizes = cfg.xray.catalogue_diameters_cm
+    if sizes is not None:
+        unknown = [d for d in sizes if not np.any(np.isclose(beam.diameters_cm, d))]
+        if unknown:
+            raise ConfigError(
+                f"xray.catalogue_diameters_cm: {unknown} not in beam {beam.name!r} "
+                f"(has {list(map(float, beam.diameters_cm))})"
+            )
+    # Structure names do not depend on the applicator size: check them on a centred sphere.
+    case, _ = build_breast_case(params)
+    check_structure_names(cfg, case)
+    return PreparedXray(cfg, params, beam, dtype, time.perf_counter() - t0)
+
+
+def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
+    """Choose the applicator size, position and time; evaluate and write every output."""
+    from iortopt.xray_plan import optimise_xray
+
+    cfg, x = prepared.config, prepared.config.xray
+    try:
+        result = optimise_xray(
+            prepared.params,
+            prepared.beam,
+            prescription_gy=cfg.prescription.dose_gy,
+            prescription_mode=x.prescription_mode,
+            prescription_depth_mm=x.prescription_depth_mm,
+            catalogue_diameters_cm=x.catalogue_diameters_cm,
+            min_skin_distance_mm=x.min_skin_distance_mm,
+            optimise_position=x.optimise_position,
+            dtype=prepared.dtype,
+            anisotropy=x.anisotropy,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"xray: {exc}") from None
+    case, dose = result.case, np.asarray(result.dose_gy, np.float32)
+    evaluation = evaluate_plan(cfg, case, dose)
+    chosen = result.chosen
+    summary = common_summary(cfg, case, evaluation, prepared.dtype)
+    summary |= {
+        "beam": result.beam_name,
+        "dosimetry_formalism": result.formalism,
+        "prescription_mode": x.prescription_mode,
+        "min_skin_distance_mm": x.min_skin_distance_mm,
+        "chosen_applicator": chosen,
+        "applicator_comparison": result.comparison,
+        "continuous_relaxation": result.continuous,
+        "notes": result.notes,
+        "wall_times_s": {"setup_s": prepared.setup_s, **result.timings},
+    }
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    centre = np.asarray(chosen["centre_mm"], float)
+    write_plan_outputs(
+        cfg,
+        case,
+        dose,
+        evaluation,
+        summary,
+        out_dir,
+        applicator={
+            "applicator": {
+                "centre_mm": centre,
+                "radius_mm": np.asarray(10.0 * float(chosen["diameter_cm"]) / 2.0),
+                "time_min": np.asarray(float(chosen["time_min"])),
+            }
+        },
+        provenance_attrs=provenance(
+            cfg,
+            case,
+            prepared.dtype,
+            beam=result.beam_name,
+            dosimetry_formalism=result.formalism,
+        ),
+        markers_mm=centre[None, :],
+        markers_label="applicator centre",
+    )
+    summary["wall_times_s"]["write_s"] = time.perf_counter() - t0
+    rewrite_summary(out_dir, summary)
+    return XrayRunResult(prepared, case, dose, summary, out_dir)
+
+
+COMPARISON_COLUMNS = (
+    ("diam cm", "diameter_cm", "{:.1f}"),
+    ("fits", "fits_cavity", "{}"),
+    ("min", "time_min", "{:.1f}"),
+    ("10mm Gy", "dose_at_10mm_gy", "{:.2f}"),
+    ("cover %", "target_coverage_percent", "{:.0f}"),
+    ("skin mm", "skin_distance_mm", "{:.1f}"),
+    ("skin Gy", "skin_max_gy", "{:.1f}"),
+    ("CW D2cc", "chest_wall_D2cc_gy", "{:.1f}"),
+    ("rib D2cc", "rib_D2cc_gy", "{:.1f}"),
+    ("lung", "lung_mean_gy", "{:.2f}"),
+    ("score", "score", "{:.1f}"),
+)
+SKIN_COLUMN = 5
+
+
+def print_xray_summary(result: XrayRunResult, console: Console) -> None:
+    """Applicator comparison, metrics, goals and the choice with its reason."""
+    s = result.summary
+    chosen = s["chosen_applicator"]
+    title = f"Applicator comparison ({s['beam']}, formalism {s['dosimetry_formalism']})"
+    table = Table(title=title)
+    for title, _, _ in COMPARISON_COLUMNS:
+        table.add_column(title, justify="right")
+    for row in s["applicator_comparison"]:
+        cells = [
+            ("yes" if row[key] else "no") if key == "fits_cavity" else fmt.format(row[key])
+            for _, key, fmt in COMPARISON_COLUMNS
+        ]
+        if row.get("skin_flag"):
+            cells[SKIN_COLUMN] = f"[red]{cells[SKIN_COLUMN]}![/]"
+        style = "bold green" if np.isclose(row["diameter_cm"], chosen["diameter_cm"]) else None
+        table.add_row(*cells, style=style)
+    console.print(table)
+    console.print(
+        f"10mm Gy: dose 10 mm from the surface; cover: PTV_shell % at the coverage dose; skin mm "
+        f"(! = under {s['min_skin_distance_mm']:g} mm); CW: chest wall; lung: mean Gy",
+        highlight=False,
+    )
+    print_report(s, result.case, console)
+    cont = s["continuous_relaxation"]
+    console.print(
+        f"chosen: {chosen['diameter_cm']:.1f} cm sphere, {chosen['time_min']:.1f} min, "
+        f"skin distance {chosen['skin_distance_mm']:.1f} mm "
+        f"({'ok' if chosen['skin_distance_ok'] else 'UNDER THE MINIMUM'}); {chosen['reason']}",
+        highlight=False,
+    )
+    console.print(
+        f"continuous optimum: radius {cont['radius_mm']:.1f} mm, {cont['time_min']:.1f} min",
+        highlight=False,
+    )
+    for note in s["notes"]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    w = s["wall_times_s"]
+    console.print(
+        ", ".join(f"{k} {v:.2f}" for k, v in w.items()) + f"; outputs in {result.out_dir}",
+        highlight=False,
+    )
