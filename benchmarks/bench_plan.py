@@ -56,15 +56,17 @@ def main(argv: list[str] | None = None) -> dict:
     t_start = time.perf_counter()
     dtype = configure(args.device, args.precision)
     from iortopt.config import load_config
-    from iortopt.plan import optimise_and_write, prepare_plan
+    from iortopt.run_plan import execute, prepare
 
     cfg = load_config(args.config)
     if args.max_iterations is not None:
         optimizer = cfg.optimizer.model_copy(update={"max_iterations": args.max_iterations})
         cfg = cfg.model_copy(update={"optimizer": optimizer})
-    prepared = prepare_plan(cfg, dtype)
+    prepared = prepare(cfg, dtype)
+    case = prepared.case if hasattr(prepared, "case") else None
     with tempfile.TemporaryDirectory() as tmp:
-        result = optimise_and_write(prepared, Path(tmp) / "plan", console=None)
+        result = execute(prepared, Path(tmp) / "plan")
+    case = case or result.case
     total = time.perf_counter() - t_start
     s = result.summary
     record = {
@@ -75,12 +77,11 @@ def main(argv: list[str] | None = None) -> dict:
         "device": device_info(),
         "precision": args.precision,
         "grid_shape_zyx": s["grid_shape_zyx"],
-        "n_voxels": int(prepared.case.grid.n_voxels),
-        "optimisation_voxels": s["optimisation_voxels"],
-        "n_dwells_active": s["n_dwells_active"],
-        "influence": s["influence"],
-        "iterations": s["iterations"],
+        "n_voxels": int(case.grid.n_voxels),
+        **{k: s[k] for k in ("optimisation_voxels", "n_dwells_active", "influence") if k in s},
+        "iterations": s.get("iterations"),
         "max_iterations": cfg.optimizer.max_iterations,
+        "chosen_applicator": s.get("chosen_applicator"),
         "goals_all_met": s["goals_all_met"],
         "wall_times_s": s["wall_times_s"],
         "total_wall_s_incl_imports_and_compile": total,
@@ -98,14 +99,14 @@ def main(argv: list[str] | None = None) -> dict:
     tmp_path.write_text(json.dumps(record, indent=2))
     tmp_path.replace(path)
     print(f"\nwrote {path}")
+    size = f"{'x'.join(map(str, s['grid_shape_zyx']))} ({record['n_voxels']} vox)"
+    if "n_dwells_active" in s:
+        size += f", {s['n_dwells_active']} dwells, {s['optimisation_voxels']} opt vox"
     print(
         f"| {record['utc'][:10]} | plan {cfg.plan.name} | {record['device']['device_kind']} | "
-        f"{'x'.join(map(str, s['grid_shape_zyx']))} ({record['n_voxels']} vox), "
-        f"{s['n_dwells_active']} dwells, {s['optimisation_voxels']} opt vox | "
-        f"setup {w['setup_s']:.2f} s, compile {w['optimise_compile_s']:.2f} s, "
-        f"optimise {w['optimise_s']:.2f} s ({s['iterations']} it), "
-        f"full dose {w['full_dose_s']:.2f} s, "
-        f"total {total:.1f} s | RSS {record['peak_host_rss_mib']:.0f} MiB |"
+        f"{size} | "
+        + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in w.items())
+        + f", total {total:.1f} s | RSS {record['peak_host_rss_mib']:.0f} MiB |"
     )
     return record
 

@@ -285,32 +285,15 @@ def run(
 
         dtype = configure(device, precision)
         from iortopt.config import load_config
+        from iortopt.run_plan import execute, prepare, print_result
 
         cfg = load_config(config)
-        if cfg.plan.modality == "xray_sphere":
-            from iortopt.plan_xray import prepare_xray
-
-            prepared = prepare_xray(cfg, dtype)
-        else:
-            from iortopt.plan import prepare_plan
-
-            prepared = prepare_plan(cfg, dtype)
+        prepared = prepare(cfg, dtype)
+        out_dir = out if out is not None else Path("iortopt-out") / cfg.plan.name
+        result = execute(prepared, out_dir, console=None if quiet else console)
     except IortoptError as exc:
         _fail(exc)
-    out_dir = out if out is not None else Path("iortopt-out") / cfg.plan.name
-    if cfg.plan.modality == "xray_sphere":
-        from iortopt.plan_xray import print_xray_summary, run_xray
-
-        try:
-            result = run_xray(prepared, out_dir)
-        except IortoptError as exc:
-            _fail(exc)
-        print_xray_summary(result, console)
-    else:
-        from iortopt.plan import optimise_and_write, print_summary
-
-        result = optimise_and_write(prepared, out_dir, console=None if quiet else console)
-        print_summary(result, console)
+    print_result(result, console)
     if not result.summary["goals_all_met"]:
         console.print("[yellow]Not every clinical goal is met (see the table above).[/]")
 
