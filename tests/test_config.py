@@ -47,3 +47,12 @@ def test_unreadable_files(tmp_path):
     bad.write_text("[plan\nname = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_binary_file_is_not_toml(tmp_path):
+    bad = tmp_path / "binary.toml"
+    bad.write_bytes(b"\xff\xfe\x00plan")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from iortopt.errors import ConfigError
+from iortopt.io.toml_file import read_toml
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
@@ -203,17 +204,7 @@ def load_config(path: str | Path | None = None) -> PlanConfig:
         resource = resources.files("iortopt") / "data" / "configs" / "flap_default.toml"
         with resource.open("rb") as fh:
             return parse_config(tomllib.load(fh), "built-in flap_default.toml")
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, expected a TOML file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return parse_config(doc, str(path))
+    return parse_config(read_toml(path, ConfigError), str(path))
 
 
 def builtin_config_text() -> str:

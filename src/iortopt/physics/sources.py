@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from iortopt.errors import SourceDataError
+from iortopt.io.toml_file import read_toml
 
 R0_CM = 1.0
 THETA0_DEG = 90.0
@@ -235,15 +236,7 @@ def parse_source(doc: dict, origin: str = "<source data>") -> SourceData:
 
 def load_source_file(path: str | Path) -> SourceData:
     """Read and validate a user source file (TOML, layout in the module docstring)."""
-    path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise SourceDataError(f"{path}: file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SourceDataError(f"{path}: not valid TOML ({exc})") from None
-    return parse_source(doc, str(path))
+    return parse_source(read_toml(path, SourceDataError), str(path))
 
 
 def _packaged_dir():

@@ -71,6 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iortopt.errors import SourceDataError
+from iortopt.io.toml_file import read_toml
 from iortopt.physics.interpolate import nodes, uniform_axis
 
 #: Depth tables must reach at least this depth (mm).
@@ -325,15 +326,7 @@ def load_xray_beam(path_or_name: str | Path) -> XrayBeam:
     """
     text = str(path_or_name)
     if isinstance(path_or_name, Path) or text.endswith(".toml") or Path(text).is_file():
-        path = Path(text)
-        try:
-            with path.open("rb") as fh:
-                doc = tomllib.load(fh)
-        except FileNotFoundError:
-            raise SourceDataError(f"{path}: file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SourceDataError(f"{path}: not valid TOML ({exc})") from None
-        return parse_xray_beam(doc, str(path))
+        return parse_xray_beam(read_toml(text, SourceDataError), text)
     names = packaged_xray_beams()
     lower = {n.lower(): n for n in names}
     if text.lower() not in lower:
