@@ -122,3 +122,37 @@ def test_depth_prescription(beam):
         optimise_xray(BreastCaseParams(**SMALL), beam, prescription_mode="volume")
     with pytest.raises(ValueError, match="not in beam"):
         optimise_xray(BreastCaseParams(**SMALL), beam, catalogue_diameters_cm=[3.3])
+
+
+def test_size_choice_equals_brute_force_on_full_grids(beam):
+    """Each size planned on its own full grid (its own case, full-grid dose, plain DVH metrics)
+    and ranked by the documented rule picks the same size as the batched catalogue search."""
+    from iortopt import dvh
+    from iortopt.anatomy.breast import build_breast_case
+    from iortopt.physics.xray import time_for_surface_dose_min
+    from iortopt.xray_plan import full_grid_dose_gy
+
+    params = BreastCaseParams(**SMALL)
+    batched = optimise_xray(params, beam, optimise_position=False, relaxation_iterations=10)
+    best, best_score = None, -np.inf
+    for diameter in beam.diameters_cm:
+        radius = 5.0 * diameter
+        case, geometry = build_breast_case(params, applicator_radius_mm=radius)
+        if not geometry.fits() or geometry.skin_distance_mm() < 5.0:
+            continue
+        time_min = time_for_surface_dose_min(20.0, radius, beam)
+        dose = full_grid_dose_gy(case, geometry.cavity_centre_mm, radius, time_min, beam)
+        vv = case.grid.voxel_volume_cm3
+        occ = {s.name: s.occupancy for s in case.structures}
+        coverage = 100.0 * dvh.volume_at_dose(dose, occ["PTV_shell"], 5.0)
+        oar = (
+            float(dose[occ["skin"] > 0].max())
+            + dvh.dose_at_volume_cm3(dose, occ["chest_wall"], vv, 2.0)
+            + dvh.dose_at_volume_cm3(dose, occ["rib"], vv, 2.0)
+            + float(np.sum(dose * occ["lung"]) / np.sum(occ["lung"]))
+        )
+        # The documented score: coverage - 0.1 OAR/Rx - 0.1 (wall gap / 5 mm)^2, in percent.
+        score = coverage - 10.0 * oar / 20.0 - 10.0 * (geometry.wall_gap_mm() / 5.0) ** 2
+        if score > best_score:
+            best, best_score = diameter, score
+    assert best == batched.chosen["diameter_cm"]
