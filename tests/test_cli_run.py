@@ -94,3 +94,24 @@ def test_bad_config_exits_2_and_writes_nothing(tmp_path, text, expected):
     assert expected in res.output
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bad.toml"]
+
+
+def test_gpu_request_without_gpu_exits_2(tmp_path):
+    """Run in a subprocess: selecting a JAX platform is process-wide."""
+    import subprocess
+    import sys
+
+    import jax
+
+    if any(d.platform == "gpu" for d in jax.devices()):
+        pytest.skip("a GPU is present")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "iortopt.cli", "run", "--device", "gpu", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--device gpu" in proc.stderr
+    assert not out.exists()

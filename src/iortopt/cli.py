@@ -303,3 +303,7 @@ def entry() -> None:  # pragma: no cover - console script shim
         app()
     except KeyboardInterrupt:
         sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m iortopt.cli
+    entry()

@@ -29,12 +29,16 @@ def configure(device: str | None = None, precision: str = "float32"):
     if device is not None:
         if device not in DEVICES:
             raise IortoptError(f"--device must be one of {sorted(DEVICES)}, got {device!r}")
+        previous = jax.config.jax_platforms
         try:
             jax.config.update("jax_platforms", DEVICES[device])
             jax.devices()
-        except RuntimeError as exc:
+        except Exception as exc:  # RuntimeError or AssertionError, depending on the JAX version
+            jax.config.update("jax_platforms", previous)
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise IortoptError(
-                f"--device {device}: no usable {device.upper()} backend ({exc})"
+                f"--device {device}: no usable {device.upper()} backend here ({reason}); "
+                'install the "gpu" extra on a machine with a GPU, or use --device cpu'
             ) from None
     return PRECISIONS[precision]
 
