@@ -305,5 +305,9 @@ def entry() -> None:  # pragma: no cover - console script shim
         sys.exit(130)
 
 
+from iortopt.batch_cli import register as register_batch_commands  # noqa: E402
+
+register_batch_commands(app)
+
 if __name__ == "__main__":  # python -m iortopt.cli
     entry()

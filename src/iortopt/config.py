@@ -28,18 +28,21 @@ class _Model(BaseModel):
 
 class PlanSection(_Model):
     name: str = Field("plan", min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    modality: Literal["hdr_flap", "xray_sphere"] = "hdr_flap"
+    modality: Literal["hdr_flap", "xray_sphere", "electron"] = "hdr_flap"
     description: str = ""
 
 
 class CaseSection(_Model):
     """Anatomy. ``kind = "builtin_flap"``: the parametric presacral flap case, ``flap`` overrides
     its parameters (``iortopt.anatomy.phantoms.FlapCaseParams``); ``kind = "builtin_breast"``: the
-    breast lumpectomy case, ``breast`` overrides ``iortopt.anatomy.breast.BreastCaseParams``."""
+    breast lumpectomy case, ``breast`` overrides ``iortopt.anatomy.breast.BreastCaseParams``;
+    ``kind = "builtin_eliot"``: the ELIOT-type breast for electrons, ``eliot`` overrides
+    ``iortopt.anatomy.eliot.EliotCaseParams``."""
 
-    kind: Literal["builtin_flap", "builtin_breast"] = "builtin_flap"
+    kind: Literal["builtin_flap", "builtin_breast", "builtin_eliot"] = "builtin_flap"
     flap: dict[str, Any] = Field(default_factory=dict)
     breast: dict[str, Any] = Field(default_factory=dict)
+    eliot: dict[str, Any] = Field(default_factory=dict)
 
 
 class SourceSection(_Model):
@@ -145,6 +148,31 @@ class XraySection(_Model):
     anisotropy: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
+class ElectronSection(_Model):
+    """Electron IORT with cones and a protective disc (modality ``electron``); see
+    ``iortopt.electron_plan``. Catalogue lists default to everything in the beam file."""
+
+    beam: str = "generic_IOERT"
+    isodose_percent: Annotated[float, Field(gt=0, le=100)] = 90.0
+    energies_mev: list[PositiveFloat] | None = None
+    cone_diameters_cm: list[PositiveFloat] | None = None
+    bevels_deg: list[NonNegativeFloat] | None = None
+    toe_direction: tuple[float, float, float] = (0.0, -1.0, 0.0)
+    max_axis_tilt_deg: Annotated[float, Field(ge=0, lt=90)] = 30.0
+    disc: str = "Al2_Pb4"
+    disc_radius_mm: PositiveFloat = 45.0
+    disc_margin_mm: NonNegativeFloat = 5.0
+    disc_edge_mm: PositiveFloat = 0.5
+    oar_weight: NonNegativeFloat = 0.1
+    optimise_pose: bool = True
+    max_shift_mm: NonNegativeFloat = 5.0
+    max_air_gap_mm: NonNegativeFloat = 5.0
+    max_tilt_deg: Annotated[float, Field(ge=0, lt=45)] = 10.0
+    max_disc_shift_mm: NonNegativeFloat = 5.0
+    max_disc_tilt_deg: Annotated[float, Field(ge=0, lt=45)] = 10.0
+    iterations: Annotated[int, Field(ge=1, le=10000)] = 100
+
+
 class RadiobiologySection(_Model):
     alpha_beta_gy: dict[str, PositiveFloat] = Field(default_factory=dict)
 
@@ -168,10 +196,15 @@ class PlanConfig(_Model):
     radiobiology: RadiobiologySection = RadiobiologySection()
     output: OutputSection = OutputSection()
     xray: XraySection = XraySection()
+    electron: ElectronSection = ElectronSection()
 
     @model_validator(mode="after")
     def _case_fits_modality(self):
-        expected = {"hdr_flap": "builtin_flap", "xray_sphere": "builtin_breast"}[self.plan.modality]
+        expected = {
+            "hdr_flap": "builtin_flap",
+            "xray_sphere": "builtin_breast",
+            "electron": "builtin_eliot",
+        }[self.plan.modality]
         if self.case.kind != expected:
             raise ValueError(
                 f"case.kind {self.case.kind!r} does not fit plan.modality "

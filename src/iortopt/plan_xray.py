@@ -114,7 +114,7 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
         "applicator_comparison": result.comparison,
         "continuous_relaxation": result.continuous,
         "notes": result.notes,
-        "wall_times_s": {"setup_s": prepared.setup_s, **result.timings},
+        "wall_times_s": {"prepare_s": prepared.setup_s, **result.timings},
     }
     out_dir = Path(out_dir)
     t0 = time.perf_counter()

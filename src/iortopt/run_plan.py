@@ -1,4 +1,4 @@
-"""Run any plan config: pick the modality's pipeline (HDR flap or X-ray sphere).
+"""Run any plan config: pick the modality's pipeline (HDR flap, X-ray sphere or electron).
 
 prepared = prepare(config, dtype)      # validates everything; raises, writes nothing
 result = execute(prepared, out_dir)    # optimise, evaluate, write outputs
@@ -15,7 +15,11 @@ from iortopt.config import PlanConfig
 
 
 def prepare(cfg: PlanConfig, dtype):
-    """The modality's prepared plan (``PreparedPlan`` or ``PreparedXray``)."""
+    """The modality's prepared plan (``PreparedPlan``, ``PreparedXray`` or ``PreparedElectron``)."""
+    if cfg.plan.modality == "electron":
+        from iortopt.plan_electron import prepare_electron
+
+        return prepare_electron(cfg, dtype)
     if cfg.plan.modality == "xray_sphere":
         from iortopt.plan_xray import prepare_xray
 
@@ -27,6 +31,10 @@ def prepare(cfg: PlanConfig, dtype):
 
 def execute(prepared, out_dir: str | Path, console: Console | None = None):
     """Optimise and write the outputs; the result has ``summary`` and ``out_dir``."""
+    if prepared.config.plan.modality == "electron":
+        from iortopt.plan_electron import run_electron
+
+        return run_electron(prepared, out_dir)
     if prepared.config.plan.modality == "xray_sphere":
         from iortopt.plan_xray import run_xray
 
@@ -37,7 +45,11 @@ def execute(prepared, out_dir: str | Path, console: Console | None = None):
 
 
 def print_result(result, console: Console) -> None:
-    if result.prepared.config.plan.modality == "xray_sphere":
+    if result.prepared.config.plan.modality == "electron":
+        from iortopt.plan_electron import print_electron_summary
+
+        print_electron_summary(result, console)
+    elif result.prepared.config.plan.modality == "xray_sphere":
         from iortopt.plan_xray import print_xray_summary
 
         print_xray_summary(result, console)
