@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from importlib import resources
 from pathlib import Path
 
 
@@ -26,3 +27,32 @@ def read_toml(path: str | Path, error: type[Exception]) -> dict:
         raise error(f"{path}: not valid TOML (not UTF-8 text: {exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: not valid TOML ({exc})") from None
+
+
+def packaged_names(subfolder: str) -> list[str]:
+    """Names (without ``.toml``) of the data files packaged in ``iortopt/data/<subfolder>``."""
+    folder = resources.files("iortopt") / "data" / subfolder
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
+
+
+def read_packaged_or_file(
+    path_or_name: str | Path, subfolder: str, error: type[Exception], kind: str
+) -> tuple[dict, str]:
+    """A data document and its origin: a packaged file by name (case-insensitive) from
+    ``iortopt/data/<subfolder>``, or a TOML file by path (``.toml`` suffix or an existing file).
+
+    Raises:
+        error: unknown name (listing the packaged ones), or the file cannot be read as TOML.
+    """
+    text = str(path_or_name)
+    if isinstance(path_or_name, Path) or text.endswith(".toml") or Path(text).is_file():
+        return read_toml(text, error), text
+    names = packaged_names(subfolder)
+    lower = {n.lower(): n for n in names}
+    if text.lower() not in lower:
+        raise error(f"unknown {kind} {text!r}: expected one of {', '.join(names)} or a .toml path")
+    resource = resources.files("iortopt") / "data" / subfolder / f"{lower[text.lower()]}.toml"
+    with resource.open("rb") as fh:
+        return tomllib.load(fh), f"packaged:{resource.name}"

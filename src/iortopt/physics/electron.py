@@ -113,10 +113,8 @@ from __future__ import annotations
 
 import functools
 import math
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
 
@@ -126,7 +124,7 @@ import jax.scipy.special as jsp
 import numpy as np
 
 from iortopt.errors import SourceDataError
-from iortopt.io.toml_file import read_toml
+from iortopt.io.toml_file import packaged_names, read_packaged_or_file
 from iortopt.physics.disc import Disc, disc_dose_factor, dot3, unit
 from iortopt.physics.interpolate import UniformAxis, interp1d, nodes, uniform_axis
 
@@ -562,15 +560,9 @@ def parse_electron_beam(doc: dict, origin: str = "<electron beam data>") -> Elec
     )
 
 
-def _packaged_dir():
-    return resources.files("iortopt") / "data" / "electron"
-
-
 def packaged_electron_beams() -> list[str]:
     """Names of the packaged beam files (without ``.toml``)."""
-    return sorted(
-        p.name.removesuffix(".toml") for p in _packaged_dir().iterdir() if p.name.endswith(".toml")
-    )
+    return packaged_names("electron")
 
 
 def load_electron_beam(path_or_name: str | Path) -> ElectronBeam:
@@ -580,18 +572,8 @@ def load_electron_beam(path_or_name: str | Path) -> ElectronBeam:
         SourceDataError: unknown name, missing/unreadable file, or invalid content (the message
             names the file and the field).
     """
-    text = str(path_or_name)
-    if isinstance(path_or_name, Path) or text.endswith(".toml") or Path(text).is_file():
-        return parse_electron_beam(read_toml(text, SourceDataError), text)
-    names = packaged_electron_beams()
-    lower = {n.lower(): n for n in names}
-    if text.lower() not in lower:
-        raise SourceDataError(
-            f"unknown electron beam {text!r}: expected one of {', '.join(names)} or a .toml path"
-        )
-    resource = _packaged_dir() / f"{lower[text.lower()]}.toml"
-    with resource.open("rb") as fh:
-        return parse_electron_beam(tomllib.load(fh), f"packaged:{resource.name}")
+    doc, origin = read_packaged_or_file(path_or_name, "electron", SourceDataError, "electron beam")
+    return parse_electron_beam(doc, origin)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -61,9 +61,7 @@ from __future__ import annotations
 
 import functools
 import math
-import tomllib
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import jax
@@ -71,7 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iortopt.errors import SourceDataError
-from iortopt.io.toml_file import read_toml
+from iortopt.io.toml_file import packaged_names, read_packaged_or_file
 from iortopt.physics.interpolate import nodes, uniform_axis
 
 #: Depth tables must reach at least this depth (mm).
@@ -306,15 +304,9 @@ def parse_xray_beam(doc: dict, origin: str = "<x-ray beam data>") -> XrayBeam:
     )
 
 
-def _packaged_dir():
-    return resources.files("iortopt") / "data" / "xray"
-
-
 def packaged_xray_beams() -> list[str]:
     """Names of the packaged beam files (without ``.toml``)."""
-    return sorted(
-        p.name.removesuffix(".toml") for p in _packaged_dir().iterdir() if p.name.endswith(".toml")
-    )
+    return packaged_names("xray")
 
 
 def load_xray_beam(path_or_name: str | Path) -> XrayBeam:
@@ -324,18 +316,8 @@ def load_xray_beam(path_or_name: str | Path) -> XrayBeam:
         SourceDataError: unknown name, missing/unreadable file, or invalid content (the message
             names the file and the field).
     """
-    text = str(path_or_name)
-    if isinstance(path_or_name, Path) or text.endswith(".toml") or Path(text).is_file():
-        return parse_xray_beam(read_toml(text, SourceDataError), text)
-    names = packaged_xray_beams()
-    lower = {n.lower(): n for n in names}
-    if text.lower() not in lower:
-        raise SourceDataError(
-            f"unknown x-ray beam {text!r}: expected one of {', '.join(names)} or a .toml path"
-        )
-    resource = _packaged_dir() / f"{lower[text.lower()]}.toml"
-    with resource.open("rb") as fh:
-        return parse_xray_beam(tomllib.load(fh), f"packaged:{resource.name}")
+    doc, origin = read_packaged_or_file(path_or_name, "xray", SourceDataError, "x-ray beam")
+    return parse_xray_beam(doc, origin)
 
 
 # ----------------------------------------------------------------------------------------------
