@@ -58,7 +58,7 @@ def test_quadratic_objective_reaches_independent_optimum(small_problem, method):
     total = objectives.combine(terms)
     a = jnp.asarray(matrix)
     result = minimise(
-        lambda t: total(a @ t, t),
+        lambda t, params: total(a @ t, t, params),
         np.full(matrix.shape[1], 5.0),
         T_MAX_S,
         method=method,
@@ -66,6 +66,7 @@ def test_quadratic_objective_reaches_independent_optimum(small_problem, method):
         tolerance=1e-9,
         learning_rate=0.05,
         dtype=jnp.float64,
+        operands=(objectives.term_params(terms, jnp.float64),),
     )
     optimum = scipy_optimum(matrix)
     assert result.objective <= optimum * 1.01 + 1e-12

@@ -19,11 +19,13 @@ TermFn = Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
 class Term(NamedTuple):
-    """A named, weighted objective term."""
+    """A named objective term. ``fn(dose, times, params)``; ``params`` holds its numbers (weight,
+    dose, volume) so they can enter a compiled optimiser as arguments: a sweep over weights or
+    doses then reuses one compiled program instead of recompiling per value."""
 
     name: str
-    weight: float
-    fn: TermFn
+    params: dict[str, float]
+    fn: Callable[[jnp.ndarray, jnp.ndarray, dict], jnp.ndarray]
 
 
 def _wmean(w: jnp.ndarray, x: jnp.ndarray) -> jnp.ndarray:
@@ -108,21 +110,24 @@ def modulation(pairs: np.ndarray) -> TermFn:
     return fn
 
 
-def on_voxels(index: np.ndarray, fn: TermFn) -> TermFn:
-    """Restrict a term to the voxels ``index`` of the dose vector (a structure's own voxels), so
-    sorts and sums run over the structure rather than every optimisation voxel."""
-    idx = jnp.asarray(index)
-    return lambda d, t: fn(d[idx], t)
+def term_params(terms: Sequence[Term], dtype=jnp.float32) -> list[dict[str, jnp.ndarray]]:
+    """The terms' numbers as a pytree of arrays (pass it to the compiled objective)."""
+    return [{k: jnp.asarray(v, dtype) for k, v in term.params.items()} for term in terms]
 
 
-def combine(terms: Sequence[Term]) -> Callable[[jnp.ndarray, jnp.ndarray], jnp.ndarray]:
-    """Weighted sum of ``terms`` as one function of (dose, times)."""
-    return lambda d, t: sum(term.weight * term.fn(d, t) for term in terms)
+def combine(terms: Sequence[Term]) -> Callable[[jnp.ndarray, jnp.ndarray, list], jnp.ndarray]:
+    """Weighted sum of ``terms`` as one function of (dose, times, params from term_params)."""
+    return lambda d, t, params: sum(
+        p["weight"] * term.fn(d, t, p) for term, p in zip(terms, params, strict=True)
+    )
 
 
 def evaluate(terms: Sequence[Term], d: jnp.ndarray, t: jnp.ndarray) -> dict[str, float]:
     """Each weighted term's value (for reports)."""
-    return {term.name: float(term.weight * term.fn(d, t)) for term in terms}
+    return {
+        term.name: float(p["weight"] * term.fn(d, t, p))
+        for term, p in zip(terms, term_params(terms, d.dtype), strict=True)
+    }
 
 
 def build_terms(
@@ -147,7 +152,8 @@ def build_terms(
     for k, obj in enumerate(objectives):
         name = f"{k}:{obj.type}" + (f":{obj.structure}" if obj.structure else "")
         if obj.type == "modulation":
-            terms.append(Term(name, obj.weight, modulation(neighbour_pairs)))
+            smooth = modulation(neighbour_pairs)
+            terms.append(Term(name, {"weight": obj.weight}, lambda d, t, p, f=smooth: f(d, t)))
             continue
         if obj.structure not in weights:
             raise KeyError(
@@ -163,17 +169,23 @@ def build_terms(
         dose = obj.dose_gy
         if obj.type in ("underdose", "overdose", "max_dose", "dvh_min", "dvh_max") and dose <= 0:
             raise ValueError(f"objectives[{k}].dose_gy: must be > 0 for type {obj.type!r}")
-        if obj.type == "underdose":
-            fn = underdose(w, dose)
-        elif obj.type == "overdose":
-            fn = overdose(w, dose)
-        elif obj.type == "max_dose":
-            fn = max_dose(w, dose)
+        params = {"weight": obj.weight, "dose_gy": dose}
+        if obj.type in ("underdose", "overdose", "max_dose"):
+            factory = {"underdose": underdose, "overdose": overdose, "max_dose": max_dose}[obj.type]
+            make = lambda p, w=w, f=factory: f(w, p["dose_gy"])  # noqa: E731
         elif obj.type == "mean_dose":
-            fn = mean_dose(w, dose, dose if dose > 0 else prescription_gy)
+            params["scale_gy"] = dose if dose > 0 else prescription_gy
+            make = lambda p, w=w: mean_dose(w, p["dose_gy"], p["scale_gy"])  # noqa: E731
         else:
-            frac = None if obj.volume_percent is None else obj.volume_percent / 100.0
-            voxels = None if obj.volume_cc is None else obj.volume_cc / voxel_volume_cm3
-            fn = (dvh_min if obj.type == "dvh_min" else dvh_max)(w, dose, frac, voxels)
-        terms.append(Term(name, obj.weight, on_voxels(inside, fn)))
+            factory = dvh_min if obj.type == "dvh_min" else dvh_max
+            if obj.volume_percent is not None:
+                params["volume_fraction"] = obj.volume_percent / 100.0
+                make = lambda p, w=w, f=factory: f(w, p["dose_gy"], p["volume_fraction"])  # noqa: E731
+            else:
+                params["volume_voxels"] = obj.volume_cc / voxel_volume_cm3
+                make = lambda p, w=w, f=factory: f(  # noqa: E731
+                    w, p["dose_gy"], volume_voxels=p["volume_voxels"]
+                )
+        idx = jnp.asarray(inside)
+        terms.append(Term(name, params, lambda d, t, p, m=make, i=idx: m(p)(d[i], t)))
     return terms

@@ -304,8 +304,9 @@ def optimise_and_write(
             prepared.notes.append(f"resumed from checkpoint at iteration {it_saved}")
 
     bar = DelayedProgress(console, cfg.optimizer.max_iterations, "optimising")
+    params = objectives.term_params(terms, dtype)
     result = minimise(
-        lambda t, *ops: total(dose_of(t, *ops), t),
+        lambda t, params, *ops: total(dose_of(t, *ops), t, params),
         init,
         t_max,
         method=cfg.optimizer.method,
@@ -315,7 +316,7 @@ def optimise_and_write(
         progress=lambda it, value: bar.update(it, f"objective {value:.4g}"),
         dtype=dtype,
         checkpoint=lambda it, times: save_checkpoint(checkpoint_path, times, it, run_key),
-        operands=operands,
+        operands=(params, *operands),
     )
     bar.close()
     timings.update(optimise_compile_s=result.compile_s, optimise_s=result.optimise_s)
