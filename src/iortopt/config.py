@@ -243,3 +243,17 @@ def load_config(path: str | Path | None = None) -> PlanConfig:
 def builtin_config_text() -> str:
     """Text of the built-in example plan (annotated; ``iortopt init`` writes it)."""
     return (resources.files("iortopt") / "data" / "configs" / "flap_default.toml").read_text()
+
+
+def case_params(cls, values: dict[str, Any], section: str):
+    """Build a phantom's parameter dataclass ``cls`` from the ``[case.<section>]`` overrides.
+
+    Raises:
+        ConfigError: naming ``case.<section>`` and the unknown field or invalid value.
+    """
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"case.{section}: {exc} (see {cls.__name__} for the fields)") from None
+    except ValueError as exc:
+        raise ConfigError(f"case.{section}: {exc}") from None

@@ -28,7 +28,7 @@ from iortopt import objectives
 from iortopt.anatomy.phantoms import FlapCaseParams, build_flap_case
 from iortopt.applicators import Dwells, select_active
 from iortopt.case import Case
-from iortopt.config import PlanConfig
+from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
 from iortopt.physics.sources import SourceData, load_source
 from iortopt.physics.tg43 import (
@@ -85,13 +85,7 @@ def _as_datetime(value) -> dt.datetime:
 
 
 def _case_from_config(cfg: PlanConfig):
-    try:
-        params = FlapCaseParams(**cfg.case.flap)
-    except TypeError as exc:
-        raise ConfigError(f"case.flap: {exc} (see FlapCaseParams for the valid fields)") from None
-    except ValueError as exc:
-        raise ConfigError(f"case.flap: {exc}") from None
-    return build_flap_case(params)
+    return build_flap_case(case_params(FlapCaseParams, cfg.case.flap, "flap"))
 
 
 def _active_mask(cfg: PlanConfig, case: Case, dwells: Dwells, spacing_mm: float) -> np.ndarray:

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from iortopt.anatomy.eliot import EliotCaseParams, build_eliot_case_with_samples
-from iortopt.config import PlanConfig
+from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
 from iortopt.physics.electron import ElectronBeam, load_electron_beam
 from iortopt.plan_outputs import (
@@ -84,12 +84,7 @@ def prepare_electron(cfg: PlanConfig, dtype=jnp.float32) -> PreparedElectron:
     """
     t0 = time.perf_counter()
     e = cfg.electron
-    try:
-        params = EliotCaseParams(**cfg.case.eliot)
-    except TypeError as exc:
-        raise ConfigError(f"case.eliot: {exc} (see EliotCaseParams for the fields)") from None
-    except ValueError as exc:
-        raise ConfigError(f"case.eliot: {exc}") from None
+    params = case_params(EliotCaseParams, cfg.case.eliot, "eliot")
     beam = load_electron_beam(e.beam)
     _check_catalogue(e.energies_mev, beam.energies_mev, "energies_mev", "MeV", beam.name)
     _check_catalogue(e.cone_diameters_cm, beam.diameters_cm, "cone_diameters_cm", "cm", beam.name)

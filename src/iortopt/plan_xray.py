@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from iortopt.anatomy.breast import BreastCaseParams, build_breast_case
-from iortopt.config import PlanConfig
+from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
 from iortopt.physics.xray import XrayBeam, load_xray_beam
 from iortopt.plan_outputs import (
@@ -60,12 +60,7 @@ def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
         ConfigError / SourceDataError naming the field or file at fault.
     """
     t0 = time.perf_counter()
-    try:
-        params = BreastCaseParams(**cfg.case.breast)
-    except TypeError as exc:
-        raise ConfigError(f"case.breast: {exc} (see BreastCaseParams for the fields)") from None
-    except ValueError as exc:
-        raise ConfigError(f"case.breast: {exc}") from None
+    params = case_params(BreastCaseParams, cfg.case.breast, "breast")
     beam = load_xray_beam(cfg.xray.beam)
     sizes = cfg.xray.catalogue_diameters_cm
     if sizes is not None:
