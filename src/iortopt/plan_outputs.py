@@ -216,13 +216,13 @@ def rewrite_summary(out_dir: Path, summary: dict) -> None:
 
 
 METRIC_COLUMNS = (
-    ("volume cm3", "volume_cm3"),
-    ("mean Gy", "mean_gy"),
-    ("max Gy", "max_gy"),
-    ("D98 Gy", "D98_gy"),
-    ("D90 Gy", "D90_gy"),
-    ("D2cc Gy", "D2cc_gy"),
-    ("D0.1cc Gy", "D0.1cc_gy"),
+    ("cm3", "volume_cm3"),
+    ("mean", "mean_gy"),
+    ("max", "max_gy"),
+    ("D98", "D98_gy"),
+    ("D90", "D90_gy"),
+    ("D2cc", "D2cc_gy"),
+    ("D0.1cc", "D0.1cc_gy"),
     ("V100 %", "V100_percent"),
 )
 
@@ -230,8 +230,10 @@ METRIC_COLUMNS = (
 def print_report(summary: dict, case: Case, console: Console) -> None:
     """Metrics of targets and OARs, the clinical goals (met or not) and the plan indices."""
     s = summary
-    table = Table(title=f"{s['plan']}: dose metrics (prescription {s['prescription_gy']:g} Gy)")
-    table.add_column("structure")
+    table = Table(
+        title=f"{s['plan']}: dose metrics in Gy (prescription {s['prescription_gy']:g} Gy)"
+    )
+    table.add_column("structure", no_wrap=True)
     for title, _ in METRIC_COLUMNS:
         table.add_column(title, justify="right")
     roles = {st.name: st.role for st in case.structures}
