@@ -50,10 +50,11 @@ surface of the skin layer), z_skin - (c_z + a): the TARGIT constraint is >= 5 mm
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from iortopt.anatomy.params import check_fields, invalid
 from iortopt.case import Case, Structure
 from iortopt.grid import Grid
 
@@ -119,26 +120,12 @@ _NON_NEGATIVE = ("cavity_irregularity_mm", "grid_margin_mm")
 
 
 def _fail(name: str, value, expected: str):
-    raise ValueError(f"BreastCaseParams.{name} = {value!r} is invalid: expected {expected}")
+    raise invalid(BreastCaseParams, name, value, expected)
 
 
 def _validate_params(p: BreastCaseParams) -> None:
     """Raise ValueError naming the first invalid field, its value and what was expected."""
-    for f in fields(p):
-        value = getattr(p, f.name)
-        if f.name in _INTEGERS:
-            low = _INTEGERS[f.name]
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-                _fail(f.name, value, f"an integer >= {low}")
-        elif isinstance(value, bool) or not isinstance(value, int | float | np.number):
-            _fail(f.name, value, "a number")
-        elif not math.isfinite(value):
-            _fail(f.name, value, "a finite number")
-        elif f.name in _NON_NEGATIVE:
-            if value < 0:
-                _fail(f.name, value, "a number >= 0")
-        elif value <= 0:
-            _fail(f.name, value, "a number > 0")
+    check_fields(p, _INTEGERS, _NON_NEGATIVE, ())
     if p.cavity_irregularity_mm >= p.cavity_radius_mm / 2:
         _fail(
             "cavity_irregularity_mm",

@@ -37,10 +37,11 @@ boundaries at round depths fall on voxel faces when the surface is not tilted.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from iortopt.anatomy.params import check_fields, invalid
 from iortopt.case import Case, Structure
 from iortopt.grid import Grid
 
@@ -102,29 +103,18 @@ MAX_SURFACE_TILT_DEG = 45.0
 
 
 def _fail(name: str, value, expected: str):
-    raise ValueError(f"EliotCaseParams.{name} = {value!r} is invalid: expected {expected}")
+    raise invalid(EliotCaseParams, name, value, expected)
 
 
 def _validate_params(p: EliotCaseParams) -> None:
     """Raise ValueError naming the first invalid field, its value and what was expected."""
-    for f in fields(p):
-        value = getattr(p, f.name)
-        if f.name in _INTEGERS:
-            low = _INTEGERS[f.name]
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
-                _fail(f.name, value, f"an integer >= {low}")
-        elif isinstance(value, bool) or not isinstance(value, int | float | np.number):
-            _fail(f.name, value, "a number")
-        elif not math.isfinite(value):
-            _fail(f.name, value, "a finite number")
-        elif f.name in _SIGNED:
-            if abs(value) >= MAX_SURFACE_TILT_DEG:
-                _fail(f.name, value, f"a tilt of less than {MAX_SURFACE_TILT_DEG:g} degrees")
-        elif f.name in _NON_NEGATIVE:
-            if value < 0:
-                _fail(f.name, value, "a number >= 0")
-        elif value <= 0:
-            _fail(f.name, value, "a number > 0")
+    check_fields(p, _INTEGERS, _NON_NEGATIVE, _SIGNED)
+    if abs(p.surface_tilt_deg) >= MAX_SURFACE_TILT_DEG:
+        _fail(
+            "surface_tilt_deg",
+            p.surface_tilt_deg,
+            f"a tilt of less than {MAX_SURFACE_TILT_DEG:g} degrees",
+        )
     if p.skin_thickness_mm >= p.gland_thickness_mm:
         _fail(
             "skin_thickness_mm",

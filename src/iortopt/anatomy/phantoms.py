@@ -51,11 +51,12 @@ the arc from dwell to dwell.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+from iortopt.anatomy.params import check_fields, invalid
 from iortopt.applicators import FlapApplicator
 from iortopt.case import Case, Structure
 from iortopt.grid import Grid
@@ -129,46 +130,18 @@ class FlapCaseParams:
         _validate_params(self)
 
 
-_POSITIVE = (
-    "spacing_mm",
-    "catheter_spacing_mm",
-    "catheter_length_mm",
-    "source_to_surface_mm",
-    "flap_thickness_mm",
-    "surface_radius_mm",
-    "target_width_mm",
-    "target_length_mm",
-    "ctv_depth_mm",
-    "ureter_radius_mm",
-    "ureter_depth_start_mm",
-    "ureter_depth_end_mm",
-    "sacrum_depth_mm",
-    "sacrum_thickness_mm",
-    "bowel_thickness_mm",
-)
 _NON_NEGATIVE = ("bowel_gap_mm", "grid_margin_mm")
-_INTEGERS = ("supersampling", "n_catheters")
+_INTEGERS = {"supersampling": 1, "n_catheters": 1}
+_SIGNED = ("ureter_lateral_mm",)
 
 
 def _fail(name: str, value, expected: str):
-    raise ValueError(f"FlapCaseParams.{name} = {value!r} is invalid: expected {expected}")
+    raise invalid(FlapCaseParams, name, value, expected)
 
 
 def _validate_params(p: FlapCaseParams) -> None:
     """Raise ValueError naming the first invalid field, its value and what was expected."""
-    for f in fields(p):
-        value = getattr(p, f.name)
-        if f.name in _INTEGERS:
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                _fail(f.name, value, "an integer >= 1")
-        elif isinstance(value, bool) or not isinstance(value, int | float | np.number):
-            _fail(f.name, value, "a number")
-        elif not math.isfinite(value):
-            _fail(f.name, value, "a finite number")
-        elif f.name in _POSITIVE and value <= 0:
-            _fail(f.name, value, "a number > 0")
-        elif f.name in _NON_NEGATIVE and value < 0:
-            _fail(f.name, value, "a number >= 0")
+    check_fields(p, _INTEGERS, _NON_NEGATIVE, _SIGNED)
     r = p.surface_radius_mm
     if p.source_to_surface_mm >= p.flap_thickness_mm:
         _fail(
