@@ -55,10 +55,14 @@ def _marched_length(src, pt, shield, shape, surface, n=40001):
     pts = jnp.asarray(src[None] + t[:, None] * (pt - src)[None])
     inside = np.asarray(sh.contains_hard(pts, shield, shape, surface))
     in_slab = np.asarray(
-        sh.contains_hard(pts, shield._replace(half_size_mm=shield.half_size_mm * 1e3), shape, surface)
+        sh.contains_hard(
+            pts, shield._replace(half_size_mm=shield.half_size_mm * 1e3), shape, surface
+        )
     )
     lateral = np.asarray(
-        sh.contains_hard(pts, shield._replace(thickness_mm=shield.thickness_mm * 1e3), shape, surface)
+        sh.contains_hard(
+            pts, shield._replace(thickness_mm=shield.thickness_mm * 1e3), shape, surface
+        )
     )
     consistent = in_slab.sum() == 0 or len(set(lateral[in_slab].tolist())) == 1
     return inside.mean() * np.linalg.norm(pt - src), consistent

@@ -309,5 +309,13 @@ from iortopt.batch_cli import register as register_batch_commands  # noqa: E402
 
 register_batch_commands(app)
 
+from iortopt.dicom_cli import register as register_dicom_commands  # noqa: E402
+
+register_dicom_commands(app)
+
+from iortopt.memory_cli import register as register_memory_commands  # noqa: E402
+
+register_memory_commands(app)
+
 if __name__ == "__main__":  # python -m iortopt.cli
     entry()

@@ -32,6 +32,35 @@ class PlanSection(_Model):
     description: str = ""
 
 
+DicomSpacing = Literal["ct"] | PositiveFloat | tuple[PositiveFloat, PositiveFloat, PositiveFloat]
+
+
+class DicomStructure(_Model):
+    """One planning structure taken from an RTSTRUCT ROI (``roi``: its ROI Name)."""
+
+    roi: str = Field(min_length=1)
+    role: Literal["target", "oar", "other"] = "oar"
+
+
+class DicomCaseSection(_Model):
+    """``kind = "dicom"``: a CT series and its RTSTRUCT (see ``iortopt.dicom.case_import``).
+
+    Paths are relative to the working directory. ``structures`` maps planning structure names
+    (used by objectives and goals) to RTSTRUCT ROI names and roles; other ROIs are ignored.
+    ``spacing_mm``: ``"ct"`` (the CT voxels) or a dose grid spacing (one value or x, y, z).
+    ``crop``: cut the grid to the mapped ROIs (and catheters) plus ``margin_mm``.
+    """
+
+    ct_folder: str = Field(min_length=1)
+    rtstruct: str | None = None
+    series_uid: str | None = None
+    structures: dict[str, DicomStructure] = Field(min_length=1)
+    spacing_mm: DicomSpacing = "ct"
+    crop: bool = True
+    margin_mm: NonNegativeFloat = 20.0
+    supersample: Annotated[int, Field(ge=1, le=16)] = 8
+
+
 class CaseSection(_Model):
     """Anatomy. ``kind = "builtin_flap"``: the parametric presacral flap case, ``flap`` overrides
     its parameters (``iortopt.anatomy.phantoms.FlapCaseParams``); ``kind = "builtin_breast"``: the
@@ -39,10 +68,17 @@ class CaseSection(_Model):
     ``kind = "builtin_eliot"``: the ELIOT-type breast for electrons, ``eliot`` overrides
     ``iortopt.anatomy.eliot.EliotCaseParams``."""
 
-    kind: Literal["builtin_flap", "builtin_breast", "builtin_eliot"] = "builtin_flap"
+    kind: Literal["builtin_flap", "builtin_breast", "builtin_eliot", "dicom"] = "builtin_flap"
     flap: dict[str, Any] = Field(default_factory=dict)
     breast: dict[str, Any] = Field(default_factory=dict)
     eliot: dict[str, Any] = Field(default_factory=dict)
+    dicom: DicomCaseSection | None = None
+
+    @model_validator(mode="after")
+    def _dicom_section(self):
+        if self.kind == "dicom" and self.dicom is None:
+            raise ValueError('kind = "dicom" needs a [case.dicom] section (ct_folder, structures)')
+        return self
 
 
 class SourceSection(_Model):
@@ -71,6 +107,10 @@ class ApplicatorSection(_Model):
     active: Literal["auto"] | list[tuple[int, int]] = "auto"
     active_margin_mm: NonNegativeFloat = 5.0
     max_dwell_time_s: PositiveFloat = 60.0
+    # DICOM cases (case.kind = "dicom"): catheter polylines in patient mm, tip first, and the
+    # catheter-to-tissue distance used for automatic active dwells.
+    catheters_mm: list[list[tuple[float, float, float]]] | None = None
+    source_to_surface_mm: PositiveFloat = 5.0
 
 
 class PrescriptionSection(_Model):
@@ -173,6 +213,74 @@ class ElectronSection(_Model):
     iterations: Annotated[int, Field(ge=1, le=10000)] = 100
 
 
+Vec3 = tuple[float, float, float]
+Range2 = tuple[float, float]
+
+
+class ShieldConfig(_Model):
+    """One lead/tungsten shield (``[[shields]]``; model: ``iortopt.physics.shield``).
+
+    The shield is a patch of a slab lying on a surface: ``surface = "behind_flap"`` (built-in flap
+    case: moulded onto the back of the flap, between the applicator and the bowel) or
+    ``"chest_wall"`` (built-in breast case: on the chest wall under the breast), or an explicit
+    ``"plane"`` (``origin_mm``, unit ``normal``, in-plane ``axis_u``) or ``"cylinder"``
+    (``origin_mm`` on the axis, ``axis_u`` = axis direction, ``normal`` = reference radial
+    direction, ``radius_mm`` of the mid-surface). The patch centre slides on that surface within
+    ``range_u_mm`` x ``range_v_mm`` (surface coordinates in mm: along ``axis_u`` and across it, an
+    arc length on a cylinder); ``sizes_mm`` is the catalogue the surgeon has: rectangles
+    [length along u, width along v] or discs [diameter]. The optimiser chooses the size and the
+    position, keeping every point of the shield at least ``min_target_distance_mm`` from the
+    target. ``protects`` lists OARs whose doses are reported with and without the shield.
+    """
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    material: str = "lead"
+    materials_file: str = "generic_shield_materials"
+    thickness_mm: PositiveFloat = 2.0
+    shape: Literal["rectangle", "disc"] = "rectangle"
+    sizes_mm: list[list[PositiveFloat]] = Field(min_length=1)
+    surface: Literal["behind_flap", "chest_wall", "plane", "cylinder"]
+    origin_mm: Vec3 | None = None
+    normal: Vec3 | None = None
+    axis_u: Vec3 | None = None
+    radius_mm: PositiveFloat | None = None
+    range_u_mm: Range2 = (0.0, 0.0)
+    range_v_mm: Range2 = (0.0, 0.0)
+    rotation_deg: float = 0.0
+    optimise: bool = True
+    min_target_distance_mm: NonNegativeFloat = 0.0
+    protects: list[str] = Field(default_factory=list)
+    edge_mm: Annotated[float, Field(ge=0, le=10)] = 1.0
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        need = 1 if self.shape == "disc" else 2
+        for size in self.sizes_mm:
+            if len(size) != need:
+                what = "[diameter]" if need == 1 else "[length_u, width_v]"
+                raise ValueError(f"sizes_mm: each {self.shape} size is {what}, got {size}")
+        for key in ("range_u_mm", "range_v_mm"):
+            low, high = getattr(self, key)
+            if low > high:
+                raise ValueError(f"{key}: the first value must not exceed the second")
+        explicit = ("origin_mm", "normal", "axis_u")
+        if self.surface in ("plane", "cylinder"):
+            missing = [k for k in explicit if getattr(self, k) is None]
+            if self.surface == "cylinder" and self.radius_mm is None:
+                missing.append("radius_mm")
+            if missing:
+                raise ValueError(f"surface {self.surface!r} needs {', '.join(missing)}")
+        else:
+            given = [k for k in (*explicit, "radius_mm") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(
+                    f"surface {self.surface!r} is defined by the case; remove {', '.join(given)}"
+                )
+        if self.surface == "cylinder" and self.rotation_deg != 0.0:
+            raise ValueError("rotation_deg applies to plane shields only")
+        return self
+
+
 class RadiobiologySection(_Model):
     alpha_beta_gy: dict[str, PositiveFloat] = Field(default_factory=dict)
 
@@ -182,6 +290,22 @@ class OutputSection(_Model):
         default_factory=lambda: [50.0, 80.0, 100.0, 150.0, 200.0]
     )
     dose_chunk_size: Annotated[int, Field(ge=0)] = 0
+    dicom: bool = False  # also write dicom/RTDOSE.dcm and dicom/RTPLAN.dcm
+
+
+class ComputeSection(_Model):
+    """Memory and devices (``iortopt.memory``, ``iortopt.sharding``).
+
+    ``memory_limit_mb``: bytes the plan's arrays may use (default: the free device memory times
+    ``safety_fraction``, less 1 GiB for the runtime on CPU); a plan that does not fit stops before
+    it starts. ``chunk_size``: points per TG-43 chunk (0 = chosen from the budget).
+    ``devices``: ``"all"`` local devices or a count; the voxel axis is split over them.
+    """
+
+    memory_limit_mb: PositiveFloat | None = None
+    safety_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    chunk_size: Annotated[int, Field(ge=0)] = 0
+    devices: Literal["all"] | Annotated[int, Field(ge=1)] = "all"
 
 
 class PlanConfig(_Model):
@@ -197,6 +321,8 @@ class PlanConfig(_Model):
     output: OutputSection = OutputSection()
     xray: XraySection = XraySection()
     electron: ElectronSection = ElectronSection()
+    compute: ComputeSection = ComputeSection()
+    shields: list[ShieldConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _case_fits_modality(self):
@@ -205,11 +331,37 @@ class PlanConfig(_Model):
             "xray_sphere": "builtin_breast",
             "electron": "builtin_eliot",
         }[self.plan.modality]
+        if self.case.kind == "dicom" and self.plan.modality == "hdr_flap":
+            if not self.applicator.catheters_mm:
+                raise ValueError(
+                    'case.kind "dicom" needs applicator.catheters_mm (catheter polylines, mm)'
+                )
+            return self
         if self.case.kind != expected:
             raise ValueError(
                 f"case.kind {self.case.kind!r} does not fit plan.modality "
                 f"{self.plan.modality!r} (expected {expected!r})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _shields_fit_plan(self):
+        names = [s.name for s in self.shields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"shields: names must be distinct, got {names}")
+        if self.shields and self.plan.modality == "electron":
+            raise ValueError(
+                "shields: electron plans shield with the protective disc ([electron] disc_*); "
+                "[[shields]] are for photon plans (hdr_flap, xray_sphere)"
+            )
+        needs = {"behind_flap": "builtin_flap", "chest_wall": "builtin_breast"}
+        for shield in self.shields:
+            kind = needs.get(shield.surface)
+            if kind is not None and self.case.kind != kind:
+                raise ValueError(
+                    f"shields {shield.name!r}: surface {shield.surface!r} needs case.kind "
+                    f"{kind!r}; use surface 'plane' or 'cylinder' with explicit geometry"
+                )
         return self
 
 

@@ -9,6 +9,7 @@ no pickle).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,96 @@ def _optimizer(method: str, learning_rate: float) -> optax.GradientTransformatio
     raise ValueError(f"optimizer.method must be 'lbfgs' or 'adam', got {method!r}")
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_step(f: Callable[..., jnp.ndarray], method: str, learning_rate: float):
+    """The optimiser and its jitted step for objective ``f`` (cached: repeated runs on the same
+    objective, such as the catalogue trials of a shield, compile once)."""
+    opt = _optimizer(method, learning_rate)
+
+    @jax.jit
+    def step(u, state, operands):
+        def fu(u):
+            return f(u, *operands)
+
+        if method == "lbfgs":
+            value, grad = optax.value_and_grad_from_state(fu)(u, state=state)
+            updates, state = opt.update(grad, state, u, value=value, grad=grad, value_fn=fu)
+        else:
+            value, grad = jax.value_and_grad(fu)(u)
+            updates, state = opt.update(grad, state, u)
+        return optax.apply_updates(u, updates), state, value
+
+    return opt, step
+
+
+@dataclass
+class LoopResult:
+    """Outcome of :func:`run_optax` on an unconstrained pytree ``u``."""
+
+    u: object
+    history: list[float]
+    iterations: int
+    converged: bool
+    stop_reason: str
+    compile_s: float
+    optimise_s: float
+
+
+def run_optax(
+    f: Callable[..., jnp.ndarray],
+    u0,
+    method: str = "lbfgs",
+    max_iterations: int = 300,
+    tolerance: float = 1e-6,
+    learning_rate: float = 0.05,
+    progress: Callable[[int, float], None] | None = None,
+    checkpoint: Callable[[int, object], None] | None = None,
+    checkpoint_every: int = 25,
+    operands: tuple = (),
+) -> LoopResult:
+    """Minimise ``f(u, *operands)`` over an unconstrained pytree ``u`` with optax.
+
+    Stops after ``max_iterations``, or when the relative objective change stays below
+    ``tolerance`` for PATIENCE iterations in a row. ``operands`` are passed to the compiled step
+    as arguments (not captured as constants, which would copy them into the program).
+    ``checkpoint(iteration, u)`` is called every ``checkpoint_every`` iterations.
+    """
+    opt, step = _compiled_step(f, method, learning_rate)
+    state = opt.init(u0)
+
+    t0 = time.perf_counter()
+    u_next, state_next, value = step(u0, state, operands)
+    jax.block_until_ready(value)
+    compile_s = time.perf_counter() - t0
+    history = [float(value)]
+    u, state = u_next, state_next
+    calm, stop_reason, converged = 0, "max_iterations", False
+    t1 = time.perf_counter()
+    for it in range(1, max_iterations):
+        u_next, state_next, value = step(u, state, operands)
+        value = float(value)
+        if not np.isfinite(value):
+            stop_reason = "non-finite objective"
+            break
+        rel = abs(history[-1] - value) / max(abs(value), 1e-12)
+        history.append(value)
+        u, state = u_next, state_next
+        if progress is not None:
+            progress(it, value)
+        if checkpoint is not None and it % checkpoint_every == 0:
+            checkpoint(it, u)
+        calm = calm + 1 if rel < tolerance else 0
+        if calm >= PATIENCE:
+            stop_reason, converged = "relative change below tolerance", True
+            break
+        if value == 0.0:
+            stop_reason, converged = "objective is zero", True
+            break
+    return LoopResult(
+        u, history, len(history), converged, stop_reason, compile_s, time.perf_counter() - t1
+    )
+
+
 def minimise(
     objective_of_times: Callable[..., jnp.ndarray],
     init_times_s: np.ndarray,
@@ -84,61 +175,35 @@ def minimise(
         checkpoint: called as checkpoint(iteration, times_s) every ``checkpoint_every`` iterations,
             so a long run can be resumed from its last dwell times.
     """
-    opt = _optimizer(method, learning_rate)
-    u = u_from_times(init_times_s, t_max_s).astype(dtype)
-    state = opt.init(u)
 
-    @jax.jit
-    def step(u, state, operands):
-        def f(u):
-            return jnp.asarray(objective_of_times(times_from_u(u, t_max_s), *operands), dtype)
+    def f(u, *ops):
+        return jnp.asarray(objective_of_times(times_from_u(u, t_max_s), *ops), dtype)
 
-        if method == "lbfgs":
-            value, grad = optax.value_and_grad_from_state(f)(u, state=state)
-            updates, state = opt.update(grad, state, u, value=value, grad=grad, value_fn=f)
-        else:
-            value, grad = jax.value_and_grad(f)(u)
-            updates, state = opt.update(grad, state, u)
-        return optax.apply_updates(u, updates), state, value
+    def save(it, u):
+        checkpoint(it, np.asarray(times_from_u(u, t_max_s), dtype=np.float64))
 
-    t0 = time.perf_counter()
-    u_next, state_next, value = step(u, state, operands)
-    jax.block_until_ready(value)
-    compile_s = time.perf_counter() - t0
-    history = [float(value)]
-    u, state = u_next, state_next
-    calm, stop_reason, converged = 0, "max_iterations", False
-    t1 = time.perf_counter()
-    for it in range(1, max_iterations):
-        u_next, state_next, value = step(u, state, operands)
-        value = float(value)
-        if not np.isfinite(value):
-            stop_reason = "non-finite objective"
-            break
-        rel = abs(history[-1] - value) / max(abs(value), 1e-12)
-        history.append(value)
-        u, state = u_next, state_next
-        if progress is not None:
-            progress(it, value)
-        if checkpoint is not None and it % checkpoint_every == 0:
-            checkpoint(it, np.asarray(times_from_u(u, t_max_s), dtype=np.float64))
-        calm = calm + 1 if rel < tolerance else 0
-        if calm >= PATIENCE:
-            stop_reason, converged = "relative change below tolerance", True
-            break
-        if value == 0.0:
-            stop_reason, converged = "objective is zero", True
-            break
-    times = np.asarray(times_from_u(u, t_max_s), dtype=np.float64)
+    loop = run_optax(
+        f,
+        u_from_times(init_times_s, t_max_s).astype(dtype),
+        method,
+        max_iterations,
+        tolerance,
+        learning_rate,
+        progress,
+        save if checkpoint is not None else None,
+        checkpoint_every,
+        operands,
+    )
+    times = np.asarray(times_from_u(loop.u, t_max_s), dtype=np.float64)
     return OptimizationResult(
         times_s=times,
         objective=float(objective_of_times(jnp.asarray(times, dtype), *operands)),
-        iterations=len(history),
-        converged=converged,
-        stop_reason=stop_reason,
-        history=history,
-        compile_s=compile_s,
-        optimise_s=time.perf_counter() - t1,
+        iterations=loop.iterations,
+        converged=loop.converged,
+        stop_reason=loop.stop_reason,
+        history=loop.history,
+        compile_s=loop.compile_s,
+        optimise_s=loop.optimise_s,
         method=method,
     )
 

@@ -29,6 +29,7 @@ from iortopt.anatomy.phantoms import FlapCaseParams, build_flap_case
 from iortopt.applicators import Dwells, select_active
 from iortopt.case import Case
 from iortopt.config import PlanConfig, case_params
+from iortopt.dicom.export import hdr_plan_writer
 from iortopt.errors import ConfigError
 from iortopt.physics.sources import SourceData, load_source
 from iortopt.physics.tg43 import (
@@ -67,6 +68,7 @@ class PreparedPlan:
     dtype: object
     setup_s: float
     notes: list[str] = field(default_factory=list)
+    shield_specs: list = field(default_factory=list)  # iortopt.shields.ShieldSpec
 
 
 @dataclass
@@ -85,6 +87,10 @@ def _as_datetime(value) -> dt.datetime:
 
 
 def _case_from_config(cfg: PlanConfig):
+    if cfg.case.kind == "dicom":
+        from iortopt.dicom.case_import import flap_case_from_config
+
+        return flap_case_from_config(cfg)
     return build_flap_case(case_params(FlapCaseParams, cfg.case.flap, "flap"))
 
 
@@ -95,6 +101,8 @@ def _active_mask(cfg: PlanConfig, case: Case, dwells: Dwells, spacing_mm: float)
         source_to_surface = float(
             cfg.case.flap.get("source_to_surface_mm", FlapCaseParams().source_to_surface_mm)
         )
+        if cfg.case.kind == "dicom":
+            source_to_surface = cfg.applicator.source_to_surface_mm
         try:
             return select_active(
                 dwells,
@@ -163,6 +171,11 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
         notes.append(f"S_K decayed by {factor:.4f} from calibration to treatment")
     opt_mask = _optimisation_mask(case, cfg.optimizer.voxel_margin_mm)
     weights = {s.name: s.occupancy[opt_mask] for s in case.structures}
+    shield_specs = []
+    if cfg.shields:
+        from iortopt.shields import build_specs
+
+        shield_specs = build_specs(cfg, case, dtype)
     return PreparedPlan(
         cfg,
         case,
@@ -176,38 +189,73 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
         dtype,
         time.perf_counter() - t0,
         notes,
+        shield_specs,
     )
 
 
 def _influence_matrix(
     points_mm: np.ndarray, dwells: Dwells, kernel: TG43Kernel, sk_U: float, dtype
 ):
-    """(P, N) dose in Gy per second of dwell time, computed in chunks.
+    """(P, N) dose in Gy per second of dwell time, computed in chunks (``auto_chunk_size``, which
+    follows the chunking a plan run chose from its memory budget).
 
-    Returns (matrix, compile_s, run_s)."""
+    Each chunk of rows is written in place into the (P, N) result, so the build holds one matrix
+    and one chunk (a padded matrix sliced afterwards would hold two). The last chunk is shifted
+    back to end at row P (rows computed twice, same values).
+    With a multi-device mesh active (:func:`iortopt.sharding.active_mesh`) every device builds its
+    own rows, and the matrix stays split by rows when P is a multiple of the device count (the
+    optimiser's ``matrix @ t`` then runs on every device); ``compile_s`` is then included in
+    ``run_s``. Returns (matrix, compile_s, run_s)."""
+    from iortopt.sharding import current_mesh, sharded_influence_matrix
+
     scale = sk_U * GY_PER_CGY / SECONDS_PER_HOUR
     chunk = auto_chunk_size(len(dwells))
-    n = points_mm.shape[0]
-    n_chunks = -(-n // chunk)
-    padded = np.zeros((n_chunks * chunk, 3), points_mm.dtype)
-    padded[:n] = points_mm
 
     def build(pts, pos, axes):
-        rows = jax.lax.map(
-            lambda p: dose_rate_matrix(p, pos, axes, kernel), pts.reshape(n_chunks, chunk, 3)
-        )
-        return rows.reshape(n_chunks * chunk, -1)[:n] * scale
+        n_rows = pts.shape[0]
+        size = max(min(chunk, n_rows), 1)
+
+        def write_chunk(i, out):
+            start = jnp.minimum(i * size, n_rows - size)
+            block = dose_rate_matrix(
+                jax.lax.dynamic_slice_in_dim(pts, start, size), pos, axes, kernel
+            )
+            return jax.lax.dynamic_update_slice_in_dim(out, block * scale, start, 0)
+
+        empty = jnp.zeros((n_rows, pos.shape[0]), pts.dtype)
+        return jax.lax.fori_loop(0, -(-n_rows // size), write_chunk, empty)
 
     args = (
-        jnp.asarray(padded, dtype),
+        jnp.asarray(points_mm, dtype),
         jnp.asarray(dwells.positions_mm, dtype),
         jnp.asarray(dwells.axes, dtype),
     )
+    mesh = current_mesh()
+    if mesh is not None and mesh.size > 1:
+        t0 = time.perf_counter()
+        matrix = sharded_influence_matrix(lambda p: build(p, *args[1:]), args[0], mesh)
+        return matrix.block_until_ready(), 0.0, time.perf_counter() - t0
     t0 = time.perf_counter()
     compiled = jax.jit(build).lower(*args).compile()
     t1 = time.perf_counter()
     matrix = compiled(*args).block_until_ready()
     return matrix, t1 - t0, time.perf_counter() - t1
+
+
+def _use_influence_matrix(cfg: PlanConfig, n_points: int, n_dwells: int, dtype) -> bool:
+    """Explicit matrix or matrix-free passes (``optimizer.influence``): in ``"auto"`` the matrix
+    when it is at most ``optimizer.influence_memory_mb`` and its optimiser step fits the memory
+    budget of the run (:func:`iortopt.memory.use_influence_matrix`)."""
+    from iortopt.memory import use_influence_matrix
+
+    return use_influence_matrix(
+        cfg.optimizer.influence,
+        n_points,
+        n_dwells,
+        dtype,
+        cfg.optimizer.influence_memory_mb,
+        n_structures=max(len(cfg.objectives), 1),
+    )
 
 
 def _initial_time_s(
@@ -255,11 +303,13 @@ def optimise_and_write(
         cfg.prescription.dose_gy,
     )
     total = objectives.combine(terms)
-    matrix_bytes = points_opt.shape[0] * n_dwells * np.dtype(dtype).itemsize
-    use_matrix = cfg.optimizer.influence == "matrix" or (
-        cfg.optimizer.influence == "auto"
-        and matrix_bytes <= cfg.optimizer.influence_memory_mb * 2**20
-    )
+    use_matrix = _use_influence_matrix(cfg, points_opt.shape[0], n_dwells, dtype)
+    if prepared.shield_specs and not use_matrix:
+        raise ConfigError(
+            "shields: the shield optimisation needs the explicit influence matrix "
+            f"({points_opt.shape[0]} voxels x {n_dwells} dwells); set optimizer.influence = "
+            "'matrix' or 'auto' with a larger optimizer.influence_memory_mb, or a coarser grid"
+        )
     if use_matrix:
         matrix, compile_s, run_s = _influence_matrix(
             points_opt, dwells, prepared.kernel, prepared.sk_U, dtype
@@ -314,21 +364,40 @@ def optimise_and_write(
     )
     bar.close()
     timings.update(optimise_compile_s=result.compile_s, optimise_s=result.optimise_s)
+    times_s, stage = result.times_s, None
+    if prepared.shield_specs:
+        from iortopt import hdr_shields
+
+        stage = hdr_shields.run_shield_stage(
+            prepared, total, params, operands[0], points_opt, result.times_s, console
+        )
+        times_s = stage.optimum.times_s
+        timings.update(
+            shield_compile_s=stage.optimum.compile_s, shield_optimise_s=stage.optimum.optimise_s
+        )
 
     t0 = time.perf_counter()
-    full = dose_gy(
-        grid.points_mm(np.float32),
-        dwells.positions_mm,
-        dwells.axes,
-        result.times_s,
-        prepared.kernel,
-        prepared.sk_U,
-        chunk_size=cfg.output.dose_chunk_size,
-    )
-    dose = np.asarray(full, np.float32).reshape(grid.shape_zyx)
+    if stage is None:
+        full = dose_gy(
+            grid.points_mm(np.float32),
+            dwells.positions_mm,
+            dwells.axes,
+            times_s,
+            prepared.kernel,
+            prepared.sk_U,
+            chunk_size=cfg.output.dose_chunk_size,
+        )
+        dose = np.asarray(full, np.float32).reshape(grid.shape_zyx)
+    else:
+        dose = hdr_shields.full_dose_gy(prepared, times_s, stage)
     timings["full_dose_s"] = time.perf_counter() - t0
-    times_final = jnp.asarray(result.times_s, dtype)
-    term_values = objectives.evaluate(terms, dose_of(times_final, *operands), times_final)
+    times_final = jnp.asarray(times_s, dtype)
+    dose_opt = (
+        dose_of(times_final, *operands)
+        if stage is None
+        else jnp.asarray(dose.reshape(-1)[prepared.opt_mask.reshape(-1)], dtype)
+    )
+    term_values = objectives.evaluate(terms, dose_opt, times_final)
 
     evaluation = evaluate_plan(cfg, case, dose)
     summary = common_summary(cfg, case, evaluation, dtype)
@@ -337,7 +406,7 @@ def optimise_and_write(
         "air_kerma_strength_U": prepared.sk_U,
         "n_dwells_active": n_dwells,
         "n_dwells_total": len(prepared.all_dwells),
-        "total_treatment_time_s": float(np.sum(result.times_s)),
+        "total_treatment_time_s": float(np.sum(times_s)),
         "optimisation_voxels": int(points_opt.shape[0]),
         "influence": "matrix" if use_matrix else "matrix_free",
         "objective": result.objective,
@@ -348,6 +417,9 @@ def optimise_and_write(
         "method": result.method,
         "notes": prepared.notes,
     }
+    if stage is not None:
+        summary["objective"] = stage.optimum.objective
+        summary |= hdr_shields.shield_summary(prepared, stage, evaluation, result.times_s)
     t0 = time.perf_counter()
     summary["wall_times_s"] = timings
     d = dwells
@@ -362,11 +434,12 @@ def optimise_and_write(
             "dwells": {
                 "positions_mm": d.positions_mm,
                 "axes": d.axes,
-                "times_s": result.times_s,
+                "times_s": times_s,
                 "catheter": d.catheter,
                 "index": d.index,
             }
-        },
+        }
+        | ({} if stage is None else hdr_shields.shield_store_groups(stage)),
         provenance_attrs=provenance(
             cfg,
             case,
@@ -377,13 +450,15 @@ def optimise_and_write(
             air_kerma_strength_U=prepared.sk_U,
         ),
         markers_mm=d.positions_mm,
+        extra_writer=hdr_plan_writer(prepared, dose, evaluation, times_s),
+        shield_points_mm=None if stage is None else hdr_shields.shield_figure_points(stage),
     )
     timings["write_s"] = time.perf_counter() - t0
     summary["wall_times_s"] = timings
     rewrite_summary(out_dir, summary)
     checkpoint_path.unlink(missing_ok=True)
     return PlanResult(
-        prepared, result.times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir
+        prepared, times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir
     )
 
 

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from iortopt.anatomy.eliot import EliotCaseParams, build_eliot_case_with_samples
 from iortopt.config import PlanConfig, case_params
+from iortopt.dicom.export import electron_plan_writer
 from iortopt.errors import ConfigError
 from iortopt.physics.electron import ElectronBeam, load_electron_beam
 from iortopt.plan_outputs import (
@@ -198,6 +199,9 @@ def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRun
         ),
         markers_mm=np.stack([cone_end, disc_centre]),
         markers_label="cone end, disc centre",
+        extra_writer=electron_plan_writer(
+            cfg, case, dose, evaluation, chosen, prepared.beam.machine
+        ),
     )
     summary["wall_times_s"]["write_s"] = time.perf_counter() - t0
     rewrite_summary(out_dir, summary)

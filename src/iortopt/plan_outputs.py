@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -148,12 +149,17 @@ def write_plan_outputs(
     provenance_attrs: dict,
     markers_mm: np.ndarray | None = None,
     markers_label: str = "dwell positions",
+    extra_writer: Callable[[Path], None] | None = None,
+    shield_points_mm: np.ndarray | None = None,
 ) -> None:
     """Write plan.zarr, summary.json, dvh.png and dose_slices.png into ``out_dir`` atomically.
 
     Args:
         applicator: zarr groups of applicator arrays, e.g. ``{"dwells": {"times_s": ...}}``.
         markers_mm: (M, 3) points drawn on the dose slices (dwell positions, sphere centre).
+        extra_writer: called with the temporary folder before it is renamed into place (e.g.
+            the DICOM export), so its files are part of the same atomic write.
+        shield_points_mm: (K, 3) points sampling the shields, drawn on the dose slices.
     """
     from iortopt import report
     from iortopt.io.store import _to_jsonable, write_plan_store
@@ -192,8 +198,11 @@ def write_plan_outputs(
             [rx * p / 100 for p in cfg.output.isodose_percent],
             dwell_positions_mm=markers_mm,
             markers_label=markers_label,
+            shield_points_mm=shield_points_mm,
             title=f"{cfg.plan.name}: dose (Gy)",
         )
+        if extra_writer is not None:
+            extra_writer(tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(out_dir, old)

@@ -12,7 +12,7 @@ size with the reason, and the continuous-radius optimum.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -42,6 +42,7 @@ class PreparedXray:
     beam: XrayBeam
     dtype: object
     setup_s: float
+    shield_specs: list = field(default_factory=list)  # iortopt.shields.ShieldSpec
 
 
 @dataclass
@@ -73,7 +74,12 @@ def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
     # Structure names do not depend on the applicator size: check them on a centred sphere.
     case, _ = build_breast_case(params)
     check_structure_names(cfg, case)
-    return PreparedXray(cfg, params, beam, dtype, time.perf_counter() - t0)
+    shield_specs = []
+    if cfg.shields:
+        from iortopt.shields import build_specs
+
+        shield_specs = build_specs(cfg, case, dtype)
+    return PreparedXray(cfg, params, beam, dtype, time.perf_counter() - t0, shield_specs)
 
 
 def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
@@ -93,6 +99,7 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
             optimise_position=x.optimise_position,
             dtype=prepared.dtype,
             anisotropy=x.anisotropy,
+            shield_specs=prepared.shield_specs or None,
         )
     except ValueError as exc:
         raise ConfigError(f"xray: {exc}") from None
@@ -111,6 +118,12 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
         "notes": result.notes,
         "wall_times_s": {"prepare_s": prepared.setup_s, **result.timings},
     }
+    groups, shield_points = {}, None
+    if result.shields:
+        from iortopt.xray_shields import shield_report
+
+        extra, groups, shield_points = shield_report(cfg, prepared.shield_specs, result, evaluation)
+        summary |= extra
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     centre = np.asarray(chosen["centre_mm"], float)
@@ -127,7 +140,8 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
                 "radius_mm": np.asarray(10.0 * float(chosen["diameter_cm"]) / 2.0),
                 "time_min": np.asarray(float(chosen["time_min"])),
             }
-        },
+        }
+        | groups,
         provenance_attrs=provenance(
             cfg,
             case,
@@ -137,6 +151,7 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
         ),
         markers_mm=centre[None, :],
         markers_label="applicator centre",
+        shield_points_mm=shield_points,
     )
     summary["wall_times_s"]["write_s"] = time.perf_counter() - t0
     rewrite_summary(out_dir, summary)

@@ -28,6 +28,7 @@ _STRUCTURE_COLOURS = (
     "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
 )  # fmt: skip
 _DWELL_MARKER = dict(marker="o", ms=4.5, mfc="white", mec="k", mew=1.0)
+_SHIELD_MARKER = dict(marker="s", ms=2.0, mfc="dimgray", mec="none")
 
 
 def _new_figure(figsize):
@@ -121,6 +122,7 @@ def plot_dose_slices(
     title=None,
     dose_max_gy=None,
     markers_label: str = "dwell positions",
+    shield_points_mm=None,
 ) -> Path:
     """Axial, coronal and sagittal dose slices through one point, saved as a PNG.
 
@@ -137,6 +139,8 @@ def plot_dose_slices(
         title: figure title.
         dose_max_gy: top of the colour scale; default 1.25 x the highest isodose level (the dose
             near a source is far higher than any level of interest), else the max dose.
+        shield_points_mm: optional (k, 3) points sampling shield surfaces; those within half a
+            voxel of a slice are drawn on it (the shield's cut through the slice).
 
     Returns:
         The output path.
@@ -178,6 +182,10 @@ def plot_dose_slices(
     axes = fig.subplots(1, 3)
     image = None
     any_dwell_drawn = False
+    any_shield_drawn = False
+    shield_pts = (
+        None if shield_points_mm is None else np.asarray(shield_points_mm, float).reshape(-1, 3)
+    )
     for ax, (name, sl, h, v, normal, invert) in zip(axes, panels, strict=True):
         # Each 2-D slice has rows along the vertical axis, columns along the horizontal one.
         h_mm, v_mm = grid.axis_mm(h), grid.axis_mm(v)
@@ -206,6 +214,11 @@ def plot_dose_slices(
             near = np.abs(dwells[:, kn] - slice_mm[kn]) <= grid.spacing_xyz_mm[kn]
             ax.plot(dwells[near, kh], dwells[near, kv], ls="none", **_DWELL_MARKER)
             any_dwell_drawn |= bool(near.any())
+        if shield_pts is not None:
+            kn, kh, kv = ("xyz".index(a) for a in (normal, h, v))
+            near = np.abs(shield_pts[:, kn] - slice_mm[kn]) <= 0.5 * grid.spacing_xyz_mm[kn]
+            ax.plot(shield_pts[near, kh], shield_pts[near, kv], ls="none", **_SHIELD_MARKER)
+            any_shield_drawn |= bool(near.any())
         # Fixed limits: dwell positions off the grid must not stretch the panel.
         ax.set_xlim(*_extent_mm(grid, h))
         ax.set_ylim(*(_extent_mm(grid, v)[::-1] if invert else _extent_mm(grid, v)))
@@ -223,6 +236,8 @@ def plot_dose_slices(
     if any_dwell_drawn:
         handles.append(Line2D([], [], ls="none", label=f"{markers_label} (within 1 voxel)",
                               **_DWELL_MARKER))  # fmt: skip
+    if any_shield_drawn:
+        handles.append(Line2D([], [], ls="none", label="shields", **_SHIELD_MARKER))
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     fig.colorbar(image, ax=list(axes), label="dose (Gy)", extend="max", shrink=0.8)

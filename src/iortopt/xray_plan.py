@@ -110,6 +110,10 @@ class XrayPlanResult:
     beam_name: str = ""
     formalism: str = ""
     geometry: BreastGeometry | None = None
+    shields: list = field(default_factory=list)  # placed Shield pytrees (with shield_specs)
+    shield_size_index: np.ndarray | None = None
+    shield_trials: list = field(default_factory=list)
+    dose_without_shields_gy: np.ndarray | None = None  # same applicator and time, no shields
 
 
 @dataclass(frozen=True)
@@ -500,6 +504,7 @@ def optimise_xray(
     anisotropy: float = 0.0,
     eval_spacing_mm: float | None = None,
     relaxation_iterations: int = 150,
+    shield_specs=None,
 ) -> XrayPlanResult:
     """Choose applicator size, position and time for the breast phantom (see module docstring).
 
@@ -521,6 +526,9 @@ def optimise_xray(
         shaft_axis, anisotropy: probe-shaft anisotropy model (default isotropic).
         eval_spacing_mm: lattice spacing of the evaluation points (default ``params.spacing_mm``).
         relaxation_iterations: Adam iterations of each continuous optimisation.
+        shield_specs: shields (:func:`iortopt.shields.build_specs`): placed and sized for every
+            catalogue applicator (:mod:`iortopt.xray_shields`), so the comparison, the choice and
+            the final dose include them; the continuous relaxation stays unshielded.
     Returns:
         :class:`XrayPlanResult`.
     """
@@ -578,6 +586,30 @@ def optimise_xray(
         _catalogue_row(ctx, doses[k], diameters[k], radii[k], c0, times[k])
         for k in range(len(radii))
     ]
+    placer, placements = None, [None] * len(radii)
+    if shield_specs:
+        from iortopt.xray_shields import make_placer
+
+        placer = make_placer(
+            ctx.ev,
+            shield_specs,
+            prescription_gy=ctx.prescription_gy,
+            coverage_dose_gy=ctx.coverage_dose_gy,
+            oar_weight=ctx.oar_weight,
+            target_thickness_mm=g.target_thickness_mm,
+            soft_depth_mm=SOFT_DEPTH_MM,
+            soft_dose_fraction=SOFT_DOSE_FRACTION,
+            dtype=dtype,
+        )
+        for k in range(len(radii)):
+            placements[k] = placer(doses[k], c0, radii[k])
+            open_row = rows[k]
+            rows[k] = _catalogue_row(
+                ctx, doses[k] * placements[k].factor, diameters[k], radii[k], c0, times[k]
+            )
+            rows[k]["without_shields"] = {
+                key: open_row[key] for key in (*_METRIC_KEYS[:-1], "score")
+            }
     best, reason, warnings = _choose(rows, ctx.min_skin_mm, g.fit_tolerance_mm)
     batch_s = time.perf_counter() - t0
 
@@ -623,21 +655,24 @@ def optimise_xray(
 
     # 2b. centre of the chosen size: same optimiser with the radius locked; the shift is kept
     # only if the exact (catalogue) score does not get worse and the constraints still hold.
-    chosen_row, chosen_centre = rows[best], c0.copy()
+    chosen_row, chosen_centre, placement = rows[best], c0.copy(), placements[best]
     if optimise_position:
         u0 = _encode(radii[best], times[best], t_ref, radius_range, dtype)
         u, _, _ = run(u0, locked, jnp.asarray(radii[best], dtype))
         centre_k = np.asarray(decode(u, locked, radii[best])[1], np.float64)
         doses = np.asarray(batch(*ctx.batch_args(np.tile(centre_k, (len(radii), 1)), radii, times)))
-        shifted = _catalogue_row(
-            ctx, doses[best], diameters[best], radii[best], centre_k, times[best]
-        )
+        shifted_placement, dose_k = None, doses[best]
+        if placer is not None:
+            shifted_placement = placer(doses[best], centre_k, radii[best])
+            dose_k = doses[best] * shifted_placement.factor
+        shifted = _catalogue_row(ctx, dose_k, diameters[best], radii[best], centre_k, times[best])
         if (
             shifted["score"] >= chosen_row["score"]
             and shifted["fits_cavity"]
             and (not shifted["skin_flag"] or chosen_row["skin_flag"])
         ):
             chosen_row, chosen_centre = shifted, centre_k
+            placement = shifted_placement if placer is not None else placement
     optimise_s = time.perf_counter() - t0 + batch_s
 
     # 4. final case and full-grid dose.
@@ -647,6 +682,14 @@ def optimise_xray(
     dose = full_grid_dose_gy(
         case, chosen_centre, a_best, t_best, beam, params.supersampling, axis, anisotropy, dtype
     )
+    dose_open = None
+    if placement is not None:
+        from iortopt.xray_shields import grid_factor
+
+        dose_open = dose
+        factor = grid_factor(case.grid.points_mm(np.float32), chosen_centre, placement.placed,
+                             shield_specs)  # fmt: skip
+        dose = (dose_open * factor.reshape(dose.shape)).astype(np.float32)
     full_dose_s = time.perf_counter() - t0
 
     moved = float(np.linalg.norm(chosen_centre - c0))
@@ -702,6 +745,10 @@ def optimise_xray(
         beam_name=beam.name,
         formalism=beam.formalism,
         geometry=geometry,
+        shields=[] if placement is None else placement.placed,
+        shield_size_index=None if placement is None else placement.size_index,
+        shield_trials=[] if placement is None else placement.trials,
+        dose_without_shields_gy=dose_open,
     )
 
 

@@ -49,6 +49,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 
 from iortopt.physics.disc import dot3, soft_step
+from iortopt.physics.fastmath import atan2_upper
 
 SURFACES = ("plane", "cylinder")
 SHAPES = ("rectangle", "disc")
@@ -176,8 +177,9 @@ def _cylinder_pieces(src, pts, shield: Shield):
     )
     rel = rs[None] + t_cross[..., None] * seg[None]
     u = dot3(rel, e)
-    angle = jnp.arctan2(dot3(rel, r1), dot3(rel, r0))
-    v = shield.radius_mm * angle
+    y, x = dot3(rel, r1), dot3(rel, r0)
+    angle = atan2_upper(jnp.abs(y), x)
+    v = shield.radius_mm * jnp.where(y < 0, -angle, angle)
     return lengths, u, v
 
 
@@ -205,6 +207,36 @@ def patch_occupancy(u, v, shield: Shield, shape: str, surface: str, edge_mm: flo
     )
 
 
+class Crossings(NamedTuple):
+    """Where segments cross a shield's slab, independent of the patch's position, size and
+    rotation on its surface: per crossing k (K = 1 for a plane, 2 for a cylinder) the length
+    (mm) of the segment inside the unbounded slab/shell and the surface coordinates (u, v) of
+    the point where the lateral test is made. Arrays (K, ...)."""
+
+    length_mm: jnp.ndarray
+    u_mm: jnp.ndarray
+    v_mm: jnp.ndarray
+
+
+def crossings(src, pts, shield: Shield, surface: str) -> Crossings:
+    """:class:`Crossings` of the segments src -> pts (broadcasting (..., 3)) with the slab of
+    ``shield`` (only its surface and thickness are used)."""
+    src, pts = jnp.broadcast_arrays(src, pts)
+    if surface == "cylinder":
+        return Crossings(*_cylinder_pieces(src, pts, shield))
+    if surface == "plane":
+        return Crossings(*_plane_pieces(src, pts, shield))
+    raise ValueError(f"surface must be one of {SURFACES}, got {surface!r}")
+
+
+def occupied_length_mm(cross: Crossings, shield: Shield, shape: str, surface: str, edge_mm):
+    """Effective path length (mm): each crossing's length times the patch occupancy there."""
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+    occupancy = patch_occupancy(cross.u_mm, cross.v_mm, shield, shape, surface, edge_mm)
+    return jnp.sum(cross.length_mm * occupancy, axis=0)
+
+
 def path_length_mm(src, pts, shield: Shield, shape: str, surface: str, edge_mm: float):
     """Effective path length (mm) through the shield of the segments src -> pts.
 
@@ -214,17 +246,7 @@ def path_length_mm(src, pts, shield: Shield, shape: str, surface: str, edge_mm: 
         shape / surface: static strings (:data:`SHAPES`, :data:`SURFACES`).
         edge_mm: soft-edge half-width (a Python float; 0 = hard edges).
     """
-    src, pts = jnp.broadcast_arrays(src, pts)
-    if surface == "cylinder":
-        lengths, u, v = _cylinder_pieces(src, pts, shield)
-    elif surface == "plane":
-        lengths, u, v = _plane_pieces(src, pts, shield)
-    else:
-        raise ValueError(f"surface must be one of {SURFACES}, got {surface!r}")
-    if shape not in SHAPES:
-        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
-    occupancy = patch_occupancy(u, v, shield, shape, surface, edge_mm)
-    return jnp.sum(lengths * occupancy, axis=0)
+    return occupied_length_mm(crossings(src, pts, shield, surface), shield, shape, surface, edge_mm)
 
 
 def shield_factor(src, pts, shield: Shield, table: TransmissionTable, shape, surface, edge_mm):

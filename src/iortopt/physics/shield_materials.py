@@ -145,5 +145,7 @@ def load_shield_materials(path_or_name: str | Path = DEFAULT_MATERIALS) -> Shiel
     Raises:
         SourceDataError: unknown name, unreadable file or invalid content (file and field named).
     """
-    doc, origin = read_packaged_or_file(path_or_name, "shields", SourceDataError, "shield materials")
+    doc, origin = read_packaged_or_file(
+        path_or_name, "shields", SourceDataError, "shield materials"
+    )
     return parse_shield_materials(doc, origin)

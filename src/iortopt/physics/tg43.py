@@ -187,6 +187,9 @@ def dose_gy(
     kernel: TG43Kernel,
     air_kerma_strength_U: jnp.ndarray | float,
     chunk_size: int | None = 0,
+    *,
+    remat: bool | None = None,
+    mesh=None,
 ) -> jnp.ndarray:
     """Dose (Gy) at points from all dwells, summed. Pure and differentiable in times and positions.
 
@@ -197,12 +200,32 @@ def dose_gy(
         dwell_times_s: (N,) dwell times in seconds.
         kernel: from :func:`make_kernel`.
         air_kerma_strength_U: S_K at treatment time in U (scalar or (N,)); see :func:`decayed_sk`.
-        chunk_size: points per chunk; peak memory is about chunk_size x N x 6 values.
-            0 (default) picks :func:`auto_chunk_size`; ``None`` evaluates all points at once.
+        chunk_size: points per chunk; peak memory is about chunk_size x N x 7 values
+            (:mod:`iortopt.memory`). 0 (default) picks :func:`auto_chunk_size`; ``None`` evaluates
+            all points at once.
+        remat: recompute each chunk's dose-rate block in the backward pass instead of keeping it,
+            so a gradient also holds only one chunk of point x dwell values (it would otherwise
+            keep all P x N of them, as much as an influence matrix) at the price of a second
+            kernel pass. ``None`` (default): on whenever the points are split into chunks.
+        mesh: a 1-D :class:`jax.sharding.Mesh` to split the points over its devices
+            (:func:`iortopt.sharding.voxel_mesh`); ``None`` uses the mesh made active by
+            :func:`iortopt.sharding.active_mesh` if any. One device: exactly the unsharded path.
 
     Returns:
         (P,) dose in Gy.
     """
+    if mesh is None:
+        from iortopt.sharding import current_mesh
+
+        mesh = current_mesh()
+    if mesh is not None and mesh.size > 1:
+        from iortopt.sharding import map_voxel_shards
+
+        def local(pts, pos, ax, t):
+            return dose_gy(pts, pos, ax, t, kernel, air_kerma_strength_U, chunk_size, remat=remat)
+
+        return map_voxel_shards(local, mesh, points_mm, positions_mm, axes, dwell_times_s)
+
     dtype = kernel.g_values.dtype
     points_mm = jnp.asarray(points_mm, dtype)
     positions_cm = jnp.asarray(positions_mm, dtype) * 0.1
@@ -213,25 +236,36 @@ def dose_gy(
 
     def block(pts_mm):
         z, y = along_away_cm(pts_mm * 0.1, positions_cm, unit_axes)
-        return dose_rate_per_sk(z, y, kernel) @ weights
+        # HIGHEST: no TF32 (10-bit mantissa) products in a float32 dose on GPUs.
+        return jnp.matmul(
+            dose_rate_per_sk(z, y, kernel), weights, precision=jax.lax.Precision.HIGHEST
+        )
 
     n_points = points_mm.shape[0]
     if chunk_size == 0:
         chunk_size = auto_chunk_size(positions_cm.shape[0])
     if chunk_size is None or n_points <= chunk_size:
         return block(points_mm)
+    if remat is None or remat:
+        block = jax.checkpoint(block)
     n_chunks = -(-n_points // chunk_size)
     padded = jnp.pad(points_mm, ((0, n_chunks * chunk_size - n_points), (0, 0)))
     out = jax.lax.map(block, padded.reshape(n_chunks, chunk_size, 3))
     return out.reshape(-1)[:n_points]
 
 
-def auto_chunk_size(n_dwells: int, pairs_per_chunk: int = PAIRS_PER_CHUNK) -> int:
+def auto_chunk_size(n_dwells: int, pairs_per_chunk: int | None = None) -> int:
     """Points per chunk so that one chunk holds about ``pairs_per_chunk`` point x dwell pairs.
 
+    ``None`` (default) takes the value a plan run made active from its memory budget
+    (:func:`iortopt.memory.active_pairs_per_chunk`), else :data:`PAIRS_PER_CHUNK`.
     About 1e5 pairs (a few hundred kB per intermediate) keeps a chunk in the CPU's L2 cache; on the
     reference problem 256 to 2000 points per chunk all ran within 15 % of each other.
     """
+    if pairs_per_chunk is None:
+        from iortopt.memory import active_pairs_per_chunk
+
+        pairs_per_chunk = active_pairs_per_chunk() or PAIRS_PER_CHUNK
     return max(64, int(pairs_per_chunk // max(n_dwells, 1)) // 8 * 8)
 
 

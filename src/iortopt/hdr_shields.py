@@ -1,0 +1,392 @@
+"""HDR flap plans with shields: dwell times and shield positions/sizes optimised together.
+
+The unshielded influence matrix M (Gy per second of each dwell, optimisation voxels x dwells) does
+not depend on the shields; a shield multiplies each entry by its transmission factor F(pose) along
+the source -> voxel segment. Only the voxels whose segments can cross a shield in some allowed
+pose (:func:`iortopt.shields.affected_rows`, exact for the model) get F recomputed at each step:
+
+    d = M t + (M_A * (F_A(pose) - 1)) t      on those rows A
+
+Sizes come from each shield's catalogue: every size is tried (a shortened joint optimisation
+warm-started from the best so far) and the one with the lowest objective is kept; a final joint
+optimisation polishes dwell times and positions for the chosen sizes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from iortopt import shields as shl
+from iortopt.optimize import run_optax, times_from_u, u_from_times
+from iortopt.physics import shield as sh
+from iortopt.physics.tg43 import GY_PER_CGY, SECONDS_PER_HOUR, auto_chunk_size, dose_rate_matrix
+
+HIGHEST = jax.lax.Precision.HIGHEST
+#: Iterations of the shortened joint optimisation that scores each catalogue size.
+TRIAL_ITERATIONS = 25
+#: Sizes whose objectives are within this relative tolerance of the best count as equal; the
+#: smallest of them is chosen (the smallest sheet that does the job).
+SIZE_TIE_RTOL = 1e-4
+
+
+@dataclass
+class ShieldedOptimum:
+    times_s: np.ndarray
+    offsets_mm: np.ndarray  # (S, 2)
+    size_index: np.ndarray  # (S,)
+    objective: float
+    iterations: int
+    converged: bool
+    stop_reason: str
+    size_trials: list[dict] = field(default_factory=list)
+    compile_s: float = 0.0
+    optimise_s: float = 0.0
+    affected_pairs: int = 0
+
+
+def shield_pairs(points_opt: np.ndarray, positions_mm: np.ndarray, specs, dtype):
+    """The (voxel, dwell) pairs whose segment can cross some shield in some allowed pose, and
+    per shield the pose-independent :class:`~iortopt.physics.shield.Crossings` of those pairs.
+
+    Returns (rows (K,), cols (K,), [Crossings per shield])."""
+    envs = [shl.envelope(s) for s in specs]
+    pos = jnp.asarray(positions_mm, dtype)
+
+    @jax.jit
+    def hit(p):
+        total = 0.0
+        for env, s in zip(envs, specs, strict=True):
+            total = total + sh.path_length_mm(
+                pos[None, :, :], p[:, None, :], env, "rectangle", s.surface, 0.0
+            )
+        return total > 0
+
+    chunk = max(1, 2**20 // max(len(positions_mm), 1))
+    n = points_opt.shape[0]
+    rows, cols = [], []
+    for start in range(0, n, chunk):
+        block = np.zeros((chunk, 3), np.float32)
+        part = points_opt[start : start + chunk]
+        block[: len(part)] = part
+        r, c = np.nonzero(np.asarray(hit(jnp.asarray(block, dtype)))[: len(part)])
+        rows.append(r + start)
+        cols.append(c)
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    crossing = jax.jit(
+        lambda a, b, base, surface: sh.crossings(a, b, base, surface), static_argnums=3
+    )
+    pts = jnp.asarray(points_opt[rows], dtype)
+    src = pos[jnp.asarray(cols)]
+    per_shield = [crossing(src, pts, s.base, s.surface) for s in specs]
+    return rows, cols, per_shield
+
+
+def optimise_with_shields(
+    specs: list[shl.ShieldSpec],
+    total,
+    params,
+    matrix: jnp.ndarray,
+    points_opt: np.ndarray,
+    positions_mm: np.ndarray,
+    init_times_s: np.ndarray,
+    t_max_s: float,
+    distance_map: np.ndarray,
+    grid,
+    optimizer_cfg,
+    dtype=jnp.float32,
+    progress=None,
+) -> ShieldedOptimum:
+    """Joint optimisation of dwell times, shield positions and catalogue sizes.
+
+    Args:
+        total: objective(dose (P,), times (N,), params) of the plan (:func:`objectives.combine`).
+        matrix: (P, N) unshielded influence matrix on ``points_opt`` (P, 3) mm.
+        distance_map: target distance map (mm) on ``grid`` for the distance constraint.
+        optimizer_cfg: the ``[optimizer]`` section (method, iterations, tolerance, rate).
+        progress: progress(iteration, objective) for the final run.
+    """
+    t_setup = time.perf_counter()
+    rows, cols, crossings = shield_pairs(points_opt, positions_mm, specs, dtype)
+    low, high = (jnp.asarray(a, dtype) for a in shl._ranges(specs))
+    n_points = points_opt.shape[0]
+    rows_j, cols_j = jnp.asarray(rows), jnp.asarray(cols)
+    operands = (
+        params,
+        matrix,
+        matrix[rows_j, cols_j],
+        rows_j,
+        cols_j,
+        crossings,
+        jnp.asarray(distance_map, dtype),
+    )
+
+    def objective(u, half_sizes, params, m, m_pairs, rows, cols, crossings, dist):
+        t = times_from_u(u[0], t_max_s)
+        placed = shl.shields_at(specs, shl.offsets_from_z(u[1], low, high), half_sizes)
+        factor = 1.0
+        for shield, spec, cross in zip(placed, specs, crossings, strict=True):
+            length = sh.occupied_length_mm(cross, shield, spec.shape, spec.surface, spec.edge_mm)
+            factor = factor * sh.transmission(length, spec.table)
+        dose = jnp.matmul(m, t, precision=HIGHEST)
+        delta = jax.ops.segment_sum(m_pairs * (factor - 1.0) * t[cols], rows, n_points)
+        penalty = shl.distance_penalty(placed, specs, dist, grid)
+        return jnp.asarray(
+            total(dose + delta, t, params) + shl.DISTANCE_PENALTY_WEIGHT * penalty, dtype
+        )
+
+    def run(u0, size_index, iterations, progress_fn=None):
+        half = jnp.asarray(
+            np.array([s.half_sizes_mm[k] for s, k in zip(specs, size_index, strict=True)]), dtype
+        )
+        return run_optax(
+            objective,
+            u0,
+            optimizer_cfg.method,
+            iterations,
+            optimizer_cfg.tolerance,
+            optimizer_cfg.learning_rate,
+            progress_fn,
+            operands=(half, *operands),
+        )
+
+    u = (
+        u_from_times(init_times_s, t_max_s).astype(dtype),
+        jnp.asarray(shl.z_from_offsets(shl.start_offsets(specs), specs), dtype),
+    )
+    size_index = np.zeros(len(specs), int)
+    trials = []
+    compile_s = time.perf_counter() - t_setup
+    t0 = time.perf_counter()
+    trial_iterations = min(TRIAL_ITERATIONS, optimizer_cfg.max_iterations)
+    for k, spec in enumerate(specs):
+        if len(spec.half_sizes_mm) == 1:
+            continue
+        scored = []
+        for j in range(len(spec.half_sizes_mm)):
+            candidate = size_index.copy()
+            candidate[k] = j
+            loop = run(u, candidate, trial_iterations)
+            value = loop.history[-1]
+            trials.append(
+                {"shield": spec.name, "size_mm": list(spec.sizes_mm[j]), "objective": value}
+            )
+            scored.append((value, j, loop.u))
+        best_value = min(v for v, _, _ in scored)
+        area = [float(np.prod(h)) for h in spec.half_sizes_mm]
+        ties = [c for c in scored if c[0] <= best_value + SIZE_TIE_RTOL * abs(best_value) + 1e-12]
+        _, size_index[k], u = min(ties, key=lambda c: area[c[1]])
+    final = run(u, size_index, optimizer_cfg.max_iterations, progress)
+    u = final.u
+    offsets = np.asarray(shl.offsets_from_z(u[1], low, high), np.float64)
+    return ShieldedOptimum(
+        times_s=np.asarray(times_from_u(u[0], t_max_s), np.float64),
+        offsets_mm=offsets,
+        size_index=size_index,
+        objective=final.history[-1],
+        iterations=final.iterations,
+        converged=final.converged,
+        stop_reason=final.stop_reason,
+        size_trials=trials,
+        compile_s=compile_s + final.compile_s,
+        optimise_s=time.perf_counter() - t0,
+        affected_pairs=int(rows.size),
+    )
+
+
+def placed_shields(specs, optimum: ShieldedOptimum, dtype=jnp.float32):
+    """The shields at the optimum's positions and sizes."""
+    half = np.array([s.half_sizes_mm[k] for s, k in zip(specs, optimum.size_index, strict=True)])
+    return shl.shields_at(specs, jnp.asarray(optimum.offsets_mm, dtype), jnp.asarray(half, dtype))
+
+
+def shielded_dose_gy(
+    points_mm: np.ndarray,
+    positions_mm: np.ndarray,
+    axes: np.ndarray,
+    times_s: np.ndarray,
+    kernel,
+    sk_U: float,
+    placed,
+    specs,
+    chunk_size: int = 0,
+) -> np.ndarray:
+    """Full dose (Gy) at points with the shields in place, in chunks of points.
+
+    Each chunk holds chunk x dwells kernel values and transmission factors."""
+    dtype = kernel.g_values.dtype
+    n_dwells = positions_mm.shape[0]
+    chunk = chunk_size or auto_chunk_size(n_dwells)
+    n = points_mm.shape[0]
+    n_chunks = -(-n // chunk)
+    padded = np.zeros((n_chunks * chunk, 3), np.float32)
+    padded[:n] = points_mm
+    scale = sk_U * GY_PER_CGY / SECONDS_PER_HOUR
+
+    @jax.jit
+    def run(pts, pos, ax, t, placed):
+        def one(p):
+            rate = dose_rate_matrix(p, pos, ax, kernel) * scale
+            factor = shl.transmission_factor(pos[None, :, :], p[:, None, :], placed, specs)
+            return jnp.matmul(rate * factor, t, precision=HIGHEST)
+
+        return jax.lax.map(one, pts.reshape(n_chunks, chunk, 3)).reshape(-1)
+
+    out = run(
+        jnp.asarray(padded, dtype),
+        jnp.asarray(positions_mm, dtype),
+        jnp.asarray(axes, dtype),
+        jnp.asarray(times_s, dtype),
+        placed,
+    )
+    return np.asarray(out)[:n]
+
+
+# ----------------------------------------------------------------------------------------------
+# Plan glue (called from iortopt.plan.optimise_and_write)
+# ----------------------------------------------------------------------------------------------
+
+#: Metrics of protected OARs and of the target compared with and without the shields.
+OAR_METRICS = ("D2cc_gy", "D0.1cc_gy", "mean_gy", "max_gy")
+TARGET_METRICS = ("D90_gy", "V100_percent", "D98_gy")
+
+
+@dataclass
+class ShieldStage:
+    specs: list
+    optimum: ShieldedOptimum
+    placed: list
+    distance_map: np.ndarray
+
+
+def run_shield_stage(
+    prepared, total, params, matrix, points_opt, init_times_s, console=None
+) -> ShieldStage:
+    """Optimise dwell times with the shields, starting from the unshielded optimum."""
+    from iortopt.progress import DelayedProgress
+
+    cfg, case, dtype = prepared.config, prepared.case, prepared.dtype
+    specs = prepared.shield_specs
+    distance_map = shl.target_distance_map_mm(case, cfg.prescription.structure)
+    bar = DelayedProgress(console, cfg.optimizer.max_iterations, "optimising with shields")
+    optimum = optimise_with_shields(
+        specs,
+        total,
+        params,
+        matrix,
+        points_opt,
+        prepared.dwells.positions_mm,
+        init_times_s,
+        cfg.applicator.max_dwell_time_s,
+        distance_map,
+        case.grid,
+        cfg.optimizer,
+        dtype,
+        progress=lambda it, value: bar.update(it, f"objective {value:.4g}"),
+    )
+    bar.close()
+    return ShieldStage(specs, optimum, placed_shields(specs, optimum, dtype), distance_map)
+
+
+def full_dose_gy(prepared, times_s, stage: ShieldStage | None = None) -> np.ndarray:
+    """Dose (Gy) on the whole grid, (nz, ny, nx), with the stage's shields if given."""
+    from iortopt.physics.tg43 import dose_gy
+
+    grid, dwells = prepared.case.grid, prepared.dwells
+    points = grid.points_mm(np.float32)
+    chunk = prepared.config.output.dose_chunk_size
+    if stage is None:
+        flat = dose_gy(
+            points,
+            dwells.positions_mm,
+            dwells.axes,
+            times_s,
+            prepared.kernel,
+            prepared.sk_U,
+            chunk_size=chunk,
+        )
+    else:
+        flat = shielded_dose_gy(
+            points,
+            dwells.positions_mm,
+            dwells.axes,
+            times_s,
+            prepared.kernel,
+            prepared.sk_U,
+            stage.placed,
+            stage.specs,
+            chunk,
+        )
+    return np.asarray(flat, np.float32).reshape(grid.shape_zyx)
+
+
+def _pick(metrics: dict, names, keys) -> dict:
+    return {n: {k: metrics[n][k] for k in keys} for n in names}
+
+
+def shield_summary(prepared, stage: ShieldStage, evaluation, unshielded_times_s) -> dict:
+    """Summary fields: the placed shields, the optimisation, and protected-OAR and target metrics
+    of (1) this plan, (2) the plan optimised without shields, (3) this plan's dwell times with the
+    shields removed."""
+    from iortopt.plan_outputs import evaluate_plan
+
+    cfg, case = prepared.config, prepared.case
+    opt = stage.optimum
+    distances = shl.min_target_distance(stage.placed, stage.specs, stage.distance_map, case.grid)
+    placed = [
+        shl.describe(spec, shield, int(k), dist)
+        for spec, shield, k, dist in zip(
+            stage.specs, stage.placed, opt.size_index, distances, strict=True
+        )
+    ]
+    protected = sorted({p for s in stage.specs for p in s.protects})
+    target = cfg.prescription.structure
+    unshielded = evaluate_plan(cfg, case, full_dose_gy(prepared, unshielded_times_s))["metrics"]
+    removed = evaluate_plan(cfg, case, full_dose_gy(prepared, opt.times_s))["metrics"]
+    comparison = {}
+    for label, metrics in (
+        ("with_shields", evaluation["metrics"]),
+        ("optimised_without_shields", unshielded),
+        ("same_times_shields_removed", removed),
+    ):
+        comparison[label] = _pick(metrics, protected, OAR_METRICS) | _pick(
+            metrics, [target], TARGET_METRICS
+        )
+    return {
+        "shields": placed,
+        "shield_optimisation": {
+            "iterations": opt.iterations,
+            "converged": opt.converged,
+            "stop_reason": opt.stop_reason,
+            "objective": opt.objective,
+            "size_trials": opt.size_trials,
+            "shield_pairs": opt.affected_pairs,
+            "compile_s": opt.compile_s,
+            "optimise_s": opt.optimise_s,
+            "total_time_without_shields_s": float(np.sum(unshielded_times_s)),
+        },
+        "shield_comparison": comparison,
+    }
+
+
+def shield_store_groups(stage: ShieldStage) -> dict[str, dict[str, np.ndarray]]:
+    """zarr groups: per shield its outline and surface samples (mm) and its placement."""
+    groups = {}
+    for spec, shield, k in zip(stage.specs, stage.placed, stage.optimum.size_index, strict=True):
+        groups[f"shield_{spec.name}"] = {
+            "outline_mm": shl.outline_points_mm(shield, spec),
+            "offset_uv_mm": np.asarray(shield.offset_mm, np.float64),
+            "half_size_mm": np.asarray(shield.half_size_mm, np.float64),
+            "size_index": np.asarray(int(k)),
+        }
+    return groups
+
+
+def shield_figure_points(stage: ShieldStage) -> np.ndarray:
+    return np.concatenate(
+        [shl.surface_samples_mm(s, spec) for s, spec in zip(stage.placed, stage.specs, strict=True)]
+    )

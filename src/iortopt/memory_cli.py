@@ -1,0 +1,73 @@
+"""``iortopt memory CONFIG``: a plan's memory estimate, budget and chunking, before running it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from iortopt.errors import IortoptError
+
+EXIT_INPUT = 2
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``memory`` command to ``app``."""
+    app.command("memory")(memory_command)
+
+
+def memory_command(
+    config: Annotated[
+        Path | None, typer.Argument(help="plan config (TOML); default: built-in example")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu or gpu (default: JAX's default)")
+    ] = None,
+    precision: Annotated[str, typer.Option("--precision", help="float32 or float64")] = "float32",
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+):
+    """Estimate a plan's peak memory per stage, the budget and the chunk size (nothing is run).
+    Exit code 2 if the plan would not fit."""
+    console, err = Console(), Console(stderr=True)
+    try:
+        from iortopt.config import load_config
+        from iortopt.run_plan import check_memory, plan_memory, prepare_modality
+        from iortopt.runtime import configure
+
+        dtype = configure(device, precision)
+        plan = plan_memory(prepare_modality(load_config(config), dtype))
+    except IortoptError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_INPUT) from None
+    if as_json:
+        console.print_json(json.dumps(plan.to_dict()))
+    else:
+        _print_plan(plan, console)
+    try:
+        check_memory(plan)
+    except IortoptError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(EXIT_INPUT) from None
+
+
+def _print_plan(plan, console: Console) -> None:
+    from iortopt.memory import MIB
+
+    est = plan.estimate
+    table = Table(title=f"Memory estimate ({est.engine}), MiB")
+    for col in ("stage", "part", "MiB"):
+        table.add_column(col, justify="right" if col == "MiB" else "left")
+    for stage, part, nbytes in est.rows():
+        table.add_row(stage, part, f"{nbytes / MIB:.1f}")
+    console.print(table)
+    sizes = ", ".join(f"{k} {v}" for k, v in est.sizes.items())
+    console.print(
+        f"peak {est.peak_bytes / MIB:.0f} MiB ({est.peak_stage}); {sizes}; "
+        f"budget {plan.budget.describe()}; TG-43 chunk {plan.chunk_size or '-'}; "
+        f"devices {plan.devices}; {'fits' if plan.fits else 'DOES NOT FIT'}",
+        highlight=False,
+    )
