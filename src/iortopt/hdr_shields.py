@@ -32,6 +32,8 @@ TRIAL_ITERATIONS = 25
 #: Sizes whose objectives are within this relative tolerance of the best count as equal; the
 #: smallest of them is chosen (the smallest sheet that does the job).
 SIZE_TIE_RTOL = 1e-4
+#: A crossing present in at most this fraction of the pairs is stored for those pairs only.
+SPARSE_FRACTION = 0.5
 
 
 @dataclass
@@ -82,8 +84,40 @@ def shield_pairs(points_opt: np.ndarray, positions_mm: np.ndarray, specs, dtype)
     )
     pts = jnp.asarray(points_opt[rows], dtype)
     src = pos[jnp.asarray(cols)]
-    per_shield = [crossing(src, pts, s.base, s.surface) for s in specs]
+    per_shield = [
+        _compact(crossing(src, pts, s.base, s.surface), rows.size) for s in specs
+    ]
     return rows, cols, per_shield
+
+
+def _compact(cross: sh.Crossings, n_pairs: int) -> list[tuple]:
+    """Per crossing k: (pair indices or None, Crossings of those pairs (1, M)). A crossing that
+    few pairs have (a ray leaving a cylindrical shell again) keeps only those pairs."""
+    out = []
+    lengths = np.asarray(cross.length_mm)
+    for k in range(lengths.shape[0]):
+        keep = np.flatnonzero(lengths[k] > 0)
+        if keep.size == 0:
+            continue
+        part = sh.Crossings(*(jnp.asarray(a[k : k + 1]) for a in cross))
+        if keep.size > SPARSE_FRACTION * n_pairs:
+            out.append((None, part))
+        else:
+            idx = jnp.asarray(keep)
+            out.append((idx, sh.Crossings(*(a[:, idx] for a in part))))
+    return out
+
+
+def _pair_path_length_mm(pieces, shield, spec, n_pairs: int):
+    """Effective path length (mm) of every pair from its compacted crossings."""
+    total = 0.0
+    for idx, cross in pieces:
+        length = sh.occupied_length_mm(cross, shield, spec.shape, spec.surface, spec.edge_mm)
+        if idx is None:
+            total = total + length
+        else:
+            total = total + jnp.zeros(n_pairs, length.dtype).at[idx].add(length)
+    return total
 
 
 def optimise_with_shields(
@@ -129,8 +163,8 @@ def optimise_with_shields(
         t = times_from_u(u[0], t_max_s)
         placed = shl.shields_at(specs, shl.offsets_from_z(u[1], low, high), half_sizes)
         factor = 1.0
-        for shield, spec, cross in zip(placed, specs, crossings, strict=True):
-            length = sh.occupied_length_mm(cross, shield, spec.shape, spec.surface, spec.edge_mm)
+        for shield, spec, pieces in zip(placed, specs, crossings, strict=True):
+            length = _pair_path_length_mm(pieces, shield, spec, rows.shape[0])
             factor = factor * sh.transmission(length, spec.table)
         dose = jnp.matmul(m, t, precision=HIGHEST)
         delta = jax.ops.segment_sum(m_pairs * (factor - 1.0) * t[cols], rows, n_points)

@@ -200,10 +200,8 @@ def patch_occupancy(u, v, shield: Shield, shape: str, surface: str, edge_mm: flo
     if shape == "disc":
         rho = jnp.sqrt(a * a + b * b + EPS_MM2)
         return soft_step(shield.half_size_mm[0] - rho, edge_mm)
-    abs_a = jnp.sqrt(a * a + EPS_MM2)
-    abs_b = jnp.sqrt(b * b + EPS_MM2)
-    return soft_step(shield.half_size_mm[0] - abs_a, edge_mm) * soft_step(
-        shield.half_size_mm[1] - abs_b, edge_mm
+    return soft_step(shield.half_size_mm[0] - jnp.abs(a), edge_mm) * soft_step(
+        shield.half_size_mm[1] - jnp.abs(b), edge_mm
     )
 
 
