@@ -29,9 +29,6 @@ from iortopt.physics.tg43 import GY_PER_CGY, SECONDS_PER_HOUR, auto_chunk_size, 
 HIGHEST = jax.lax.Precision.HIGHEST
 #: Iterations of the shortened joint optimisation that scores each catalogue size.
 TRIAL_ITERATIONS = 25
-#: Sizes whose objectives are within this relative tolerance of the best count as equal; the
-#: smallest of them is chosen (the smallest sheet that does the job).
-SIZE_TIE_RTOL = 1e-4
 #: A crossing present in at most this fraction of the pairs is stored for those pairs only.
 SPARSE_FRACTION = 0.5
 
@@ -84,9 +81,7 @@ def shield_pairs(points_opt: np.ndarray, positions_mm: np.ndarray, specs, dtype)
     )
     pts = jnp.asarray(points_opt[rows], dtype)
     src = pos[jnp.asarray(cols)]
-    per_shield = [
-        _compact(crossing(src, pts, s.base, s.surface), rows.size) for s in specs
-    ]
+    per_shield = [_compact(crossing(src, pts, s.base, s.surface), rows.size) for s in specs]
     return rows, cols, per_shield
 
 
@@ -174,9 +169,7 @@ def optimise_with_shields(
         )
 
     def run(u0, size_index, iterations, progress_fn=None):
-        half = jnp.asarray(
-            np.array([s.half_sizes_mm[k] for s, k in zip(specs, size_index, strict=True)]), dtype
-        )
+        half = jnp.asarray(shl.half_sizes(specs, size_index), dtype)
         return run_optax(
             objective,
             u0,
@@ -192,28 +185,15 @@ def optimise_with_shields(
         u_from_times(init_times_s, t_max_s).astype(dtype),
         jnp.asarray(shl.z_from_offsets(shl.start_offsets(specs), specs), dtype),
     )
-    size_index = np.zeros(len(specs), int)
-    trials = []
     compile_s = time.perf_counter() - t_setup
     t0 = time.perf_counter()
     trial_iterations = min(TRIAL_ITERATIONS, optimizer_cfg.max_iterations)
-    for k, spec in enumerate(specs):
-        if len(spec.half_sizes_mm) == 1:
-            continue
-        scored = []
-        for j in range(len(spec.half_sizes_mm)):
-            candidate = size_index.copy()
-            candidate[k] = j
-            loop = run(u, candidate, trial_iterations)
-            value = loop.history[-1]
-            trials.append(
-                {"shield": spec.name, "size_mm": list(spec.sizes_mm[j]), "objective": value}
-            )
-            scored.append((value, j, loop.u))
-        best_value = min(v for v, _, _ in scored)
-        area = [float(np.prod(h)) for h in spec.half_sizes_mm]
-        ties = [c for c in scored if c[0] <= best_value + SIZE_TIE_RTOL * abs(best_value) + 1e-12]
-        _, size_index[k], u = min(ties, key=lambda c: area[c[1]])
+
+    def trial(sizes, u_start):
+        loop = run(u_start, sizes, trial_iterations)
+        return loop.history[-1], loop.u
+
+    size_index, u, trials = shl.choose_sizes(specs, trial, u)
     final = run(u, size_index, optimizer_cfg.max_iterations, progress)
     u = final.u
     offsets = np.asarray(shl.offsets_from_z(u[1], low, high), np.float64)
@@ -234,7 +214,7 @@ def optimise_with_shields(
 
 def placed_shields(specs, optimum: ShieldedOptimum, dtype=jnp.float32):
     """The shields at the optimum's positions and sizes."""
-    half = np.array([s.half_sizes_mm[k] for s, k in zip(specs, optimum.size_index, strict=True)])
+    half = shl.half_sizes(specs, optimum.size_index)
     return shl.shields_at(specs, jnp.asarray(optimum.offsets_mm, dtype), jnp.asarray(half, dtype))
 
 
@@ -333,28 +313,11 @@ def full_dose_gy(prepared, times_s, stage: ShieldStage | None = None) -> np.ndar
     grid, dwells = prepared.case.grid, prepared.dwells
     points = grid.points_mm(np.float32)
     chunk = prepared.config.output.dose_chunk_size
+    args = (points, dwells.positions_mm, dwells.axes, times_s, prepared.kernel, prepared.sk_U)
     if stage is None:
-        flat = dose_gy(
-            points,
-            dwells.positions_mm,
-            dwells.axes,
-            times_s,
-            prepared.kernel,
-            prepared.sk_U,
-            chunk_size=chunk,
-        )
+        flat = dose_gy(*args, chunk_size=chunk)
     else:
-        flat = shielded_dose_gy(
-            points,
-            dwells.positions_mm,
-            dwells.axes,
-            times_s,
-            prepared.kernel,
-            prepared.sk_U,
-            stage.placed,
-            stage.specs,
-            chunk,
-        )
+        flat = shielded_dose_gy(*args, stage.placed, stage.specs, chunk)
     return np.asarray(flat, np.float32).reshape(grid.shape_zyx)
 
 

@@ -336,3 +336,44 @@ def surface_samples_mm(shield: sh.Shield, spec: ShieldSpec, step_mm: float = 0.5
     u, v = offset[0] + aa.ravel(), offset[1] + bb.ravel()
     inside = np.asarray(sh.patch_occupancy(u, v, shield, spec.shape, spec.surface, 0.0)) > 0.5
     return np.asarray(sh.surface_point_mm(shield, u[inside], v[inside], spec.surface))
+
+
+#: Objectives within this relative tolerance of the best count as equal when choosing a size;
+#: the smallest of them is chosen (the smallest sheet that does the job).
+SIZE_TIE_RTOL = 1e-4
+
+
+def choose_sizes(specs: list[ShieldSpec], trial, state):
+    """Catalogue search, one shield at a time: every size of a shield with several is tried (the
+    other shields at their current choice) and the lowest objective kept; ties (within
+    :data:`SIZE_TIE_RTOL`) go to the smallest area.
+
+    Args:
+        trial: ``trial(size_index (S,), state) -> (objective, new_state)``; ``state`` is the best
+            state so far (e.g. the variables to warm-start from).
+    Returns:
+        (size_index, state of the best trial (``state`` if nothing was tried), trial records).
+    """
+    size_index = np.zeros(len(specs), int)
+    records = []
+    for k, spec in enumerate(specs):
+        if len(spec.half_sizes_mm) == 1:
+            continue
+        scored = []
+        for j in range(len(spec.half_sizes_mm)):
+            candidate = size_index.copy()
+            candidate[k] = j
+            value, new_state = trial(candidate, state)
+            records.append({"shield": spec.name, "size_mm": list(spec.sizes_mm[j]),
+                            "objective": float(value)})  # fmt: skip
+            scored.append((float(value), j, new_state))
+        best = min(v for v, _, _ in scored)
+        area = [float(np.prod(h)) for h in spec.half_sizes_mm]
+        ties = [c for c in scored if c[0] <= best + SIZE_TIE_RTOL * abs(best) + 1e-12]
+        _, size_index[k], state = min(ties, key=lambda c: area[c[1]])
+    return size_index, state, records
+
+
+def half_sizes(specs: list[ShieldSpec], size_index) -> np.ndarray:
+    """(S, 2) half sizes (mm) of the chosen catalogue entries."""
+    return np.array([s.half_sizes_mm[k] for s, k in zip(specs, size_index, strict=True)])

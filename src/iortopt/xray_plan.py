@@ -325,6 +325,39 @@ def _choose(rows: list[dict], min_skin_mm: float, tol: float) -> tuple[int, str,
 # ----------------------------------------------------------------------------------------------
 
 
+def smooth_coverage_and_oar(
+    dose, pts, idx, weight, centre, radius, target_thickness_mm: float, coverage_dose_gy: float
+):
+    """The smooth parts of the score, for optimisers: soft PTV coverage (fraction) and the OAR
+    sum skin max + chest wall D2cc + rib D2cc + lung mean (Gy), from the dose at the evaluation
+    points (``idx``: groups of :class:`_EvalPoints`, ``weight``: their volumes per group)."""
+    breast = idx["breast"]
+    depth = jnp.linalg.norm(pts[breast] - centre, axis=-1) - radius
+    member = jax.nn.sigmoid(depth / SOFT_DEPTH_MM) * jax.nn.sigmoid(
+        (target_thickness_mm - depth) / SOFT_DEPTH_MM
+    )
+    # Inside the sphere the soft membership is small but not 0, and there is no tissue there to
+    # underdose: count those points as covered rather than as 0 Gy.
+    covered = jnp.where(
+        depth < 0,
+        1.0,
+        jax.nn.sigmoid((dose[breast] - coverage_dose_gy) / (SOFT_DOSE_FRACTION * coverage_dose_gy)),
+    )
+    coverage = jnp.sum(member * covered) / jnp.maximum(jnp.sum(member), 1e-6)
+
+    def d2cc(name):
+        d = dose[idx[name]]
+        return dose_at_volume(d, weight[name], D2CC_CM3) if d.size else 0.0
+
+    lung = (
+        jnp.sum(dose[idx["lung"]] * weight["lung"]) / jnp.sum(weight["lung"])
+        if idx["lung"].size
+        else 0.0
+    )
+    oar = jnp.max(dose[idx["skin"]]) + d2cc("chest_wall") + d2cc("rib") + lung
+    return coverage, oar
+
+
 def _relaxation(
     ctx: _Context,
     *,
@@ -369,33 +402,9 @@ def _relaxation(
     def objective(u, lock, fixed_radius):
         radius, centre, t = decode(u, lock, fixed_radius)
         dose = sphere_dose_gy(pts, centre, radius, t, beam, shaft_axis, anisotropy)
-        breast = idx["breast"]
-        depth = jnp.linalg.norm(pts[breast] - centre, axis=-1) - radius
-        member = jax.nn.sigmoid(depth / SOFT_DEPTH_MM) * jax.nn.sigmoid(
-            (g.target_thickness_mm - depth) / SOFT_DEPTH_MM
+        coverage, oar = smooth_coverage_and_oar(
+            dose, pts, idx, weight, centre, radius, g.target_thickness_mm, coverage_dose_gy
         )
-        # Inside the sphere the soft membership is small but not 0, and there is no tissue
-        # there to underdose: count those points as covered rather than as 0 Gy.
-        covered = jnp.where(
-            depth < 0,
-            1.0,
-            jax.nn.sigmoid(
-                (dose[breast] - coverage_dose_gy) / (SOFT_DOSE_FRACTION * coverage_dose_gy)
-            ),
-        )
-        coverage = jnp.sum(member * covered) / jnp.maximum(jnp.sum(member), 1e-6)
-
-        def d2cc(name):
-            d = dose[idx[name]]
-            return dose_at_volume(d, weight[name], D2CC_CM3) if d.size else 0.0
-
-        lung = (
-            jnp.sum(dose[idx["lung"]] * weight["lung"]) / jnp.sum(weight["lung"])
-            if idx["lung"].size
-            else 0.0
-        )
-        skin_max = jnp.max(dose[idx["skin"]])
-        oar = skin_max + d2cc("chest_wall") + d2cc("rib") + lung
         gap = jnp.max(jnp.sqrt(jnp.square(jnp.linalg.norm(wall - centre, axis=-1) - radius) + 1e-4))
         score = coverage - oar_weight * oar / prescription_gy - fit_weight * jnp.square(gap / tol)
         if mode == "surface":
@@ -597,8 +606,6 @@ def optimise_xray(
             coverage_dose_gy=ctx.coverage_dose_gy,
             oar_weight=ctx.oar_weight,
             target_thickness_mm=g.target_thickness_mm,
-            soft_depth_mm=SOFT_DEPTH_MM,
-            soft_dose_fraction=SOFT_DOSE_FRACTION,
             dtype=dtype,
         )
         for k in range(len(radii)):

@@ -20,13 +20,12 @@ import numpy as np
 import optax
 
 from iortopt import shields as shl
-from iortopt.objectives import dose_at_volume
 from iortopt.physics import shield as sh
+from iortopt.xray_plan import smooth_coverage_and_oar
 
 #: Adam steps per placement, and the learning rate on the bounded angle variables.
 ITERATIONS = 120
 LEARNING_RATE = 0.05
-SIZE_TIE_RTOL = 1e-4
 
 
 @dataclass
@@ -51,8 +50,9 @@ def sphere_distance_penalty(placed, specs, centre, reach_mm):
     return total
 
 
-def make_placer(ev, specs, *, prescription_gy, coverage_dose_gy, oar_weight, target_thickness_mm,
-                soft_depth_mm, soft_dose_fraction, dtype):  # fmt: skip
+def make_placer(
+    ev, specs, *, prescription_gy, coverage_dose_gy, oar_weight, target_thickness_mm, dtype
+):
     """A function placing the shields for one applicator: ``place(dose0 (P,), centre (3,),
     radius_mm) -> SpherePlacement``, with ``dose0`` the open dose at ``ev.points_mm``."""
     pts = jnp.asarray(ev.points_mm, dtype)
@@ -68,30 +68,9 @@ def make_placer(ev, specs, *, prescription_gy, coverage_dose_gy, oar_weight, tar
 
     def objective(z, half, dose0, centre, radius):
         dose = dose0 * factor_at(z, half, centre)
-        breast = idx["breast"]
-        depth = jnp.linalg.norm(pts[breast] - centre, axis=-1) - radius
-        member = jax.nn.sigmoid(depth / soft_depth_mm) * jax.nn.sigmoid(
-            (target_thickness_mm - depth) / soft_depth_mm
+        coverage, oar = smooth_coverage_and_oar(
+            dose, pts, idx, weight, centre, radius, target_thickness_mm, coverage_dose_gy
         )
-        covered = jnp.where(
-            depth < 0,
-            1.0,
-            jax.nn.sigmoid(
-                (dose[breast] - coverage_dose_gy) / (soft_dose_fraction * coverage_dose_gy)
-            ),
-        )
-        coverage = jnp.sum(member * covered) / jnp.maximum(jnp.sum(member), 1e-6)
-
-        def d2cc(name):
-            d = dose[idx[name]]
-            return dose_at_volume(d, weight[name], 2.0) if d.size else 0.0
-
-        lung = (
-            jnp.sum(dose[idx["lung"]] * weight["lung"]) / jnp.sum(weight["lung"])
-            if idx["lung"].size
-            else 0.0
-        )
-        oar = jnp.max(dose[idx["skin"]]) + d2cc("chest_wall") + d2cc("rib") + lung
         score = coverage - oar_weight * oar / prescription_gy
         reach = radius + target_thickness_mm
         penalty = sphere_distance_penalty(placed_at(z, half), specs, centre, reach)
@@ -119,37 +98,17 @@ def make_placer(ev, specs, *, prescription_gy, coverage_dose_gy, oar_weight, tar
             jnp.asarray(centre, dtype),
             jnp.asarray(radius, dtype),
         )
-        size_index = np.zeros(len(specs), int)
-        trials = []
 
         def half_of(sizes):
-            return jnp.asarray(
-                np.array([s.half_sizes_mm[k] for s, k in zip(specs, sizes, strict=True)]), dtype
-            )
+            return jnp.asarray(shl.half_sizes(specs, sizes), dtype)
 
-        result = None
-        if all(len(spec.half_sizes_mm) == 1 for spec in specs):
+        def trial(sizes, _):
+            out = run(z_start, half_of(sizes), *args)
+            return out[1], out
+
+        size_index, result, trials = shl.choose_sizes(specs, trial, None)
+        if result is None:
             result = run(z_start, half_of(size_index), *args)
-        for k, spec in enumerate(specs):
-            if len(spec.half_sizes_mm) == 1:
-                continue
-            scored = []
-            for j in range(len(spec.half_sizes_mm)):
-                candidate = size_index.copy()
-                candidate[k] = j
-                out = run(z_start, half_of(candidate), *args)
-                trials.append(
-                    {
-                        "shield": spec.name,
-                        "size_mm": list(spec.sizes_mm[j]),
-                        "objective": float(out[1]),
-                    }
-                )
-                scored.append((float(out[1]), j, out))
-            best = min(v for v, _, _ in scored)
-            area = [float(np.prod(h)) for h in spec.half_sizes_mm]
-            ties = [c for c in scored if c[0] <= best + SIZE_TIE_RTOL * abs(best) + 1e-12]
-            _, size_index[k], result = min(ties, key=lambda c: area[c[1]])
         z, value, factor = result
         offsets = np.asarray(shl.offsets_from_z(z, low, high), np.float64)
         placed = shl.shields_at(specs, jnp.asarray(offsets, dtype), half_of(size_index))
