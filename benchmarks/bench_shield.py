@@ -137,7 +137,13 @@ def main(argv=None) -> int:
         "peak_rss_mib": host_peak_rss_mib(),
     }
     cases = [
-        {"case": n, "first_call_s": a, "steady_s": b, "relative_to_open": r, "voxels": grid.n_voxels}
+        {
+            "case": n,
+            "first_call_s": a,
+            "steady_s": b,
+            "relative_to_open": r,
+            "voxels": grid.n_voxels,
+        }
         for n, a, b, r in rows
     ]
     print(f"shield cost, {meta['device_kind']} ({meta['platform']}), 100^3 voxels, float32")

@@ -2,10 +2,11 @@
 
 The unshielded influence matrix M (Gy per second of each dwell, optimisation voxels x dwells) does
 not depend on the shields; a shield multiplies each entry by its transmission factor F(pose) along
-the source -> voxel segment. Only the voxels whose segments can cross a shield in some allowed
-pose (:func:`iortopt.shields.affected_rows`, exact for the model) get F recomputed at each step:
+the dwell -> voxel segment. Only the (voxel, dwell) pairs whose segment can cross a shield in some
+allowed pose (:func:`shield_pairs`: a hard-edged envelope of every position and size, so the
+selection is exact for the model) get F recomputed at each step, from crossings computed once:
 
-    d = M t + (M_A * (F_A(pose) - 1)) t      on those rows A
+    d_i = sum_j M_ij t_j + sum over selected pairs (i, j) of M_ij (F_ij(pose) - 1) t_j
 
 Sizes come from each shield's catalogue: every size is tried (a shortened joint optimisation
 warm-started from the best so far) and the one with the lowest objective is kept; a final joint

@@ -3,7 +3,7 @@ reports (the physics is :mod:`iortopt.physics.shield`).
 
 Each shield's free variables are its patch centre (u, v) on its surface, kept inside the allowed
 ranges by u = low + (high - low) sin^2(z) (the same bounded transform as the dwell times), and its
-size, chosen from the catalogue by trying every size (:func:`size_candidates`). The distance
+size, chosen from the catalogue by trying every size (:func:`choose_sizes`). The distance
 constraint (every point of the shield at least ``min_target_distance_mm`` from the target) is a
 smooth penalty on the target's distance map sampled at the centre and rim of the patch.
 """
