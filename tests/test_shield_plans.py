@@ -260,3 +260,17 @@ def test_xray_run_places_the_shield_and_protects_the_chest_wall(xray_shield_run)
     assert all("without_shields" in r for r in rows)
     assert all(r["chest_wall_D2cc_gy"] <= r["without_shields"]["chest_wall_D2cc_gy"] for r in rows)
     assert "shield_chest_wall_shield" in zarr.open_group(str(out / "plan.zarr"), mode="r")
+
+
+def test_memory_estimate_counts_the_shield_stage():
+    from iortopt.run_plan import plan_memory, prepare_modality
+
+    with_shield = parse_config(_small_flap())
+    without = with_shield.model_copy(update={"shields": []})
+    est_with = plan_memory(prepare_modality(with_shield, jnp.float32)).estimate
+    est_without = plan_memory(prepare_modality(without, jnp.float32)).estimate
+    stage = est_with.stages["shields: joint optimisation"]
+    pairs = est_with.sizes["optimisation_voxels"] * est_with.sizes["dwells"]
+    assert sum(stage.values()) >= pairs * 4 * 6  # at least the crossings of every pair
+    assert est_with.peak_bytes > est_without.peak_bytes
+    assert "shields: joint optimisation" not in est_without.stages

@@ -52,6 +52,11 @@ GRID_POINTS_BUILD_BYTES = 48
 #: Host bytes per voxel of plan evaluation and outputs (DVHs, metrics, zarr, figures): the float32
 #: dose and a few float64 working copies.
 OUTPUT_BYTES_PER_VOXEL = 32
+#: Per shield and (voxel, dwell) pair of the HDR shield stage: pair indices and matrix entry, the
+#: crossings (length, u, v for up to two crossings) and the values of one value-and-gradient
+#: evaluation (occupancy, length, transmission and their cotangents). Not fitted to a measurement:
+#: a count of the arrays, rounded up.
+SHIELD_VALUES_PER_PAIR = 24
 #: Smallest chunk (points) the automatic choice goes down to.
 MIN_CHUNK = 64
 #: Host memory kept back on CPU for the Python process, JAX and compiled programs (measured RSS of
@@ -278,10 +283,12 @@ def hdr_plan_estimate(
     dtype=np.float32,
     chunk_size: int | None = 0,
     influence: str = "matrix",
+    n_shields: int = 0,
 ) -> MemoryEstimate:
     """HDR plan (``plan.optimise_and_write``): optimisation on ``n_opt_voxels`` with an influence
     matrix (``influence="matrix"``, kept until the end) or matrix-free passes, then the full grid
-    dose and the outputs."""
+    dose and the outputs. With ``n_shields``, the joint shield stage on (at most) every
+    optimisation voxel x dwell pair, and the shielded full-grid dose."""
     persistent = {
         "structure occupancies (host float32)": 4 * n_structures * n_voxels,
         "optimisation mask and weights (host)": n_voxels + 4 * n_structures * n_opt_voxels,
@@ -294,12 +301,24 @@ def hdr_plan_estimate(
         opt = tg43_matrix_free_estimate(n_opt_voxels, n_dwells, dtype, n_structures, chunk_size)
     full = tg43_dose_estimate(n_voxels, n_dwells, chunk_size, dtype, grid_points=True)
     outputs = {"outputs": {"evaluation and files (host)": OUTPUT_BYTES_PER_VOXEL * n_voxels}}
+    if n_shields:
+        b = np.dtype(dtype).itemsize
+        pairs = n_opt_voxels * n_dwells  # upper bound: the pairs that can reach a shield
+        outputs["shields: joint optimisation"] = {
+            "shield pairs and crossings": n_shields * SHIELD_VALUES_PER_PAIR * b * pairs
+        }
+        outputs["shields: full-grid dose"] = {
+            f"{stage} + shield factors": sum(parts.values())
+            + n_shields * SHIELD_VALUES_PER_PAIR * b * full.sizes["chunk"] * n_dwells
+            for stage, parts in full.stages.items()
+        }
     sizes = {
         "voxels": n_voxels,
         "optimisation_voxels": n_opt_voxels,
         "dwells": n_dwells,
         "influence": influence,
         "chunk": full.sizes["chunk"],
+        "shields": n_shields,
     }
     return _merge("hdr_plan", persistent, opt, full, extra_stages=outputs, sizes=sizes)
 

@@ -181,6 +181,7 @@ def _sizes(prepared) -> tuple[str, dict]:
         "n_dwells": len(prepared.dwells),
         "n_structures": len(prepared.case.structures),
         "spacing_mm": min(grid.spacing_xyz_mm),
+        "n_shields": len(prepared.shield_specs),
     }
 
 
@@ -199,7 +200,7 @@ def _estimator(modality: str, s: dict, dtype, influence: str):
                 v, p, s["n_sizes"], supersampling=s["supersampling"], dtype=dtype
             )
         return memory.hdr_plan_estimate(
-            v, p, s["n_dwells"], s["n_structures"], dtype, chunk, influence
+            v, p, s["n_dwells"], s["n_structures"], dtype, chunk, influence, s["n_shields"]
         )
 
     return estimate
