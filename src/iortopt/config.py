@@ -227,9 +227,10 @@ class ShieldConfig(_Model):
     (``origin_mm`` on the axis, ``axis_u`` = axis direction, ``normal`` = reference radial
     direction, ``radius_mm`` of the mid-surface). The patch centre slides on that surface within
     ``range_u_mm`` x ``range_v_mm`` (surface coordinates in mm: along ``axis_u`` and across it, an
-    arc length on a cylinder); ``sizes_mm`` is the catalogue the surgeon has: rectangles
-    [length along u, width along v] or discs [diameter]. The optimiser chooses the size and the
-    position, keeping every point of the shield at least ``min_target_distance_mm`` from the
+    arc length on a cylinder) and, for a plane rectangle, its in-plane rotation within
+    ``rotation_deg`` + ``rotation_range_deg``; ``sizes_mm`` is the catalogue the surgeon has:
+    rectangles [length along u, width along v] or discs [diameter]. The optimiser chooses the size
+    and the pose, keeping every point of the shield at least ``min_target_distance_mm`` from the
     target. ``protects`` lists OARs whose doses are reported with and without the shield.
     """
 
@@ -247,6 +248,7 @@ class ShieldConfig(_Model):
     range_u_mm: Range2 = (0.0, 0.0)
     range_v_mm: Range2 = (0.0, 0.0)
     rotation_deg: float = 0.0
+    rotation_range_deg: Range2 = (0.0, 0.0)
     optimise: bool = True
     min_target_distance_mm: NonNegativeFloat = 0.0
     protects: list[str] = Field(default_factory=list)
@@ -276,8 +278,14 @@ class ShieldConfig(_Model):
                 raise ValueError(
                     f"surface {self.surface!r} is defined by the case; remove {', '.join(given)}"
                 )
-        if self.surface == "cylinder" and self.rotation_deg != 0.0:
-            raise ValueError("rotation_deg applies to plane shields only")
+        rotating = self.rotation_deg != 0.0 or self.rotation_range_deg != (0.0, 0.0)
+        if rotating and self.surface != "plane":
+            raise ValueError("rotation_deg / rotation_range_deg apply to plane shields only")
+        if self.rotation_range_deg != (0.0, 0.0) and self.shape == "disc":
+            raise ValueError("rotation_range_deg: a disc has no in-plane orientation to optimise")
+        low, high = self.rotation_range_deg
+        if low > high:
+            raise ValueError("rotation_range_deg: the first value must not exceed the second")
         return self
 
 

@@ -37,7 +37,7 @@ SPARSE_FRACTION = 0.5
 @dataclass
 class ShieldedOptimum:
     times_s: np.ndarray
-    offsets_mm: np.ndarray  # (S, 2)
+    pose: np.ndarray  # (S, 3): u mm, v mm, rotation rad
     size_index: np.ndarray  # (S,)
     objective: float
     iterations: int
@@ -142,7 +142,7 @@ def optimise_with_shields(
     """
     t_setup = time.perf_counter()
     rows, cols, crossings = shield_pairs(points_opt, positions_mm, specs, dtype)
-    low, high = (jnp.asarray(a, dtype) for a in shl._ranges(specs))
+    low, high = (jnp.asarray(a, dtype) for a in shl.pose_ranges(specs))
     n_points = points_opt.shape[0]
     rows_j, cols_j = jnp.asarray(rows), jnp.asarray(cols)
     operands = (
@@ -157,7 +157,7 @@ def optimise_with_shields(
 
     def objective(u, half_sizes, params, m, m_pairs, rows, cols, crossings, dist):
         t = times_from_u(u[0], t_max_s)
-        placed = shl.shields_at(specs, shl.offsets_from_z(u[1], low, high), half_sizes)
+        placed = shl.shields_at(specs, shl.pose_from_z(u[1], low, high), half_sizes)
         factor = 1.0
         for shield, spec, pieces in zip(placed, specs, crossings, strict=True):
             length = _pair_path_length_mm(pieces, shield, spec, rows.shape[0])
@@ -184,7 +184,7 @@ def optimise_with_shields(
 
     u = (
         u_from_times(init_times_s, t_max_s).astype(dtype),
-        jnp.asarray(shl.z_from_offsets(shl.start_offsets(specs), specs), dtype),
+        jnp.asarray(shl.z_from_pose(shl.start_pose(specs), specs), dtype),
     )
     compile_s = time.perf_counter() - t_setup
     t0 = time.perf_counter()
@@ -197,10 +197,10 @@ def optimise_with_shields(
     size_index, u, trials = shl.choose_sizes(specs, trial, u)
     final = run(u, size_index, optimizer_cfg.max_iterations, progress)
     u = final.u
-    offsets = np.asarray(shl.offsets_from_z(u[1], low, high), np.float64)
+    pose = np.asarray(shl.pose_from_z(u[1], low, high), np.float64)
     return ShieldedOptimum(
         times_s=np.asarray(times_from_u(u[0], t_max_s), np.float64),
-        offsets_mm=offsets,
+        pose=pose,
         size_index=size_index,
         objective=final.history[-1],
         iterations=final.iterations,
@@ -216,7 +216,7 @@ def optimise_with_shields(
 def placed_shields(specs, optimum: ShieldedOptimum, dtype=jnp.float32):
     """The shields at the optimum's positions and sizes."""
     half = shl.half_sizes(specs, optimum.size_index)
-    return shl.shields_at(specs, jnp.asarray(optimum.offsets_mm, dtype), jnp.asarray(half, dtype))
+    return shl.shields_at(specs, jnp.asarray(optimum.pose, dtype), jnp.asarray(half, dtype))
 
 
 def shielded_dose_gy(

@@ -1,11 +1,13 @@
 """Shields in a plan: from ``[[shields]]`` config entries to optimisable patches, constraints and
 reports (the physics is :mod:`iortopt.physics.shield`).
 
-Each shield's free variables are its patch centre (u, v) on its surface, kept inside the allowed
-ranges by u = low + (high - low) sin^2(z) (the same bounded transform as the dwell times), and its
-size, chosen from the catalogue by trying every size (:func:`choose_sizes`). The distance
-constraint (every point of the shield at least ``min_target_distance_mm`` from the target) is a
-smooth penalty on the target's distance map sampled at the centre and rim of the patch.
+Each shield's free variables are its pose on its surface, (u, v, rotation): the patch centre in
+surface coordinates (mm) and, for plane rectangles, the in-plane rotation (rad), each kept inside
+its allowed range by x = low + (high - low) sin^2(z) (the same bounded transform as the dwell
+times); and its size, chosen from the catalogue by trying every size (:func:`choose_sizes`).
+The distance constraint (every point of the shield at least ``min_target_distance_mm`` from the
+target) is a smooth penalty on the target's distance map sampled at the centre and rim of the
+patch.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class ShieldSpec:
     sizes_mm: tuple[tuple[float, ...], ...]  # catalogue as configured
     range_u_mm: tuple[float, float]
     range_v_mm: tuple[float, float]
+    range_rotation_rad: tuple[float, float]  # absolute in-plane rotation range (plane only)
     optimise: bool
     min_target_distance_mm: float
     protects: tuple[str, ...]
@@ -56,8 +59,8 @@ class ShieldSpec:
     @property
     def free(self) -> bool:
         """Whether the position is an optimisation variable (a non-empty range)."""
-        return self.optimise and (
-            self.range_u_mm[1] > self.range_u_mm[0] or self.range_v_mm[1] > self.range_v_mm[0]
+        return self.optimise and any(
+            high > low for low, high in (self.range_u_mm, self.range_v_mm, self.range_rotation_rad)
         )
 
 
@@ -132,6 +135,7 @@ def build_specs(cfg: PlanConfig, case: Case, dtype=jnp.float32) -> list[ShieldSp
         else:
             half = np.array([[d[0] / 2, d[1] / 2] for d in s.sizes_mm])
         start = (0.5 * sum(s.range_u_mm), 0.5 * sum(s.range_v_mm))
+        rotation = tuple(math.radians(s.rotation_deg + r) for r in s.rotation_range_deg)
 
         def f(x):
             return jnp.asarray(x, dtype)
@@ -142,7 +146,7 @@ def build_specs(cfg: PlanConfig, case: Case, dtype=jnp.float32) -> list[ShieldSp
             f(axis_w),
             f(radius),
             f(start),
-            f(math.radians(s.rotation_deg)),
+            f(0.5 * sum(rotation)),
             f(half[0]),
             f(s.thickness_mm),
         )
@@ -158,6 +162,7 @@ def build_specs(cfg: PlanConfig, case: Case, dtype=jnp.float32) -> list[ShieldSp
                 tuple(tuple(x) for x in s.sizes_mm),
                 tuple(s.range_u_mm),
                 tuple(s.range_v_mm),
+                rotation,
                 s.optimise,
                 s.min_target_distance_mm,
                 tuple(s.protects),
@@ -175,33 +180,49 @@ def build_specs(cfg: PlanConfig, case: Case, dtype=jnp.float32) -> list[ShieldSp
 # ----------------------------------------------------------------------------------------------
 
 
-def _ranges(specs: list[ShieldSpec]) -> tuple[np.ndarray, np.ndarray]:
-    low = np.array([[s.range_u_mm[0], s.range_v_mm[0]] for s in specs], np.float64)
-    high = np.array([[s.range_u_mm[1], s.range_v_mm[1]] for s in specs], np.float64)
-    return low.reshape(-1, 2), high.reshape(-1, 2)
+def pose_ranges(specs: list[ShieldSpec]) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds (S, 3) of the poses (u mm, v mm, rotation rad); fixed shields and
+    fixed components have equal bounds."""
+
+    def bounds(s, k):
+        ranges = (s.range_u_mm, s.range_v_mm, s.range_rotation_rad)
+        if not s.optimise:
+            return [np.asarray(s.base.offset_mm, np.float64)[0], np.asarray(s.base.offset_mm,
+                    np.float64)[1], float(s.base.rotation_rad)]  # fmt: skip
+        return [r[k] for r in ranges]
+
+    low = np.array([bounds(s, 0) for s in specs], np.float64).reshape(-1, 3)
+    high = np.array([bounds(s, 1) for s in specs], np.float64).reshape(-1, 3)
+    return low, high
 
 
-def offsets_from_z(z, low, high):
-    """Patch centres (S, 2) mm from the unconstrained variables (S, 2)."""
+def pose_from_z(z, low, high):
+    """Poses (S, 3) (u mm, v mm, rotation rad) from the unconstrained variables (S, 3)."""
     return low + (high - low) * jnp.square(jnp.sin(z))
 
 
-def z_from_offsets(offsets_mm: np.ndarray, specs: list[ShieldSpec]) -> np.ndarray:
-    """Inverse of :func:`offsets_from_z` (nudged inside the ranges so gradients exist)."""
-    low, high = _ranges(specs)
+def z_from_pose(pose: np.ndarray, specs: list[ShieldSpec]) -> np.ndarray:
+    """Inverse of :func:`pose_from_z` (nudged inside the ranges so gradients exist)."""
+    low, high = pose_ranges(specs)
     span = np.where(high > low, high - low, 1.0)
-    frac = np.clip((np.asarray(offsets_mm, np.float64) - low) / span, 1e-4, 1 - 1e-4)
+    frac = np.clip((np.asarray(pose, np.float64) - low) / span, 1e-4, 1 - 1e-4)
     return np.arcsin(np.sqrt(frac))
 
 
-def start_offsets(specs: list[ShieldSpec]) -> np.ndarray:
-    return np.array([np.asarray(s.base.offset_mm, np.float64) for s in specs]).reshape(-1, 2)
+def start_pose(specs: list[ShieldSpec]) -> np.ndarray:
+    """(S, 3) the middle of every range (the configured position of a fixed shield)."""
+    return np.array(
+        [[*np.asarray(s.base.offset_mm, np.float64), float(s.base.rotation_rad)] for s in specs]
+    ).reshape(-1, 3)
 
 
-def shields_at(specs: list[ShieldSpec], offsets_mm, half_sizes_mm) -> list[sh.Shield]:
-    """The shields with patch centres (S, 2) and half sizes (S, 2) (arrays, differentiable)."""
+def shields_at(specs: list[ShieldSpec], pose, half_sizes_mm) -> list[sh.Shield]:
+    """The shields at poses (S, 3) (u mm, v mm, rotation rad) with half sizes (S, 2) (arrays,
+    differentiable)."""
     return [
-        s.base._replace(offset_mm=offsets_mm[k], half_size_mm=half_sizes_mm[k])
+        s.base._replace(
+            offset_mm=pose[k, :2], rotation_rad=pose[k, 2], half_size_mm=half_sizes_mm[k]
+        )
         for k, s in enumerate(specs)
     ]
 

@@ -30,7 +30,7 @@ LEARNING_RATE = 0.05
 
 @dataclass
 class SpherePlacement:
-    offsets_mm: np.ndarray  # (S, 2)
+    pose: np.ndarray  # (S, 3): u mm, v mm, rotation rad
     size_index: np.ndarray  # (S,)
     objective: float
     factor: np.ndarray  # (P,) transmission at the evaluation points
@@ -58,10 +58,10 @@ def make_placer(
     pts = jnp.asarray(ev.points_mm, dtype)
     idx = ev.groups
     weight = {name: jnp.asarray(ev.weights_cm3[i], dtype) for name, i in idx.items()}
-    low, high = (jnp.asarray(a, dtype) for a in shl._ranges(specs))
+    low, high = (jnp.asarray(a, dtype) for a in shl.pose_ranges(specs))
 
     def placed_at(z, half):
-        return shl.shields_at(specs, shl.offsets_from_z(z, low, high), half)
+        return shl.shields_at(specs, shl.pose_from_z(z, low, high), half)
 
     def factor_at(z, half, centre):
         return shl.transmission_factor(centre[None, :], pts, placed_at(z, half), specs)
@@ -90,7 +90,7 @@ def make_placer(
         (z, _), _ = jax.lax.scan(step, (z0, opt.init(z0)), None, length=ITERATIONS)
         return z, objective(z, half, dose0, centre, radius), factor_at(z, half, centre)
 
-    z_start = jnp.asarray(shl.z_from_offsets(shl.start_offsets(specs), specs), dtype)
+    z_start = jnp.asarray(shl.z_from_pose(shl.start_pose(specs), specs), dtype)
 
     def place(dose0, centre, radius) -> SpherePlacement:
         args = (
@@ -110,10 +110,10 @@ def make_placer(
         if result is None:
             result = run(z_start, half_of(size_index), *args)
         z, value, factor = result
-        offsets = np.asarray(shl.offsets_from_z(z, low, high), np.float64)
-        placed = shl.shields_at(specs, jnp.asarray(offsets, dtype), half_of(size_index))
+        pose = np.asarray(shl.pose_from_z(z, low, high), np.float64)
+        placed = shl.shields_at(specs, jnp.asarray(pose, dtype), half_of(size_index))
         return SpherePlacement(
-            offsets, size_index, float(value), np.asarray(factor, np.float64), placed, trials
+            pose, size_index, float(value), np.asarray(factor, np.float64), placed, trials
         )
 
     return place
