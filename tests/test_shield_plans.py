@@ -230,6 +230,7 @@ def test_hdr_run_places_the_shield_and_protects_the_bowel(hdr_shield_run):
     outline = np.asarray(store["shield_bowel_shield"]["outline_mm"])
     assert outline.shape[1] == 3 and np.all(np.isfinite(outline))
     assert (out / "dose_slices.png").stat().st_size > 0
+    assert not list(out.parent.glob(".*checkpoint*"))  # removed once the outputs are complete
 
 
 @pytest.fixture(scope="module")
@@ -325,3 +326,31 @@ def test_in_plane_rotation_is_optimised_for_a_plane_rectangle():
     bad["shields"][0]["rotation_range_deg"] = [-10.0, 10.0]
     with pytest.raises(ConfigError, match="plane shields only"):
         parse_config(bad)
+
+
+def test_shield_stage_resumes_from_its_checkpoint(small_problem, tmp_path):
+    prepared, points, matrix, terms = small_problem
+    cfg, specs = prepared.config, prepared.shield_specs
+    total = objectives.combine(terms)
+    params = objectives.term_params(terms, jnp.float64)
+    path = tmp_path / "shields.checkpoint.npz"
+    args = (specs, total, params, matrix, points, prepared.dwells.positions_mm,
+            np.full(len(prepared.dwells), 10.0), cfg.applicator.max_dwell_time_s,
+            np.zeros(prepared.case.grid.shape_zyx, np.float32), prepared.case.grid)  # fmt: skip
+
+    def optimiser(n):
+        return cfg.optimizer.model_copy(update={"max_iterations": n, "tolerance": 1e-12})
+
+    first = hdr_shields.optimise_with_shields(
+        *args, optimiser(30), jnp.float64, checkpoint_path=path, checkpoint_key="k1"
+    )
+    assert path.exists() and first.size_trials == []
+    resumed = hdr_shields.optimise_with_shields(
+        *args, optimiser(5), jnp.float64, checkpoint_path=path, checkpoint_key="k1"
+    )
+    assert resumed.size_trials == [{"resumed_from_iteration": 25}]
+    assert resumed.objective <= first.objective * 1.05  # from iteration 25, not from scratch
+    fresh = hdr_shields.optimise_with_shields(
+        *args, optimiser(5), jnp.float64, checkpoint_path=path, checkpoint_key="other plan"
+    )
+    assert fresh.size_trials == [] and fresh.objective > resumed.objective

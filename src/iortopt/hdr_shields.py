@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -130,6 +131,8 @@ def optimise_with_shields(
     optimizer_cfg,
     dtype=jnp.float32,
     progress=None,
+    checkpoint_path: Path | None = None,
+    checkpoint_key: str = "",
 ) -> ShieldedOptimum:
     """Joint optimisation of dwell times, shield positions and catalogue sizes.
 
@@ -139,6 +142,9 @@ def optimise_with_shields(
         distance_map: target distance map (mm) on ``grid`` for the distance constraint.
         optimizer_cfg: the ``[optimizer]`` section (method, iterations, tolerance, rate).
         progress: progress(iteration, objective) for the final run.
+        checkpoint_path / checkpoint_key: the state (chosen sizes, dwell-time and pose variables)
+            is saved there after the size trials and every 25 iterations of the final run; a
+            later call with the same key starts the final run from it (sizes kept, no trials).
     """
     t_setup = time.perf_counter()
     rows, cols, crossings = shield_pairs(points_opt, positions_mm, specs, dtype)
@@ -169,7 +175,7 @@ def optimise_with_shields(
             total(dose + delta, t, params) + shl.DISTANCE_PENALTY_WEIGHT * penalty, dtype
         )
 
-    def run(u0, size_index, iterations, progress_fn=None):
+    def run(u0, size_index, iterations, progress_fn=None, checkpoint=None):
         half = jnp.asarray(shl.half_sizes(specs, size_index), dtype)
         return run_optax(
             objective,
@@ -179,6 +185,7 @@ def optimise_with_shields(
             optimizer_cfg.tolerance,
             optimizer_cfg.learning_rate,
             progress_fn,
+            checkpoint if checkpoint_path is not None else None,
             operands=(half, *operands),
         )
 
@@ -194,8 +201,18 @@ def optimise_with_shields(
         loop = run(u_start, sizes, trial_iterations)
         return loop.history[-1], loop.u
 
-    size_index, u, trials = shl.choose_sizes(specs, trial, u)
-    final = run(u, size_index, optimizer_cfg.max_iterations, progress)
+    saved = _load_state(checkpoint_path, checkpoint_key, u, len(specs))
+    if saved is not None:
+        size_index, u, resumed_at = saved
+        trials = [{"resumed_from_iteration": resumed_at}]
+    else:
+        size_index, u, trials = shl.choose_sizes(specs, trial, u)
+        _save_state(checkpoint_path, checkpoint_key, size_index, u, 0)
+
+    def save(it, u_now):
+        _save_state(checkpoint_path, checkpoint_key, size_index, u_now, it)
+
+    final = run(u, size_index, optimizer_cfg.max_iterations, progress, save)
     u = final.u
     pose = np.asarray(shl.pose_from_z(u[1], low, high), np.float64)
     return ShieldedOptimum(
@@ -211,6 +228,36 @@ def optimise_with_shields(
         optimise_s=time.perf_counter() - t0,
         affected_pairs=int(rows.size),
     )
+
+
+def _save_state(path: Path | None, key: str, size_index, u, iteration: int) -> None:
+    """Write the shield stage's state to ``path`` (.npz, atomically; nothing when path is None)."""
+    if path is None:
+        return
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(
+        tmp,
+        size_index=np.asarray(size_index),
+        u_times=np.asarray(u[0]),
+        u_pose=np.asarray(u[1]),
+        iteration=np.asarray(iteration),
+        key=np.asarray(key),
+    )
+    tmp.replace(path)
+
+
+def _load_state(path: Path | None, key: str, u_like, n_shields: int):
+    """(size_index, u, iteration) from a matching checkpoint, else None (no pickle)."""
+    if path is None or not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        if str(data["key"]) != key or data["size_index"].shape != (n_shields,):
+            return None
+        u_t, u_p = np.asarray(data["u_times"]), np.asarray(data["u_pose"])
+        if u_t.shape != u_like[0].shape or u_p.shape != u_like[1].shape:
+            return None
+        u = (jnp.asarray(u_t, u_like[0].dtype), jnp.asarray(u_p, u_like[1].dtype))
+        return np.asarray(data["size_index"]).astype(int), u, int(data["iteration"])
 
 
 def placed_shields(specs, optimum: ShieldedOptimum, dtype=jnp.float32):
@@ -279,9 +326,18 @@ class ShieldStage:
 
 
 def run_shield_stage(
-    prepared, total, params, matrix, points_opt, init_times_s, console=None
+    prepared,
+    total,
+    params,
+    matrix,
+    points_opt,
+    init_times_s,
+    console=None,
+    checkpoint_path: Path | None = None,
+    checkpoint_key: str = "",
 ) -> ShieldStage:
-    """Optimise dwell times with the shields, starting from the unshielded optimum."""
+    """Optimise dwell times with the shields, starting from the unshielded optimum (or from the
+    stage's checkpoint, see :func:`optimise_with_shields`)."""
     from iortopt.progress import DelayedProgress
 
     cfg, case, dtype = prepared.config, prepared.case, prepared.dtype
@@ -302,6 +358,8 @@ def run_shield_stage(
         cfg.optimizer,
         dtype,
         progress=lambda it, value: bar.update(it, f"objective {value:.4g}"),
+        checkpoint_path=checkpoint_path,
+        checkpoint_key=checkpoint_key,
     )
     bar.close()
     return ShieldStage(specs, optimum, placed_shields(specs, optimum, dtype), distance_map)

@@ -340,6 +340,7 @@ def optimise_and_write(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     checkpoint_path = checkpoint_path_for(out_dir)
+    shield_checkpoint_path = checkpoint_path.with_name(f".{out_dir.name}.shields.checkpoint.npz")
     run_key = checkpoint_key(cfg, n_dwells)
     if checkpoint_path.exists():
         times_saved, it_saved, key_saved = load_checkpoint(checkpoint_path)
@@ -369,7 +370,15 @@ def optimise_and_write(
         from iortopt import hdr_shields
 
         stage = hdr_shields.run_shield_stage(
-            prepared, total, params, operands[0], points_opt, result.times_s, console
+            prepared,
+            total,
+            params,
+            operands[0],
+            points_opt,
+            result.times_s,
+            console,
+            shield_checkpoint_path,
+            run_key,
         )
         times_s = stage.optimum.times_s
         timings.update(
@@ -457,6 +466,7 @@ def optimise_and_write(
     summary["wall_times_s"] = timings
     rewrite_summary(out_dir, summary)
     checkpoint_path.unlink(missing_ok=True)
+    shield_checkpoint_path.unlink(missing_ok=True)
     return PlanResult(
         prepared, times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir
     )
