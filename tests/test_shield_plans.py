@@ -198,16 +198,21 @@ def _write_toml(doc: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.fixture(scope="module")
-def hdr_shield_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("flap_shield")
-    doc = _small_flap({"sizes_mm": [[60.0, 60.0], [80.0, 80.0]]})
-    config = folder / "flap_shield_small.toml"
+def _run(doc: dict, folder: Path) -> tuple[Path, dict]:
+    """``iortopt run`` on the config ``doc`` written into ``folder``: (out folder, summary)."""
+    config = folder / "config.toml"
     _write_toml(doc, config)
     out = folder / "out"
     result = runner.invoke(app, ["run", str(config), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     return out, json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def hdr_shield_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("flap_shield")
+    doc = _small_flap({"sizes_mm": [[60.0, 60.0], [80.0, 80.0]]})
+    return _run(doc, folder)
 
 
 def test_hdr_run_places_the_shield_and_protects_the_bowel(hdr_shield_run):
@@ -239,12 +244,7 @@ def xray_shield_run(tmp_path_factory):
     doc = _doc("breast_xray_shield.toml")
     doc["case"]["breast"] |= {"spacing_mm": 3.0, "supersampling": 2}
     doc["xray"] |= {"catalogue_diameters_cm": [3.5, 4.0], "optimise_position": False}
-    config = folder / "breast_xray_shield_small.toml"
-    _write_toml(doc, config)
-    out = folder / "out"
-    result = runner.invoke(app, ["run", str(config), "--out", str(out), "--quiet"])
-    assert result.exit_code == 0, result.output
-    return out, json.loads((out / "summary.json").read_text())
+    return _run(doc, folder)
 
 
 def test_xray_run_places_the_shield_and_protects_the_chest_wall(xray_shield_run):

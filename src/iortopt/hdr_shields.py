@@ -312,8 +312,7 @@ def shielded_dose_gy(
 # Plan glue (called from iortopt.plan.optimise_and_write)
 # ----------------------------------------------------------------------------------------------
 
-#: Metrics of protected OARs and of the target compared with and without the shields.
-OAR_METRICS = ("D2cc_gy", "D0.1cc_gy", "mean_gy", "max_gy")
+#: Metrics of the target compared with and without the shields.
 TARGET_METRICS = ("D90_gy", "V100_percent", "D98_gy")
 
 
@@ -380,10 +379,6 @@ def full_dose_gy(prepared, times_s, stage: ShieldStage | None = None) -> np.ndar
     return np.asarray(flat, np.float32).reshape(grid.shape_zyx)
 
 
-def _pick(metrics: dict, names, keys) -> dict:
-    return {n: {k: metrics[n][k] for k in keys} for n in names}
-
-
 def shield_summary(prepared, stage: ShieldStage, evaluation, unshielded_times_s) -> dict:
     """Summary fields: the placed shields, the optimisation, and protected-OAR and target metrics
     of (1) this plan, (2) the plan optimised without shields, (3) this plan's dwell times with the
@@ -399,19 +394,17 @@ def shield_summary(prepared, stage: ShieldStage, evaluation, unshielded_times_s)
             stage.specs, stage.placed, opt.size_index, distances, strict=True
         )
     ]
-    protected = sorted({p for s in stage.specs for p in s.protects})
     target = cfg.prescription.structure
     unshielded = evaluate_plan(cfg, case, full_dose_gy(prepared, unshielded_times_s))["metrics"]
     removed = evaluate_plan(cfg, case, full_dose_gy(prepared, opt.times_s))["metrics"]
-    comparison = {}
-    for label, metrics in (
-        ("with_shields", evaluation["metrics"]),
-        ("optimised_without_shields", unshielded),
-        ("same_times_shields_removed", removed),
-    ):
-        comparison[label] = _pick(metrics, protected, OAR_METRICS) | _pick(
-            metrics, [target], TARGET_METRICS
+    comparison = {
+        label: shl.comparison_metrics(metrics, stage.specs, target, TARGET_METRICS)
+        for label, metrics in (
+            ("with_shields", evaluation["metrics"]),
+            ("optimised_without_shields", unshielded),
+            ("same_times_shields_removed", removed),
         )
+    }
     return {
         "shields": placed,
         "shield_optimisation": {
@@ -427,22 +420,3 @@ def shield_summary(prepared, stage: ShieldStage, evaluation, unshielded_times_s)
         },
         "shield_comparison": comparison,
     }
-
-
-def shield_store_groups(stage: ShieldStage) -> dict[str, dict[str, np.ndarray]]:
-    """zarr groups: per shield its outline and surface samples (mm) and its placement."""
-    groups = {}
-    for spec, shield, k in zip(stage.specs, stage.placed, stage.optimum.size_index, strict=True):
-        groups[f"shield_{spec.name}"] = {
-            "outline_mm": shl.outline_points_mm(shield, spec),
-            "offset_uv_mm": np.asarray(shield.offset_mm, np.float64),
-            "half_size_mm": np.asarray(shield.half_size_mm, np.float64),
-            "size_index": np.asarray(int(k)),
-        }
-    return groups
-
-
-def shield_figure_points(stage: ShieldStage) -> np.ndarray:
-    return np.concatenate(
-        [shl.surface_samples_mm(s, spec) for s, spec in zip(stage.placed, stage.specs, strict=True)]
-    )

@@ -368,6 +368,7 @@ def optimise_and_write(
     times_s, stage = result.times_s, None
     if prepared.shield_specs:
         from iortopt import hdr_shields
+        from iortopt import shields as shl
 
         stage = hdr_shields.run_shield_stage(
             prepared,
@@ -448,7 +449,11 @@ def optimise_and_write(
                 "index": d.index,
             }
         }
-        | ({} if stage is None else hdr_shields.shield_store_groups(stage)),
+        | (
+            {}
+            if stage is None
+            else shl.store_groups(stage.specs, stage.placed, stage.optimum.size_index)
+        ),
         provenance_attrs=provenance(
             cfg,
             case,
@@ -460,7 +465,7 @@ def optimise_and_write(
         ),
         markers_mm=d.positions_mm,
         extra_writer=hdr_plan_writer(prepared, dose, evaluation, times_s),
-        shield_points_mm=None if stage is None else hdr_shields.shield_figure_points(stage),
+        shield_points_mm=None if stage is None else shl.figure_points(stage.specs, stage.placed),
     )
     timings["write_s"] = time.perf_counter() - t0
     summary["wall_times_s"] = timings

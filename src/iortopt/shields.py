@@ -398,3 +398,36 @@ def choose_sizes(specs: list[ShieldSpec], trial, state):
 def half_sizes(specs: list[ShieldSpec], size_index) -> np.ndarray:
     """(S, 2) half sizes (mm) of the chosen catalogue entries."""
     return np.array([s.half_sizes_mm[k] for s, k in zip(specs, size_index, strict=True)])
+
+
+#: Metrics of protected OARs compared with and without the shields.
+OAR_METRICS = ("D2cc_gy", "D0.1cc_gy", "mean_gy", "max_gy")
+
+
+def comparison_metrics(metrics: dict, specs: list[ShieldSpec], target: str, target_keys) -> dict:
+    """The protected OARs' :data:`OAR_METRICS` and the target's ``target_keys`` from a plan's
+    metrics (one column of ``shield_comparison``)."""
+    protected = sorted({p for s in specs for p in s.protects})
+    out = {n: {k: metrics[n][k] for k in OAR_METRICS} for n in protected}
+    out[target] = {k: metrics[target][k] for k in target_keys}
+    return out
+
+
+def store_groups(specs: list[ShieldSpec], placed, size_index) -> dict[str, dict[str, np.ndarray]]:
+    """zarr groups ``shield_<name>``: outline points (mm) and the placement of each shield."""
+    return {
+        f"shield_{spec.name}": {
+            "outline_mm": outline_points_mm(shield, spec),
+            "offset_uv_mm": np.asarray(shield.offset_mm, np.float64),
+            "half_size_mm": np.asarray(shield.half_size_mm, np.float64),
+            "size_index": np.asarray(int(k)),
+        }
+        for spec, shield, k in zip(specs, placed, size_index, strict=True)
+    }
+
+
+def figure_points(specs: list[ShieldSpec], placed) -> np.ndarray:
+    """Points (K, 3) mm sampling every shield's surface, for the dose slices."""
+    return np.concatenate(
+        [surface_samples_mm(shield, spec) for shield, spec in zip(placed, specs, strict=True)]
+    )

@@ -144,27 +144,16 @@ def shield_report(cfg, specs, result, evaluation):
     case = result.case
     centre = np.asarray(result.chosen["centre_mm"], np.float64)
     reach = float(result.chosen["radius_mm"]) + float(result.geometry.target_thickness_mm)
-    placed_info, groups, points = [], {}, []
+    placed_info = []
     for spec, shield, k in zip(specs, result.shields, result.shield_size_index, strict=True):
         rim = np.asarray(sh.patch_points_mm(shield, spec.shape, spec.surface, n_per_side=16))
         distance = float(np.min(np.linalg.norm(rim - centre, axis=-1)) - reach)
         placed_info.append(shl.describe(spec, shield, int(k), distance))
-        groups[f"shield_{spec.name}"] = {
-            "outline_mm": shl.outline_points_mm(shield, spec),
-            "offset_uv_mm": np.asarray(shield.offset_mm, np.float64),
-            "half_size_mm": np.asarray(shield.half_size_mm, np.float64),
-            "size_index": np.asarray(int(k)),
-        }
-        points.append(shl.surface_samples_mm(shield, spec))
     removed = evaluate_plan(cfg, case, np.asarray(result.dose_without_shields_gy))["metrics"]
-    protected = sorted({p for s in specs for p in s.protects})
-    oar_keys = ("D2cc_gy", "D0.1cc_gy", "mean_gy", "max_gy")
     target = cfg.prescription.structure
 
     def pick(metrics):
-        out = {n: {k: metrics[n][k] for k in oar_keys} for n in protected}
-        out[target] = {k: metrics[target][k] for k in ("D90_gy", "D98_gy", "mean_gy")}
-        return out
+        return shl.comparison_metrics(metrics, specs, target, ("D90_gy", "D98_gy", "mean_gy"))
 
     summary = {
         "shields": placed_info,
@@ -174,4 +163,5 @@ def shield_report(cfg, specs, result, evaluation):
             "same_plan_shields_removed": pick(removed),
         },
     }
-    return summary, groups, np.concatenate(points)
+    groups = shl.store_groups(specs, result.shields, result.shield_size_index)
+    return summary, groups, shl.figure_points(specs, result.shields)
