@@ -124,6 +124,11 @@ import jax.scipy.special as jsp
 import numpy as np
 
 from iortopt.errors import SourceDataError
+from iortopt.io.data_checks import fail as _fail
+from iortopt.io.data_checks import increasing as _increasing
+from iortopt.io.data_checks import number as _number
+from iortopt.io.data_checks import number_list as _number_list
+from iortopt.io.data_checks import string as _string
 from iortopt.io.toml_file import packaged_names, read_packaged_or_file
 from iortopt.physics.disc import Disc, disc_dose_factor, dot3, unit
 from iortopt.physics.interpolate import UniformAxis, interp1d, nodes, uniform_axis
@@ -281,59 +286,6 @@ jax.tree_util.register_dataclass(
 # ----------------------------------------------------------------------------------------------
 # Loading and validation
 # ----------------------------------------------------------------------------------------------
-
-
-def _fail(origin: str, where: str, problem: str) -> SourceDataError:
-    return SourceDataError(f"{origin}: {where}: {problem}")
-
-
-def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float)
-
-
-def _number(origin, table: dict, where: str, key: str, *, low=0.0, low_ok=False, high=None):
-    value = table.get(key)
-    if value is None:
-        raise _fail(origin, f"{where} {key}", "missing")
-    if not _is_number(value) or not math.isfinite(value):
-        raise _fail(origin, f"{where} {key}", f"expected a finite number, got {value!r}")
-    if value < low or (value == low and not low_ok) or (high is not None and value >= high):
-        bound = f">= {low:g}" if low_ok else f"> {low:g}"
-        if high is not None:
-            bound += f" and < {high:g}"
-        raise _fail(origin, f"{where} {key}", f"expected a number {bound}, got {value!r}")
-    return float(value)
-
-
-def _number_list(origin, table: dict, where: str, key: str, *, min_len: int = 1) -> np.ndarray:
-    value = table.get(key)
-    if value is None:
-        raise _fail(origin, f"{where} {key}", "missing")
-    if not isinstance(value, list) or len(value) < min_len:
-        raise _fail(origin, f"{where} {key}", f"expected a list of at least {min_len} number(s)")
-    bad = next((v for v in value if not _is_number(v)), None)
-    if bad is not None:
-        raise _fail(origin, f"{where} {key}", f"expected numbers, found {bad!r}")
-    arr = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise _fail(origin, f"{where} {key}", "contains nan or inf")
-    return arr
-
-
-def _increasing(origin, where: str, arr: np.ndarray) -> None:
-    steps = np.diff(arr)
-    if np.any(steps <= 0):
-        k = int(np.argmax(steps <= 0)) + 1
-        raise _fail(origin, where, f"must be strictly increasing (entry {k}: {arr[k]:g})")
-
-
-def _string(origin, table: dict, where: str, key: str, *, required: bool) -> str:
-    value = table.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise _fail(origin, f"{where} {key}", f"expected a non-empty string, got {value!r}")
-    return value.strip()
 
 
 def _parse_cones(origin, doc) -> tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from iortopt.errors import SourceDataError
+from iortopt.io.data_checks import fail as _fail
+from iortopt.io.data_checks import number_list
 from iortopt.io.toml_file import packaged_names, read_packaged_or_file
 from iortopt.physics.shield import TransmissionTable
 
@@ -66,30 +68,14 @@ class ShieldMaterials:
         return TransmissionTable(jnp.asarray(x, dtype), jnp.asarray(np.log(t), dtype))
 
 
-def _fail(origin: str, where: str, problem: str) -> SourceDataError:
-    return SourceDataError(f"{origin}: {where}: {problem}")
-
-
-def _numbers(origin: str, table: dict, where: str, key: str) -> np.ndarray:
-    value = table.get(key)
-    if not isinstance(value, list) or len(value) < 2:
-        raise _fail(origin, f"{where} {key}", "expected a list of at least 2 numbers")
-    if any(isinstance(v, bool) or not isinstance(v, int | float) for v in value):
-        raise _fail(origin, f"{where} {key}", f"expected numbers, got {value!r}")
-    arr = np.asarray(value, np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise _fail(origin, f"{where} {key}", "contains nan or inf")
-    return arr
-
-
 def _parse_transmission(origin: str, entry, where: str) -> tuple[str, np.ndarray, np.ndarray]:
     if not isinstance(entry, dict):
         raise _fail(origin, where, "expected a table")
     spectrum = entry.get("spectrum")
     if not isinstance(spectrum, str) or not spectrum.strip():
         raise _fail(origin, f"{where} spectrum", f"expected a non-empty string, got {spectrum!r}")
-    x = _numbers(origin, entry, where, "thickness_mm")
-    t = _numbers(origin, entry, where, "transmission")
+    x = number_list(origin, entry, where, "thickness_mm", min_len=2)
+    t = number_list(origin, entry, where, "transmission", min_len=2)
     if x.shape != t.shape:
         raise _fail(
             origin, where, f"thickness_mm has {x.size} entries but transmission has {t.size}"

@@ -60,7 +60,6 @@ Computations run in the points' dtype (float32 unless float64 points are passed 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +68,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from iortopt.errors import SourceDataError
+from iortopt.io.data_checks import fail as _fail
+from iortopt.io.data_checks import number as _number
+from iortopt.io.data_checks import number_list, string
 from iortopt.io.toml_file import packaged_names, read_packaged_or_file
 from iortopt.physics.interpolate import nodes, uniform_axis
 
@@ -162,45 +164,6 @@ jax.tree_util.register_dataclass(
 # ----------------------------------------------------------------------------------------------
 
 
-def _fail(origin: str, where: str, problem: str) -> SourceDataError:
-    return SourceDataError(f"{origin}: {where}: {problem}")
-
-
-def _number(origin: str, table: dict, where: str, key: str) -> float:
-    value = table.get(key)
-    if value is None:
-        raise _fail(origin, f"{where} {key}", "missing")
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _fail(origin, f"{where} {key}", f"expected a finite number, got {value!r}")
-    if value <= 0:
-        raise _fail(origin, f"{where} {key}", f"expected a number > 0, got {value!r}")
-    return float(value)
-
-
-def _number_list(origin: str, table: dict, where: str, key: str) -> np.ndarray:
-    value = table.get(key)
-    if value is None:
-        raise _fail(origin, f"{where} {key}", "missing")
-    if not isinstance(value, list) or len(value) < 2:
-        raise _fail(origin, f"{where} {key}", "expected a list of at least 2 numbers")
-    bad = next((v for v in value if isinstance(v, bool) or not isinstance(v, int | float)), None)
-    if bad is not None:
-        raise _fail(origin, f"{where} {key}", f"expected numbers, found {bad!r}")
-    arr = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise _fail(origin, f"{where} {key}", "contains nan or inf")
-    return arr
-
-
-def _string(origin: str, table: dict, key: str, *, required: bool) -> str:
-    value = table.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or (required and not value.strip()):
-        raise _fail(origin, f"[beam] {key}", f"expected a non-empty string, got {value!r}")
-    return value.strip()
-
-
 def _parse_applicator(origin: str, entry, index: int) -> ApplicatorTable:
     where = f"[[applicator]] #{index + 1}"
     if not isinstance(entry, dict):
@@ -208,8 +171,8 @@ def _parse_applicator(origin: str, entry, index: int) -> ApplicatorTable:
     diameter = _number(origin, entry, where, "diameter_cm")
     where = f"[[applicator]] #{index + 1} (diameter {diameter:g} cm)"
     rate = _number(origin, entry, where, "surface_dose_rate_Gy_min")
-    depth = _number_list(origin, entry, where, "depth_mm")
-    rel = _number_list(origin, entry, where, "relative_dose")
+    depth = number_list(origin, entry, where, "depth_mm", min_len=2)
+    rel = number_list(origin, entry, where, "relative_dose", min_len=2)
     if depth[0] != 0.0:
         raise _fail(origin, f"{where} depth_mm", f"must start at 0 mm, got {depth[0]}")
     steps = np.diff(depth)
@@ -265,8 +228,8 @@ def parse_xray_beam(doc: dict, origin: str = "<x-ray beam data>") -> XrayBeam:
     beam = doc.get("beam")
     if not isinstance(beam, dict):
         raise _fail(origin, "[beam]", "section missing")
-    name = _string(origin, beam, "name", required=True)
-    formalism = _string(origin, beam, "formalism", required=True)
+    name = string(origin, beam, "[beam]", "name", required=True)
+    formalism = string(origin, beam, "[beam]", "formalism", required=True)
     if not isinstance(beam.get("illustrative"), bool):
         raise _fail(
             origin,
@@ -297,8 +260,8 @@ def parse_xray_beam(doc: dict, origin: str = "<x-ray beam data>") -> XrayBeam:
         name=name,
         formalism=formalism,
         illustrative=bool(beam["illustrative"]),
-        citation=_string(origin, beam, "citation", required=False),
-        notes=_string(origin, beam, "notes", required=False),
+        citation=string(origin, beam, "[beam]", "citation", required=False),
+        notes=string(origin, beam, "[beam]", "notes", required=False),
         tables=tuple(tables),
         path=origin,
     )
