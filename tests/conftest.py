@@ -6,6 +6,7 @@ arithmetic as it runs on accelerators (where x64 is off), not a float32/float64 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jax
@@ -13,6 +14,16 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# Fuzz profiles (tests/test_fuzz_cli.py): "ci" is seeded and small, "long" searches widely.
+_FUZZ = {
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+}
+settings.register_profile("ci", max_examples=8, derandomize=True, **_FUZZ)
+settings.register_profile("long", max_examples=200, **_FUZZ)
+settings.load_profile(os.environ.get("IORTOPT_FUZZ_PROFILE", "ci"))
 
 TESTS_DIR = Path(__file__).resolve().parent
 DATA_DIR = TESTS_DIR / "data"
