@@ -194,10 +194,13 @@ def test_set_path_and_sweep_points():
 def test_list_prints_ids_and_array_range(tmp_path):
     manifest = write(tmp_path / "m.toml", BATCH_TOML)
     res = runner.invoke(app, ["batch", str(manifest), "--list"], env={"COLUMNS": "200"})
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 2, res.output  # the bad_value job's config is invalid
     for job_id in load_manifest(manifest).job_ids:
         assert job_id in res.output
     assert "--array=0-3" in res.output and "invalid" in res.output
+    bad = job_named(load_manifest(manifest), "bad_value")
+    assert f"job 3 {bad.job_id}: job 'bad_value'" in res.output
+    assert "prescription.dose_gy" in res.output
 
 
 # --------------------------------------------------------------------------- a Dask batch

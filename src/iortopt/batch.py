@@ -416,6 +416,22 @@ def load_manifest(path: str | Path) -> Batch:
     return parse_manifest(doc, str(path), path.resolve().parent, path.read_text())
 
 
+def check_jobs_valid(batch: Batch) -> None:
+    """Every job's resolved config validated as a run validates it (``parse_config``, done when
+    the manifest is expanded); nothing is run.
+
+    Raises:
+        ManifestError: listing each invalid job by index, id and the fields at fault.
+    """
+    invalid = [j for j in batch.jobs if j.error is not None]
+    if not invalid:
+        return
+    lines = [f"{batch.manifest_path}: {len(invalid)} of {len(batch.jobs)} jobs are invalid"]
+    for job in invalid:
+        lines.append(f"job {job.index} {job.job_id}: {job.error}")
+    raise ManifestError("\n".join(lines))
+
+
 def with_settings(batch: Batch, **changes) -> Batch:
     """The batch with run settings (``RunSettings`` fields) replaced where a value is given."""
     given = {k: v for k, v in changes.items() if v is not None}

@@ -1,7 +1,8 @@
 """``iortopt batch`` and ``iortopt batch-summary``: many plans from one manifest into one store.
 
 ``register(app)`` adds both commands to the main typer app (``iortopt.cli``). Exit codes: 0 every
-job done; 1 some job failed (its record holds the error); 2 invalid manifest or input.
+job done; 1 some job failed (its record holds the error); 2 invalid manifest or input
+(``--list``: a job whose config is invalid, each named by index, id and field).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from iortopt.errors import IortoptError
@@ -23,17 +25,18 @@ EXIT_INPUT = 2
 
 
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_INPUT)
 
 
 def _print_jobs(batch) -> None:
-    table = Table(title=f"batch {batch.name}: {len(batch.jobs)} jobs (base {batch.base})")
+    table = Table(title=escape(f"batch {batch.name}: {len(batch.jobs)} jobs (base {batch.base})"))
     for col in ("index", "job id", "config"):
         table.add_column(col, overflow="fold")
     for job in batch.jobs:
-        state = "valid" if job.error is None else f"[red]invalid[/]: {job.error.splitlines()[-1]}"
-        table.add_row(str(job.index), job.job_id, state)
+        last = "" if job.error is None else escape(job.error.splitlines()[-1].strip())
+        state = "valid" if job.error is None else f"[red]invalid[/]: {last}"
+        table.add_row(str(job.index), escape(job.job_id), state)
     console.print(table)
     console.print(
         f"SLURM array range: --array=0-{len(batch.jobs) - 1}", highlight=False, soft_wrap=True
@@ -52,7 +55,7 @@ def print_rows(rows: list[dict], title: str) -> None:
     """The results table on the terminal: one line per job, errors shortened."""
     from iortopt.batch import status_counts
 
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for col in ("#", "name", "status", "wall s", "target D90 Gy", "goals met", "error"):
         table.add_column(col, overflow="fold")
     colours = {"done": "green", "failed": "red"}
@@ -61,12 +64,12 @@ def print_rows(rows: list[dict], title: str) -> None:
         error = row.get("error") or ""
         table.add_row(
             str(row["index"]),
-            row["name"],
-            f"[{colours.get(status, 'yellow')}]{status}[/]",
+            escape(row["name"]),
+            f"[{colours.get(status, 'yellow')}]{escape(status)}[/]",
             _fmt(row.get("wall_s"), ".1f"),
             _fmt(row.get("target_D90_gy")),
             _fmt(row.get("goals_all_met")),
-            error if len(error) <= 120 else error[:117] + "...",
+            escape(error if len(error) <= 120 else error[:117] + "..."),
         )
     console.print(table)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(status_counts(rows).items()))
@@ -101,7 +104,10 @@ def batch(
         typer.Option("--compile-cache/--no-compile-cache", help="JAX persistent compilation cache"),
     ] = None,
     list_jobs: Annotated[
-        bool, typer.Option("--list", help="print the jobs (index, id, name) and exit")
+        bool,
+        typer.Option(
+            "--list", help="print the jobs (index, id, name) and exit; exit 2 if a job is invalid"
+        ),
     ] = False,
     job_script: Annotated[
         bool, typer.Option("--job-script", help="print the SLURM/PBS worker job script and exit")
@@ -113,7 +119,7 @@ def batch(
     Jobs already done in the store are skipped, so rerunning a killed batch resumes it. A failing
     job is recorded with its error; the others go on. Writes STORE/results.csv at the end.
     """
-    from iortopt.batch import load_manifest, render_job_script, with_settings
+    from iortopt.batch import check_jobs_valid, load_manifest, render_job_script, with_settings
 
     try:
         if device is not None and device not in ("cpu", "gpu"):
@@ -130,6 +136,7 @@ def batch(
         )
         if list_jobs:
             _print_jobs(plan)
+            check_jobs_valid(plan)
             return
         if job_script:
             console.print(render_job_script(plan), highlight=False, markup=False)
@@ -149,12 +156,17 @@ def _run_index(plan, store: Path, index: int) -> None:
     record = run_one(plan, store, index)
     name = f"job {index} {record['name']} ({record['job_id']})"
     if record.get("skipped"):
-        console.print(f"{name}: already done in {store}", highlight=False)
+        console.print(f"{name}: already done in {store}", highlight=False, markup=False)
     elif record["status"] == "done":
-        console.print(f"{name}: done in {record['wall_s']:.1f} s -> {store}", highlight=False)
+        console.print(
+            f"{name}: done in {record['wall_s']:.1f} s -> {store}", highlight=False, markup=False
+        )
     else:
         err_console.print(
-            f"[red]{name} failed[/] ({record['error_type']}): {record['error']}", highlight=False
+            f"[red]{escape(name)} failed[/] ({escape(str(record['error_type']))}): "
+            f"{escape(str(record['error']))}",
+            highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(EXIT_FAILED_JOBS)
 
@@ -173,6 +185,7 @@ def _run_all(plan, store: Path, workers, address, quiet: bool) -> None:
         f"batch {plan.name}: {outcome.done} done now, {outcome.skipped} already done, "
         f"{outcome.failed} failed, of {outcome.total}; table {outcome.table}",
         highlight=False,
+        markup=False,
     )
     if failed:
         raise typer.Exit(EXIT_FAILED_JOBS)
@@ -193,7 +206,7 @@ def batch_summary(
         _fail(exc)
     path = write_results_table(store)
     print_rows(collect_rows(store), f"batch {meta['name']} ({store})")
-    console.print(f"table: {path}", highlight=False)
+    console.print(f"table: {path}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from iortopt import __version__
@@ -37,7 +38,7 @@ PrecisionOpt = Annotated[str, typer.Option("--precision", help="float32 or float
 
 
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_INPUT)
 
 
@@ -172,7 +173,7 @@ def qa_along_away(
             fh.write("z_along_cm,y_away_cm,dose_rate_cGy_h-1_U-1\n")
             for zi, yi, ri in zip(z, y, rate, strict=True):
                 fh.write(f"{zi:g},{yi:g},{ri:.7g}\n")
-    console.print(f"wrote {len(z)} points for {src.key} ({formalism}) to {out}")
+    console.print(f"wrote {len(z)} points for {src.key} ({formalism}) to {out}", markup=False)
 
 
 @app.command()
@@ -218,7 +219,7 @@ def dose(
         _fail(exc)
     grid = Grid.from_bounds(positions.min(0) - margin_mm, positions.max(0) + margin_mm, spacing_mm)
     console.print(
-        f"grid {grid.shape_zyx} ({grid.n_voxels} voxels) x {len(times)} dwells, {src.key}"
+        f"grid {grid.shape_zyx} ({grid.n_voxels} voxels) x {len(times)} dwells, {escape(src.key)}"
     )
     t0 = time.perf_counter()
     values = dose_gy(
@@ -242,7 +243,9 @@ def dose(
             "dwells_file": str(dwells),
         },
     )
-    console.print(f"max dose {values.max():.4g} Gy; computed in {elapsed:.2f} s; wrote {out}")
+    console.print(
+        f"max dose {values.max():.4g} Gy; computed in {elapsed:.2f} s; wrote {escape(str(out))}"
+    )
 
 
 @app.command()
@@ -264,7 +267,7 @@ def init(
 
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-    console.print(f"wrote {path}; run it with: iortopt run {path}")
+    console.print(f"wrote {path}; run it with: iortopt run {path}", markup=False)
 
 
 @app.command()

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from iortopt.errors import IortoptError
@@ -28,7 +29,7 @@ dicom_app = typer.Typer(
 
 
 def _fail(exc: Exception) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_INPUT)
 
 
@@ -47,25 +48,26 @@ def inspect(
 
         headers = scan_folder(folder)
         series = group_series(headers)
-        table = Table(title=f"CT series in {folder} ({len(headers)} DICOM files)")
+        table = Table(title=escape(f"CT series in {folder} ({len(headers)} DICOM files)"))
         for col in ("series UID", "slices", "description", "frame of reference", "position"):
             table.add_column(col, overflow="fold")
         for uid, items in series.items():
             first = items[0][1]
-            table.add_row(
+            cells = (
                 uid,
                 str(len(items)),
                 str(first.get("SeriesDescription", "")),
                 str(first.get("FrameOfReferenceUID", "")),
                 str(first.get("PatientPosition", "")),
             )
+            table.add_row(*map(escape, cells))
         console.print(table)
         ct_frames = {str(items[0][1].get("FrameOfReferenceUID", "")) for items in series.values()}
         paths = [p for p, ds in headers if str(ds.SOPClassUID) == RT_STRUCTURE_SET]
         paths += [rtstruct] if rtstruct is not None else []
         for path in paths:
             structure_set = read_structure_set(path)
-            rois = Table(title=f"RTSTRUCT {path}")
+            rois = Table(title=escape(f"RTSTRUCT {path}"))
             for col in ("#", "ROI name", "type", "contours", "z range mm", "frame of reference"):
                 rois.add_column(col, overflow="fold")
             for roi in structure_set.rois:
@@ -73,7 +75,7 @@ def inspect(
                 contours = str(len(roi.contours))
                 if roi.n_ignored_contours:
                     contours += f" (+{roi.n_ignored_contours} point/open)"
-                rois.add_row(
+                cells = (
                     str(roi.number),
                     roi.name,
                     roi.interpreted_type,
@@ -83,6 +85,7 @@ def inspect(
                     if roi.frame_of_reference_uid in ct_frames
                     else (roi.frame_of_reference_uid or "-"),
                 )
+                rois.add_row(*map(escape, cells))
             console.print(rois)
         if not series and not paths:
             raise IortoptError(f"{folder}: no CT series and no RTSTRUCT found")
@@ -154,9 +157,10 @@ def import_(
     for col in ("structure", "ROI", "role", "volume cm3"):
         table.add_column(col)
     for s in case.structures:
-        table.add_row(s.name, case.info["rois"][s.name], s.role, f"{s.volume_cm3(case.grid):.3f}")
+        cells = (s.name, case.info["rois"][s.name], s.role, f"{s.volume_cm3(case.grid):.3f}")
+        table.add_row(*map(escape, cells))
     console.print(table)
-    console.print(f"imported in {import_s:.2f} s; wrote {out}", highlight=False)
+    console.print(f"imported in {import_s:.2f} s; wrote {out}", highlight=False, markup=False)
 
 
 def register(app: typer.Typer) -> None:

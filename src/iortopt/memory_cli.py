@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from iortopt.errors import IortoptError
@@ -41,7 +42,7 @@ def memory_command(
         dtype = configure(device, precision)
         plan = plan_memory(prepare_modality(load_config(config), dtype))
     except IortoptError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        _print_error(err, exc)
         raise typer.Exit(EXIT_INPUT) from None
     if as_json:
         console.print_json(json.dumps(plan.to_dict()))
@@ -50,8 +51,12 @@ def memory_command(
     try:
         check_memory(plan)
     except IortoptError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        _print_error(err, exc)
         raise typer.Exit(EXIT_INPUT) from None
+
+
+def _print_error(err: Console, exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
 
 
 def _print_plan(plan, console: Console) -> None:

@@ -7,6 +7,7 @@ An along-away table gives the dose rate per unit air-kerma strength (cGy h^-1 U^
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iortopt.errors import InputFileError
+from iortopt.io.text_file import read_utf8_text
 from iortopt.physics.sources import SourceData
 from iortopt.physics.tg43 import TG43Kernel, dose_rate_per_sk
 
@@ -56,7 +58,7 @@ def read_points_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read ``z_along_cm,y_away_cm`` points from a CSV file with that header."""
     path = Path(path)
     try:
-        with path.open(newline="") as fh:
+        with io.StringIO(read_utf8_text(path, InputFileError, "CSV"), newline="") as fh:
             reader = csv.DictReader(line for line in fh if not line.startswith("#"))
             missing = {"z_along_cm", "y_away_cm"} - set(reader.fieldnames or [])
             if missing:
@@ -74,6 +76,8 @@ def read_points_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
                     ) from None
     except FileNotFoundError:
         raise InputFileError(f"{path}: file not found") from None
+    except csv.Error as exc:  # e.g. a field over the size limit (binary data)
+        raise InputFileError(f"{path}: not valid CSV ({exc})") from None
     if not z:
         raise InputFileError(f"{path}: no points")
     z_arr, y_arr = np.array(z), np.array(y)

@@ -6,7 +6,14 @@ HFP, FFP, ...). The volume is returned with x, y and z increasing along the arra
 same anatomy gives the same arrays whatever the patient position. Rejected with a message:
 no CT series, several series (unless one is chosen), mixed frames of reference, non-axial
 (oblique, sagittal, coronal) or tilted slices, differing rows/columns/pixel spacing, duplicate
-slices and inconsistent slice spacing.
+slices and inconsistent slice spacing. Every attribute used is checked (present, finite, in
+range: Rows/Columns >= 1, PixelSpacing two positive numbers, unit orientation vectors, 8/16/32 bits
+allocated) with a message naming the file and the attribute.
+
+Before the volume is allocated its size (slices x Rows x Columns x 4 bytes, float32 HU) is checked
+against the host's memory budget (:func:`iortopt.memory.memory_budget`) and an absolute cap,
+:data:`MAX_CT_VOLUME_BYTES` (16 GiB: 2**32 voxels, e.g. 4096 slices of 1024 x 1024, far beyond a
+diagnostic CT), so a corrupt or hostile header cannot exhaust memory before a pixel is read.
 """
 
 from __future__ import annotations
@@ -18,7 +25,15 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
-from iortopt.dicom.files import dicom_files, read_dataset, try_read_header
+from iortopt.dicom.files import (
+    dicom_files,
+    optional_float,
+    read_dataset,
+    required_floats,
+    required_int,
+    required_text,
+    try_read_header,
+)
 from iortopt.dicom.study import StudyRef
 from iortopt.dicom.uids import CT_IMAGE
 from iortopt.errors import InputFileError
@@ -29,6 +44,13 @@ AXIS_COSINE_TOLERANCE = 1e-3
 #: Slice positions may deviate from a regular spacing by the larger of these (mm, fraction).
 SLICE_SPACING_TOLERANCE_MM = 0.01
 SLICE_SPACING_TOLERANCE_FRACTION = 0.005
+#: Unit direction cosines: |length - 1| and |row . column| at most this.
+UNIT_VECTOR_TOLERANCE = 1e-3
+#: Pixel sizes iortopt decodes (BitsAllocated).
+BITS_ALLOCATED = (8, 16, 32)
+#: Largest CT volume read, whatever memory is free (bytes of the float32 HU array).
+MAX_CT_VOLUME_BYTES = 16 * 2**30
+HU_BYTES_PER_VOXEL = 4
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,7 +99,7 @@ def group_series(headers: list[tuple[Path, Dataset]]) -> dict[str, list[tuple[Pa
     series = defaultdict(list)
     for path, ds in headers:
         if _is_ct_image(ds):
-            series[str(ds.get("SeriesInstanceUID", ""))].append((path, ds))
+            series[required_text(ds, "SeriesInstanceUID", path)].append((path, ds))
     return dict(series)
 
 
@@ -110,15 +132,36 @@ def _select_series(folder: Path, headers, series_uid: str | None) -> list[tuple[
     return next(iter(series.values()))
 
 
-def _floats(ds: Dataset, keyword: str, n: int, path: Path) -> np.ndarray:
-    value = ds.get(keyword)
-    try:
-        out = np.asarray([float(v) for v in value], float)
-    except (TypeError, ValueError):
-        out = np.array([])
-    if out.shape != (n,) or not np.all(np.isfinite(out)):
-        raise InputFileError(f"{path}: {keyword} missing or malformed (got {value!r})")
-    return out
+def orientation_cosines(ds: Dataset, path: Path) -> np.ndarray:
+    """ImageOrientationPatient: two orthogonal unit vectors (row, column directions)."""
+    orientation = required_floats(ds, "ImageOrientationPatient", path, 6)
+    row, col = orientation[:3], orientation[3:]
+    tol = UNIT_VECTOR_TOLERANCE
+    if (
+        abs(np.linalg.norm(row) - 1) > tol
+        or abs(np.linalg.norm(col) - 1) > tol
+        or abs(float(row @ col)) > tol
+    ):
+        raise InputFileError(
+            f"{path}: ImageOrientationPatient (0020,0037) {orientation.tolist()} is not two "
+            "orthogonal unit vectors (row and column direction cosines)"
+        )
+    return orientation
+
+
+def _image_header(path: Path, ds: Dataset) -> dict:
+    """The checked header values of one slice that the reader uses."""
+    if "SamplesPerPixel" in ds:
+        required_int(ds, "SamplesPerPixel", path, allowed=(1,))
+    optional_float(ds, "SliceThickness", path, 0.0, minimum=0.0)
+    return {
+        "rows": required_int(ds, "Rows", path, minimum=1, maximum=65535),
+        "columns": required_int(ds, "Columns", path, minimum=1, maximum=65535),
+        "bits": required_int(ds, "BitsAllocated", path, allowed=BITS_ALLOCATED),
+        "orientation": orientation_cosines(ds, path),
+        "pixel_spacing": required_floats(ds, "PixelSpacing", path, 2, positive=True),
+        "position": required_floats(ds, "ImagePositionPatient", path, 3),
+    }
 
 
 def axial_signs(orientation: np.ndarray, where: str) -> tuple[float, float]:
@@ -175,7 +218,48 @@ def _check_same(items, keyword: str, folder: Path) -> None:
         raise InputFileError(f"{folder}: mixed {what} within the CT series: {sorted(values)[:4]}")
 
 
+def check_volume_size(path: Path, n_slices: int, rows: int, columns: int) -> None:
+    """Refuse a volume larger than the host's memory budget or :data:`MAX_CT_VOLUME_BYTES`.
+
+    Raises:
+        InputFileError: naming ``path`` (the first slice), the sizes and the limit.
+    """
+    import jax
+
+    from iortopt.memory import MIB, host_available_bytes, memory_budget
+
+    nbytes = n_slices * rows * columns * HU_BYTES_PER_VOXEL
+    limit, why = MAX_CT_VOLUME_BYTES, "the reader's cap"
+    try:  # the volume is a host array: the host's budget, whatever device plans run on
+        budget = memory_budget(device=jax.devices("cpu")[0], free_bytes=host_available_bytes())
+    except RuntimeError:  # the host's free memory cannot be queried: the cap alone
+        budget = None
+    if budget is not None and budget.usable_bytes is not None and budget.usable_bytes < limit:
+        limit, why = budget.usable_bytes, f"the memory budget, {budget.describe()}"
+    if nbytes > limit:
+        raise InputFileError(
+            f"{path}: the CT series would need {nbytes / MIB:.0f} MiB ({n_slices} slices x "
+            f"Rows {rows} x Columns {columns} x {HU_BYTES_PER_VOXEL} bytes), more than "
+            f"{limit / MIB:.0f} MiB ({why}); are Rows/Columns (0028,0010/0011) right?"
+        )
+
+
+def _check_pixel_data_length(path: Path, ds: Dataset) -> None:
+    """Uncompressed pixel data must hold Rows x Columns x BitsAllocated / 8 bytes."""
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if "PixelData" not in ds or (syntax is not None and syntax.is_compressed):
+        return
+    expected = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
+    got = len(ds.PixelData)
+    if got < expected:
+        raise InputFileError(
+            f"{path}: pixel data truncated: {got} bytes, expected {expected} (Rows {ds.Rows} x "
+            f"Columns {ds.Columns} x {ds.BitsAllocated} bits)"
+        )
+
+
 def _pixels(path: Path, ds: Dataset) -> np.ndarray:
+    _check_pixel_data_length(path, ds)
     try:
         raw = ds.pixel_array
     except Exception as exc:  # decoders raise RuntimeError/NotImplementedError/ValueError
@@ -183,8 +267,8 @@ def _pixels(path: Path, ds: Dataset) -> np.ndarray:
         raise InputFileError(
             f"{path}: cannot decode pixel data (transfer syntax {syntax}): {exc}"
         ) from None
-    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope = optional_float(ds, "RescaleSlope", path, 1.0) or 1.0
+    intercept = optional_float(ds, "RescaleIntercept", path, 0.0)
     return raw.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
@@ -204,18 +288,23 @@ def read_ct_series(
     if len(items) < 2:
         raise InputFileError(f"{folder}: the CT series has {len(items)} slice; need at least 2")
     _check_same(items, "FrameOfReferenceUID", folder)
-    for keyword in ("Rows", "Columns"):
-        _check_same(items, keyword, folder)
     first_path, first = items[0]
-    orientation = _floats(first, "ImageOrientationPatient", 6, first_path)
-    pixel_spacing = _floats(first, "PixelSpacing", 2, first_path)
+    head = _image_header(first_path, first)
+    orientation, pixel_spacing = head["orientation"], head["pixel_spacing"]
     positions = []
     for path, ds in items:
-        if not np.allclose(_floats(ds, "ImageOrientationPatient", 6, path), orientation, atol=1e-4):
+        this = _image_header(path, ds)
+        for key, keyword in (("rows", "Rows"), ("columns", "Columns"), ("bits", "BitsAllocated")):
+            if this[key] != head[key]:
+                raise InputFileError(
+                    f"{path}: {keyword} {this[key]} differs from {head[key]} in {first_path} "
+                    "(mixed image sizes within the CT series)"
+                )
+        if not np.allclose(this["orientation"], orientation, atol=1e-4):
             raise InputFileError(f"{path}: ImageOrientationPatient differs from {first_path}")
-        if not np.allclose(_floats(ds, "PixelSpacing", 2, path), pixel_spacing, atol=1e-4):
+        if not np.allclose(this["pixel_spacing"], pixel_spacing, atol=1e-4):
             raise InputFileError(f"{path}: PixelSpacing differs from {first_path}")
-        positions.append(_floats(ds, "ImagePositionPatient", 3, path))
+        positions.append(this["position"])
     sign_x, sign_y = axial_signs(orientation, str(first_path))
     positions = np.array(positions)
     order = np.argsort(positions[:, 2], kind="stable")
@@ -227,8 +316,9 @@ def read_ct_series(
             "x, y differ): tilted-gantry or non-stacked series are not supported"
         )
     dz = regular_spacing_mm(positions[:, 2], str(folder))
-    rows, cols = int(first.Rows), int(first.Columns)
+    rows, cols = head["rows"], head["columns"]
     dy, dx = float(pixel_spacing[0]), float(pixel_spacing[1])
+    check_volume_size(first_path, len(items), rows, cols)
     hu = np.empty((len(items), rows, cols), np.float32)
     for k, (path, _) in enumerate(items):
         ds = read_dataset(path)
@@ -247,8 +337,8 @@ def read_ct_series(
     return CtSeries(
         grid=grid,
         hu=np.ascontiguousarray(hu),
-        series_uid=str(first.SeriesInstanceUID),
-        study=StudyRef.from_dataset(first),
+        series_uid=required_text(first, "SeriesInstanceUID", first_path),
+        study=StudyRef.from_dataset(first, where=first_path),
         files=tuple(p for p, _ in items),
         flipped_xy=(sign_x < 0, sign_y < 0),
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iortopt.dicom.files import read_dataset
+from iortopt.dicom.files import read_dataset, required_int, required_text
 from iortopt.dicom.study import StudyRef
 from iortopt.dicom.uids import RT_STRUCTURE_SET
 from iortopt.errors import InputFileError
@@ -81,11 +81,21 @@ def _contour_points(item, path: Path, roi_name: str, k: int) -> np.ndarray:
     return values.reshape(-1, 3)
 
 
+def _items_by_roi_number(ds, sequence: str, path: Path) -> list[tuple[int, object]]:
+    """(Referenced ROI Number, item) of every item of ``sequence``."""
+    return [
+        (required_int(item, "ReferencedROINumber", f"{path}: {sequence} item {i}"), item)
+        for i, item in enumerate(ds.get(sequence, []))
+    ]
+
+
 def read_structure_set(path: str | Path) -> StructureSet:
     """Read every ROI of an RTSTRUCT (files without file meta included).
 
     Raises:
-        InputFileError: not an RTSTRUCT, malformed contour data, or a non-axial contour.
+        InputFileError: not an RTSTRUCT, truncated, a required attribute (ROI Number, SOP
+            Instance UID, ...) missing or malformed, malformed contour data, or a non-axial
+            contour.
     """
     path = Path(path)
     ds = read_dataset(path)
@@ -99,18 +109,22 @@ def read_structure_set(path: str | Path) -> StructureSet:
         if "FrameOfReferenceUID" in f
     ]
     types = {
-        int(o.ReferencedROINumber): str(o.get("RTROIInterpretedType", "") or "")
-        for o in ds.get("RTROIObservationsSequence", [])
-        if "ReferencedROINumber" in o
+        number: str(o.get("RTROIInterpretedType", "") or "")
+        for number, o in _items_by_roi_number(ds, "RTROIObservationsSequence", path)
     }
     contour_items = {
-        int(c.ReferencedROINumber): c.get("ContourSequence", [])
-        for c in ds.get("ROIContourSequence", [])
-        if "ReferencedROINumber" in c
+        number: c.get("ContourSequence", [])
+        for number, c in _items_by_roi_number(ds, "ROIContourSequence", path)
     }
+    if "StructureSetROISequence" not in ds:
+        raise InputFileError(
+            f"{path}: required attribute StructureSetROISequence (3006,0020) is missing "
+            "(an RTSTRUCT lists its ROIs there)"
+        )
     rois = []
-    for item in ds.get("StructureSetROISequence", []):
-        number, name = int(item.ROINumber), str(item.get("ROIName", "") or f"ROI {item.ROINumber}")
+    for i, item in enumerate(ds.StructureSetROISequence):
+        number = required_int(item, "ROINumber", f"{path}: StructureSetROISequence item {i}")
+        name = str(item.get("ROIName", "") or f"ROI {number}")
         closed, ignored = [], 0
         for k, contour in enumerate(contour_items.get(number, [])):
             if str(contour.get("ContourGeometricType", "")) not in CLOSED_TYPES:
@@ -128,10 +142,10 @@ def read_structure_set(path: str | Path) -> StructureSet:
                 ignored += 1
         frame = str(item.get("ReferencedFrameOfReferenceUID", "") or (frames[0] if frames else ""))
         rois.append(Roi(number, name, frame, types.get(number, ""), tuple(closed), ignored))
-    study = StudyRef.from_dataset(ds)
+    study = StudyRef.from_dataset(ds, where=path)
     if not study.frame_of_reference_uid and frames:
         study = StudyRef(study.study_uid, frames[0], study.patient, study.patient_position)
-    return StructureSet(path, str(ds.SOPInstanceUID), study, tuple(rois))
+    return StructureSet(path, required_text(ds, "SOPInstanceUID", path), study, tuple(rois))
 
 
 def _sample_axis(axis_mm: np.ndarray, spacing_mm: float, n: int) -> np.ndarray:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from pydicom.dataset import Dataset
 
 from iortopt import __version__
+from iortopt.dicom.files import required_text
 from iortopt.dicom.uids import new_uid
 
 #: (keyword, default) of the patient and general study attributes copied from the input study.
@@ -52,11 +54,15 @@ class StudyRef:
         return cls(**values)
 
     @classmethod
-    def from_dataset(cls, ds: Dataset, **extra) -> StudyRef:
-        """Study, frame of reference and patient attributes of an image or RTSTRUCT."""
+    def from_dataset(cls, ds: Dataset, where: str | Path = "DICOM dataset", **extra) -> StudyRef:
+        """Study, frame of reference and patient attributes of an image or RTSTRUCT.
+
+        Raises:
+            InputFileError: naming ``where`` (the file) when the Study Instance UID is missing.
+        """
         patient = {k: str(ds.get(k, default) or "") for k, default in PATIENT_STUDY_KEYWORDS}
         return cls(
-            study_uid=str(ds.StudyInstanceUID),
+            study_uid=required_text(ds, "StudyInstanceUID", where),
             frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
             patient=patient,
             patient_position=str(ds.get("PatientPosition", "") or ""),

@@ -7,11 +7,13 @@ unit length, but must not be zero); times are in seconds. Lines starting with ``
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
 
 from iortopt.errors import InputFileError
+from iortopt.io.text_file import read_utf8_text
 
 COLUMNS = ("x_mm", "y_mm", "z_mm", "axis_x", "axis_y", "axis_z", "time_s")
 
@@ -20,7 +22,7 @@ def read_dwells_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """Positions (N, 3) mm, axes (N, 3) and times (N,) s from a dwell CSV file."""
     path = Path(path)
     try:
-        with path.open(newline="") as fh:
+        with io.StringIO(read_utf8_text(path, InputFileError, "CSV"), newline="") as fh:
             reader = csv.DictReader(line for line in fh if not line.lstrip().startswith("#"))
             missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -37,6 +39,8 @@ def read_dwells_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarra
                     ) from None
     except FileNotFoundError:
         raise InputFileError(f"{path}: file not found") from None
+    except csv.Error as exc:  # e.g. a field over the size limit (binary data)
+        raise InputFileError(f"{path}: not valid CSV ({exc})") from None
     if not rows:
         raise InputFileError(f"{path}: no dwells")
     data = np.asarray(rows)

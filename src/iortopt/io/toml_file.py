@@ -6,25 +6,20 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
+from iortopt.io.text_file import read_utf8_text
+
 
 def read_toml(path: str | Path, error: type[Exception]) -> dict:
     """Parse ``path`` as TOML (data only: nothing is evaluated).
 
     Raises:
-        error: naming the file, when it is missing, a folder, unreadable or not valid TOML.
+        error: naming the file, when it is missing, a folder, unreadable, not UTF-8 text (a
+            UTF-8 byte order mark is accepted) or not valid TOML.
     """
     path = Path(path)
+    text = read_utf8_text(path, error, "TOML")
     try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise error(f"{path}: is a directory, expected a TOML file") from None
-    except PermissionError:
-        raise error(f"{path}: permission denied") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: not valid TOML (not UTF-8 text: {exc})") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: not valid TOML ({exc})") from None
 
