@@ -39,6 +39,9 @@ MAX_GEOMETRY_SAMPLES = 10**7
 #: copies and the sub-sample temporaries; flap: plus the distance transform of the optimisation
 #: mask), measured with tracemalloc at the default parameters and rounded up.
 BUILD_BYTES_PER_VOXEL = {"builtin_flap": 80, "builtin_breast": 80, "builtin_eliot": 320}
+#: Voxels along one axis beyond which a grid is refused without further arithmetic (keeps every
+#: product of the estimate a float).
+MAX_AXIS_VOXELS = 1e15
 N_STRUCTURES = {"builtin_flap": 5, "builtin_breast": 6, "builtin_eliot": 6}
 SECTIONS = {"builtin_flap": "flap", "builtin_breast": "breast", "builtin_eliot": "eliot"}
 
@@ -115,10 +118,10 @@ def _counts(first, last, spacing_mm: float, what: str) -> tuple[int, int, int]:
     counts = []
     for lo, hi in zip(first, last, strict=True):
         n = (hi - lo) / spacing_mm + 1e-6
-        if not math.isfinite(n):
+        if not n < MAX_AXIS_VOXELS:  # also NaN and inf
             raise ConfigError(
-                f"{what}: a spacing of {spacing_mm:g} mm over {hi - lo:g} mm gives a grid too "
-                "large to count"
+                f"{what}: a spacing of {spacing_mm:g} mm over {hi - lo:g} mm gives {n:.3g} voxels "
+                f"along one axis, a grid too large to build (limit {MAX_AXIS_VOXELS:.0e} per axis)"
             )
         counts.append(math.floor(n) + 1)
     return counts[2], counts[1], counts[0]
@@ -256,6 +259,7 @@ def estimate_case_size(cfg) -> CaseSize:
 
     kind = cfg.case.kind
     step = cfg.applicator.step_mm
+    n_structures = N_STRUCTURES.get(kind, 0)
     if kind == "builtin_flap":
         from iortopt.anatomy.phantoms import FlapCaseParams
 
@@ -263,10 +267,10 @@ def estimate_case_size(cfg) -> CaseSize:
         samples = _flap_geometry_samples(p)
         if samples > MAX_GEOMETRY_SAMPLES:
             # Counted before the grid: its arithmetic is cheap, but the build would not be.
-            return CaseSize(kind, None, p.spacing_mm, p.supersampling, 5, None, samples)
+            return CaseSize(kind, None, p.spacing_mm, p.supersampling, n_structures, None, samples)
         n_dwells = _dwells_on([p.catheter_length_mm] * p.n_catheters, step)
         shape = flap_grid_shape(p)
-        return CaseSize(kind, shape, p.spacing_mm, p.supersampling, 5, n_dwells, samples)
+        return CaseSize(kind, shape, p.spacing_mm, p.supersampling, n_structures, n_dwells, samples)
     if kind == "builtin_breast":
         from iortopt.anatomy.breast import BreastCaseParams
 
@@ -274,13 +278,17 @@ def estimate_case_size(cfg) -> CaseSize:
         diameters = cfg.xray.catalogue_diameters_cm or []
         radius = max([p.cavity_radius_mm] + [5.0 * d for d in diameters])
         shape = breast_grid_shape(p, radius)
-        return CaseSize(kind, shape, p.spacing_mm, p.supersampling, 6, None, _breast_ribs(p))
+        return CaseSize(
+            kind, shape, p.spacing_mm, p.supersampling, n_structures, None, _breast_ribs(p)
+        )
     if kind == "builtin_eliot":
         from iortopt.anatomy.eliot import EliotCaseParams
 
         p = case_params(EliotCaseParams, cfg.case.eliot, "eliot")
         shape = eliot_grid_shape(p)
-        return CaseSize(kind, shape, p.spacing_mm, p.supersampling, 6, None, _eliot_ribs(p))
+        return CaseSize(
+            kind, shape, p.spacing_mm, p.supersampling, n_structures, None, _eliot_ribs(p)
+        )
     catheters = cfg.applicator.catheters_mm or []
     n_dwells = _dwells_on([_polyline_length_mm(c) for c in catheters], step) if catheters else None
     supersample = cfg.case.dicom.supersample if cfg.case.dicom is not None else 1
@@ -331,7 +339,7 @@ def _grid_problems(size: CaseSize, usable_bytes: int | None, budget_text: str, d
         fit_mm = size.spacing_mm * (need / max(usable_bytes, 1)) ** (1 / 3)
         problems.append(
             f"{sec}.spacing_mm: a grid of {size.n_voxels:.3g} voxels ({size.shape_zyx} at "
-            f"{size.spacing_mm:g} mm) needs at least {_mib(need)} (case build and per-voxel "
+            f"{size.spacing_mm:g} mm) needs about {_mib(need)} or more (case build and per-voxel "
             f"arrays of the plan) but the budget is {budget_text}\n"
             f"  what fits: {sec}.spacing_mm >= about {fit_mm:.3g}, or raise "
             "compute.memory_limit_mb / compute.safety_fraction if more memory is free"
