@@ -217,6 +217,13 @@ def dose(
             raise IortoptError(str(exc)) from None
     except IortoptError as exc:
         _fail(exc)
+    try:
+        # The grid's size from arithmetic, refused before its points are allocated.
+        from iortopt.case_size import check_dose_grid
+
+        check_dose_grid(positions, margin_mm, spacing_mm, len(times), dtype, chunk_size, dwells)
+    except IortoptError as exc:
+        _fail(exc)
     grid = Grid.from_bounds(positions.min(0) - margin_mm, positions.max(0) + margin_mm, spacing_mm)
     console.print(
         f"grid {grid.shape_zyx} ({grid.n_voxels} voxels) x {len(times)} dwells, {escape(src.key)}"

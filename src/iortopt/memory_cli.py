@@ -32,21 +32,28 @@ def memory_command(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ):
     """Estimate a plan's peak memory per stage, the budget and the chunk size (nothing is run).
-    Exit code 2 if the plan would not fit."""
+    Exit code 2 if the plan would not fit; a case too large to build is refused from the config
+    alone, before it is built."""
     console, err = Console(), Console(stderr=True)
     try:
+        from iortopt.case_size import check_case_size
         from iortopt.config import load_config
         from iortopt.run_plan import check_memory, plan_memory, prepare_modality
         from iortopt.runtime import configure
 
         dtype = configure(device, precision)
-        plan = plan_memory(prepare_modality(load_config(config), dtype))
+        cfg = load_config(config)
+        # From the config alone, before the case is built: a case too large is refused here,
+        # in seconds, with its estimate.
+        size = check_case_size(cfg, dtype)
+        plan = plan_memory(prepare_modality(cfg, dtype))
     except IortoptError as exc:
         _print_error(err, exc)
         raise typer.Exit(EXIT_INPUT) from None
     if as_json:
-        console.print_json(json.dumps(plan.to_dict()))
+        console.print_json(json.dumps(plan.to_dict() | {"case": size.to_dict()}))
     else:
+        console.print(f"case: {size.describe()}", highlight=False)
         _print_plan(plan, console)
     try:
         check_memory(plan)

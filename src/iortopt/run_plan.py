@@ -31,8 +31,13 @@ def prepare(cfg: PlanConfig, dtype):
     """The modality's prepared plan (``PreparedPlan``, ``PreparedXray`` or ``PreparedElectron``).
 
     Raises:
-        ConfigError: invalid input, or a plan that does not fit the memory budget.
+        ConfigError: invalid input, a case too large to build (checked from the config before
+            anything is built, :mod:`iortopt.case_size`), or a plan that does not fit the memory
+            budget.
     """
+    from iortopt.case_size import check_case_size
+
+    check_case_size(cfg, dtype)
     prepared = prepare_modality(cfg, dtype)
     check_memory(plan_memory(prepared))
     return prepared
