@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 
 from iortopt import memory
-from iortopt.config import PlanConfig
+from iortopt.config import PlanConfig, config_origin, with_origin
 from iortopt.errors import ConfigError
 
 
@@ -31,10 +31,14 @@ def prepare(cfg: PlanConfig, dtype):
     """The modality's prepared plan (``PreparedPlan``, ``PreparedXray`` or ``PreparedElectron``).
 
     Raises:
-        ConfigError: invalid input, or a plan that does not fit the memory budget.
+        ConfigError: invalid input, or a plan that does not fit the memory budget; the message
+            starts with the config's file (or batch job) when it does not already.
     """
-    prepared = prepare_modality(cfg, dtype)
-    check_memory(plan_memory(prepared))
+    try:
+        prepared = prepare_modality(cfg, dtype)
+        check_memory(plan_memory(prepared))
+    except ConfigError as exc:
+        raise with_origin(exc, config_origin(cfg)) from None
     return prepared
 
 
