@@ -26,6 +26,7 @@ from iortopt import __version__
 from iortopt.case import Case
 from iortopt.config import PlanConfig
 from iortopt.errors import ConfigError
+from iortopt.result_checks import check_result_finite
 from iortopt.runtime import device_info
 
 
@@ -161,6 +162,7 @@ def write_plan_outputs(
             the DICOM export), so its files are part of the same atomic write.
         shield_points_mm: (K, 3) points sampling the shields, drawn on the dose slices.
     """
+    check_result_finite(dose, applicator, summary)
     from iortopt import report
     from iortopt.io.store import _to_jsonable, write_plan_store
 
