@@ -296,7 +296,9 @@ def run(
     except IortoptError as exc:
         _fail(exc)
     except PlanFailedError as exc:
-        err_console.print(f"[bold red]plan failed:[/] {exc}", highlight=False)
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]plan failed:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
     print_result(result, console)
     if not result.summary["goals_all_met"]:

@@ -13,6 +13,12 @@ def _finite(value) -> bool:
     return isinstance(value, bool) or not isinstance(value, int | float) or math.isfinite(value)
 
 
+def check_dose_finite(dose: np.ndarray) -> None:
+    """Raise :class:`PlanFailedError` if the dose grid holds NaN or inf (checked before the DVHs,
+    which would fail on it with a less helpful error)."""
+    check_result_finite(dose, {}, {})
+
+
 def check_result_finite(
     dose: np.ndarray, applicator: dict[str, dict[str, np.ndarray]], summary: dict
 ) -> None:
