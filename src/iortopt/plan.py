@@ -185,7 +185,6 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
     all_dwells = applicator.dwells(cfg.applicator.step_mm)
     active = _active_mask(cfg, case, all_dwells, min(case.grid.spacing_xyz_mm))
     dwells = all_dwells.subset(active)
-    _check_optimisable(cfg, len(dwells))
     source = load_source(cfg.source.model)
     try:
         kernel = make_kernel(source, cfg.source.formalism, dtype)
@@ -205,6 +204,7 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
         _check_decay(cfg, factor, source.half_life_days)
         sk *= factor
         notes.append(f"S_K decayed by {factor:.4f} from calibration to treatment")
+    _check_optimisable(cfg, len(dwells))
     opt_mask = _optimisation_mask(case, cfg.optimizer.voxel_margin_mm)
     weights = {s.name: s.occupancy[opt_mask] for s in case.structures}
     shield_specs = []
