@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from iortopt import __version__
-from iortopt.errors import IortoptError
+from iortopt.errors import IortoptError, PlanFailedError
 
 app = typer.Typer(
     help="iortopt: intraoperative radiotherapy planning (HDR flaps, 50 kV X-ray spheres).",
@@ -205,9 +205,11 @@ def dose(
         from iortopt.physics.sources import load_source
         from iortopt.physics.tg43 import dose_gy, make_kernel
 
-        if sk <= 0 or spacing_mm <= 0 or margin_mm < 0 or chunk_size < 0:
+        finite = np.all(np.isfinite([sk, spacing_mm, margin_mm]))
+        if not finite or sk <= 0 or spacing_mm <= 0 or margin_mm < 0 or chunk_size < 0:
             raise IortoptError(
-                "--sk and --spacing-mm must be > 0, --margin-mm and --chunk-size >= 0"
+                "--sk and --spacing-mm must be finite and > 0, --margin-mm finite and >= 0, "
+                "--chunk-size >= 0"
             )
         positions, axes, times = read_dwells_csv(dwells)
         src = load_source(source)
@@ -303,6 +305,11 @@ def run(
         result = execute(prepared, out_dir, console=None if quiet else console)
     except IortoptError as exc:
         _fail(exc)
+    except PlanFailedError as exc:
+        from rich.markup import escape
+
+        err_console.print(f"[bold red]plan failed:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
     print_result(result, console)
     if not result.summary["goals_all_met"]:
         console.print("[yellow]Not every clinical goal is met (see the table above).[/]")

@@ -13,17 +13,29 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from iortopt.errors import ConfigError
 from iortopt.io.toml_file import read_toml
 
-PositiveFloat = Annotated[float, Field(gt=0)]
-NonNegativeFloat = Annotated[float, Field(ge=0)]
+#: Every float of a config is finite: ``inf`` and ``nan`` (valid TOML) are refused, whether the
+#: field is typed with these aliases or not (``allow_inf_nan=False`` in the models' config covers
+#: floats nested in tuples, lists and dicts too).
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PlanSection(_Model):
@@ -81,6 +93,10 @@ class CaseSection(_Model):
         return self
 
 
+def _has_zone(value: dt.date) -> bool:
+    return isinstance(value, dt.datetime) and value.utcoffset() is not None
+
+
 class SourceSection(_Model):
     model: str = "mHDR-v2_HEBD2012"
     air_kerma_strength_U: PositiveFloat = 40700.0
@@ -99,17 +115,23 @@ class SourceSection(_Model):
     def _times(self):
         if (self.calibration is None) != (self.treatment is None):
             raise ValueError("give both calibration and treatment (for decay) or neither")
+        zones = {_has_zone(t) for t in (self.calibration, self.treatment) if t is not None}
+        if len(zones) > 1:
+            raise ValueError(
+                "calibration and treatment: give both with a UTC offset (e.g. ...T10:00:00Z) "
+                "or both without one"
+            )
         return self
 
 
 class ApplicatorSection(_Model):
     step_mm: PositiveFloat = 5.0
-    active: Literal["auto"] | list[tuple[int, int]] = "auto"
+    active: Literal["auto"] | Annotated[list[tuple[int, int]], Field(min_length=1)] = "auto"
     active_margin_mm: NonNegativeFloat = 5.0
     max_dwell_time_s: PositiveFloat = 60.0
     # DICOM cases (case.kind = "dicom"): catheter polylines in patient mm, tip first, and the
     # catheter-to-tissue distance used for automatic active dwells.
-    catheters_mm: list[list[tuple[float, float, float]]] | None = None
+    catheters_mm: list[list[tuple[FiniteFloat, FiniteFloat, FiniteFloat]]] | None = None
     source_to_surface_mm: PositiveFloat = 5.0
 
 
@@ -135,7 +157,7 @@ class Objective(_Model):
     ]
     structure: str | None = None
     dose_gy: NonNegativeFloat | None = None
-    volume_percent: Annotated[float, Field(gt=0, lt=100)] | None = None
+    volume_percent: Annotated[float, Field(allow_inf_nan=False, gt=0, lt=100)] | None = None
     volume_cc: PositiveFloat | None = None
     weight: NonNegativeFloat = 1.0
 
@@ -163,7 +185,7 @@ class Goal(_Model):
     structure: str
     metric: str
     op: Literal[">=", "<="]
-    value: float
+    value: FiniteFloat
 
 
 class OptimizerSection(_Model):
@@ -185,7 +207,7 @@ class XraySection(_Model):
     catalogue_diameters_cm: list[PositiveFloat] | None = None
     min_skin_distance_mm: NonNegativeFloat = 5.0
     optimise_position: bool = True
-    anisotropy: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    anisotropy: Annotated[float, Field(allow_inf_nan=False, ge=0, lt=1)] = 0.0
 
 
 class ElectronSection(_Model):
@@ -193,12 +215,12 @@ class ElectronSection(_Model):
     ``iortopt.electron_plan``. Catalogue lists default to everything in the beam file."""
 
     beam: str = "generic_IOERT"
-    isodose_percent: Annotated[float, Field(gt=0, le=100)] = 90.0
+    isodose_percent: Annotated[float, Field(allow_inf_nan=False, gt=0, le=100)] = 90.0
     energies_mev: list[PositiveFloat] | None = None
     cone_diameters_cm: list[PositiveFloat] | None = None
     bevels_deg: list[NonNegativeFloat] | None = None
-    toe_direction: tuple[float, float, float] = (0.0, -1.0, 0.0)
-    max_axis_tilt_deg: Annotated[float, Field(ge=0, lt=90)] = 30.0
+    toe_direction: tuple[FiniteFloat, FiniteFloat, FiniteFloat] = (0.0, -1.0, 0.0)
+    max_axis_tilt_deg: Annotated[float, Field(allow_inf_nan=False, ge=0, lt=90)] = 30.0
     disc: str = "Al2_Pb4"
     disc_radius_mm: PositiveFloat = 45.0
     disc_margin_mm: NonNegativeFloat = 5.0
@@ -207,14 +229,14 @@ class ElectronSection(_Model):
     optimise_pose: bool = True
     max_shift_mm: NonNegativeFloat = 5.0
     max_air_gap_mm: NonNegativeFloat = 5.0
-    max_tilt_deg: Annotated[float, Field(ge=0, lt=45)] = 10.0
+    max_tilt_deg: Annotated[float, Field(allow_inf_nan=False, ge=0, lt=45)] = 10.0
     max_disc_shift_mm: NonNegativeFloat = 5.0
-    max_disc_tilt_deg: Annotated[float, Field(ge=0, lt=45)] = 10.0
+    max_disc_tilt_deg: Annotated[float, Field(allow_inf_nan=False, ge=0, lt=45)] = 10.0
     iterations: Annotated[int, Field(ge=1, le=10000)] = 100
 
 
-Vec3 = tuple[float, float, float]
-Range2 = tuple[float, float]
+Vec3 = tuple[FiniteFloat, FiniteFloat, FiniteFloat]
+Range2 = tuple[FiniteFloat, FiniteFloat]
 
 
 class ShieldConfig(_Model):
@@ -247,12 +269,12 @@ class ShieldConfig(_Model):
     radius_mm: PositiveFloat | None = None
     range_u_mm: Range2 = (0.0, 0.0)
     range_v_mm: Range2 = (0.0, 0.0)
-    rotation_deg: float = 0.0
+    rotation_deg: FiniteFloat = 0.0
     rotation_range_deg: Range2 = (0.0, 0.0)
     optimise: bool = True
     min_target_distance_mm: NonNegativeFloat = 0.0
     protects: list[str] = Field(default_factory=list)
-    edge_mm: Annotated[float, Field(ge=0, le=10)] = 1.0
+    edge_mm: Annotated[float, Field(allow_inf_nan=False, ge=0, le=10)] = 1.0
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -311,12 +333,16 @@ class ComputeSection(_Model):
     """
 
     memory_limit_mb: PositiveFloat | None = None
-    safety_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    safety_fraction: Annotated[float, Field(allow_inf_nan=False, gt=0, le=1)] = 0.8
     chunk_size: Annotated[int, Field(ge=0)] = 0
     devices: Literal["all"] | Annotated[int, Field(ge=1)] = "all"
 
 
 class PlanConfig(_Model):
+    # Where the config came from (file path, "job 'x'"), set by parse_config: errors found after
+    # parsing (e.g. in run_plan.prepare) are prefixed with it. Not a field: never dumped.
+    _origin: str = PrivateAttr(default="<config>")
+
     plan: PlanSection = PlanSection()
     case: CaseSection = CaseSection()
     source: SourceSection = SourceSection()
@@ -386,9 +412,39 @@ def _format_errors(origin: str, exc: ValidationError) -> str:
 def parse_config(doc: dict, origin: str = "<config>") -> PlanConfig:
     """Validate a parsed config document. Raises ConfigError listing every bad field."""
     try:
-        return PlanConfig.model_validate(doc)
+        cfg = PlanConfig.model_validate(doc)
     except ValidationError as exc:
         raise ConfigError(_format_errors(origin, exc)) from None
+    cfg._origin = origin
+    return cfg
+
+
+def config_origin(cfg: PlanConfig) -> str:
+    """The file (or job) ``cfg`` was parsed from, ``"<config>"`` if not known."""
+    return cfg._origin
+
+
+def with_origin(exc: ConfigError, origin: str) -> ConfigError:
+    """``exc`` with its message prefixed by ``origin`` (unchanged if it already starts so)."""
+    message = str(exc)
+    if origin == "<config>" or message.startswith(f"{origin}:"):
+        return exc
+    return ConfigError(f"{origin}: {message}")
+
+
+#: What a config file must hold at least (an empty file would silently run the defaults).
+PLAN_NEEDS = (
+    "a [plan] table (name, modality), the case ([case]), the [prescription] and, for an HDR "
+    "plan (modality hdr_flap), at least one [[objectives]] term; `iortopt init NAME` writes an "
+    "annotated example"
+)
+
+
+def _check_not_empty(doc: dict, origin: str) -> None:
+    if not doc:
+        raise ConfigError(
+            f"{origin}: the config defines no plan (no table or key); it needs " + PLAN_NEEDS
+        )
 
 
 def load_config(path: str | Path | None = None) -> PlanConfig:
@@ -397,7 +453,9 @@ def load_config(path: str | Path | None = None) -> PlanConfig:
         resource = resources.files("iortopt") / "data" / "configs" / "flap_default.toml"
         with resource.open("rb") as fh:
             return parse_config(tomllib.load(fh), "built-in flap_default.toml")
-    return parse_config(read_toml(path, ConfigError), str(path))
+    doc = read_toml(path, ConfigError)
+    _check_not_empty(doc, str(path))
+    return parse_config(doc, str(path))
 
 
 def builtin_config_text() -> str:

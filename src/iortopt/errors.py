@@ -15,3 +15,8 @@ class ConfigError(IortoptError):
 
 class InputFileError(IortoptError):
     """An input file (points, dwells, ...) is missing or malformed."""
+
+
+class PlanFailedError(Exception):
+    """A plan's computed result is unusable (e.g. NaN/inf dwell times or dose): not a user input
+    error, so not an :class:`IortoptError` (the CLI exits 1, having written nothing)."""

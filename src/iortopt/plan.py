@@ -139,6 +139,40 @@ def _optimisation_mask(case: Case, margin_mm: float) -> np.ndarray:
     return distance <= margin_mm
 
 
+#: Smallest fraction of the calibrated S_K a plan accepts after decay. 10 % is 3.3 half-lives
+#: (about 8 months for Ir-192, whose sources are exchanged after 3-4 months, at 30-40 %): below
+#: it the calibration or treatment date is almost certainly wrong (e.g. a year typed wrong), and a
+#: plan would silently stretch every dwell time.
+MIN_DECAY_FACTOR = 0.1
+
+
+def _check_optimisable(cfg: PlanConfig, n_dwells: int) -> None:
+    """An HDR plan needs an active dwell and an objective term that counts (ConfigError)."""
+    if n_dwells == 0:
+        raise ConfigError("applicator.active: no active dwell position; nothing to optimise")
+    if not any(o.weight > 0 for o in cfg.objectives):
+        given = "none given" if not cfg.objectives else "every weight is 0"
+        raise ConfigError(
+            f"objectives: an hdr_flap plan needs at least one [[objectives]] term with weight > 0 "
+            f"({given}); without one the dwell times are not optimised"
+        )
+
+
+def _check_decay(cfg: PlanConfig, factor: float, half_life_days: float) -> None:
+    if factor >= MIN_DECAY_FACTOR:
+        return
+    calibration = _as_datetime(cfg.source.calibration)
+    treatment = _as_datetime(cfg.source.treatment)
+    days = (treatment - calibration).total_seconds() / 86400.0
+    raise ConfigError(
+        f"source.calibration / source.treatment: the source would have decayed to "
+        f"{100 * factor:.3g} % of its calibrated S_K ({days:.0f} days, "
+        f"{days / half_life_days:.1f} half-lives, from {calibration.isoformat()} to "
+        f"{treatment.isoformat()}); below {100 * MIN_DECAY_FACTOR:g} % the dates are refused "
+        "as implausible (a source is exchanged long before): check both dates"
+    )
+
+
 def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
     """Build the case, dwells, source and optimisation voxels; validate every cross-reference.
 
@@ -167,8 +201,10 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
             )
         except ValueError as exc:
             raise ConfigError(f"source.treatment: {exc}") from None
+        _check_decay(cfg, factor, source.half_life_days)
         sk *= factor
         notes.append(f"S_K decayed by {factor:.4f} from calibration to treatment")
+    _check_optimisable(cfg, len(dwells))
     opt_mask = _optimisation_mask(case, cfg.optimizer.voxel_margin_mm)
     weights = {s.name: s.occupancy[opt_mask] for s in case.structures}
     shield_specs = []

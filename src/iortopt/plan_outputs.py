@@ -26,6 +26,7 @@ from iortopt import __version__
 from iortopt.case import Case
 from iortopt.config import PlanConfig
 from iortopt.errors import ConfigError
+from iortopt.result_checks import check_dose_finite, check_result_finite
 from iortopt.runtime import device_info
 
 
@@ -54,7 +55,12 @@ def check_structure_names(cfg: PlanConfig, case: Case) -> None:
 
 
 def evaluate_plan(cfg: PlanConfig, case: Case, dose: np.ndarray) -> dict:
-    """DVHs, metrics per structure, plan indices, goals and BED/EQD2 for a full-grid dose (Gy)."""
+    """DVHs, metrics per structure, plan indices, goals and BED/EQD2 for a full-grid dose (Gy).
+
+    Raises:
+        PlanFailedError: the dose is not finite (a failed optimisation).
+    """
+    check_dose_finite(dose)
     from iortopt import dvh, radiobiology
 
     rx = cfg.prescription.dose_gy
@@ -161,6 +167,7 @@ def write_plan_outputs(
             the DICOM export), so its files are part of the same atomic write.
         shield_points_mm: (K, 3) points sampling the shields, drawn on the dose slices.
     """
+    check_result_finite(dose, applicator, summary)
     from iortopt import report
     from iortopt.io.store import _to_jsonable, write_plan_store
 

@@ -23,7 +23,7 @@ import numpy as np
 from rich.console import Console
 
 from iortopt import memory
-from iortopt.config import PlanConfig
+from iortopt.config import PlanConfig, config_origin, with_origin
 from iortopt.errors import ConfigError
 
 
@@ -33,13 +33,17 @@ def prepare(cfg: PlanConfig, dtype):
     Raises:
         ConfigError: invalid input, a case too large to build (checked from the config before
             anything is built, :mod:`iortopt.case_size`), or a plan that does not fit the memory
-            budget.
+            budget; the message starts with the config's file (or batch job) when it does not
+            already.
     """
     from iortopt.case_size import check_case_size
 
-    check_case_size(cfg, dtype)
-    prepared = prepare_modality(cfg, dtype)
-    check_memory(plan_memory(prepared))
+    try:
+        check_case_size(cfg, dtype)
+        prepared = prepare_modality(cfg, dtype)
+        check_memory(plan_memory(prepared))
+    except ConfigError as exc:
+        raise with_origin(exc, config_origin(cfg)) from None
     return prepared
 
 

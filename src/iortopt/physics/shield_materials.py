@@ -30,7 +30,7 @@ import numpy as np
 
 from iortopt.errors import SourceDataError
 from iortopt.io.data_checks import fail as _fail
-from iortopt.io.data_checks import number_list
+from iortopt.io.data_checks import number, number_list, string
 from iortopt.io.toml_file import packaged_names, read_packaged_or_file
 from iortopt.physics.shield import TransmissionTable
 
@@ -108,6 +108,8 @@ def parse_shield_materials(doc: dict, origin: str = "<shield materials>") -> Shi
         mat = entry.get("name") if isinstance(entry, dict) else None
         if not isinstance(mat, str) or not mat.strip():
             raise _fail(origin, f"[[material]] #{i + 1} name", "expected a non-empty string")
+        if "density_g_cm3" in entry:
+            number(origin, entry, f"[[material]] {mat!r}", "density_g_cm3")
         rows = entry.get("transmission")
         if not isinstance(rows, list) or not rows:
             raise _fail(origin, f"material {mat!r} transmission", "expected at least one table")
@@ -117,8 +119,9 @@ def parse_shield_materials(doc: dict, origin: str = "<shield materials>") -> Shi
             if (mat, spectrum) in tables:
                 raise _fail(origin, where, f"spectrum {spectrum!r} given twice")
             tables[(mat.strip(), spectrum)] = (x, t)
-    citation = head.get("citation", "")
-    return ShieldMaterials(name.strip(), illustrative, str(citation), origin, tables)
+    citation = string(origin, head, "[materials]", "citation", required=False)
+    string(origin, head, "[materials]", "notes", required=False)
+    return ShieldMaterials(name.strip(), illustrative, citation, origin, tables)
 
 
 def packaged_shield_materials() -> list[str]:

@@ -152,12 +152,17 @@ def parse_source(doc: dict, origin: str = "<source data>") -> SourceData:
         SourceDataError: naming the file, section and field that is wrong and what was expected.
     """
     for section in ("source", "radial_dose_function", "anisotropy_function"):
-        if not isinstance(doc.get(section), dict):
+        if section not in doc:
             raise _fail(origin, f"[{section}]", "section missing")
+        if not isinstance(doc[section], dict):
+            raise _fail(origin, f"[{section}]", f"expected a table, got {doc[section]!r}")
     src = doc["source"]
     for key in ("name", "dataset"):
         if not isinstance(src.get(key), str) or not src[key].strip():
             raise _fail(origin, f"[source] {key}", "expected a non-empty string")
+    for key in ("isotope", "citation"):
+        if not isinstance(src.get(key, ""), str):
+            raise _fail(origin, f"[source] {key}", f"expected a string, got {src[key]!r}")
     scalars = {}
     for key in ("dose_rate_constant_cGy_h-1_U-1", "active_length_cm", "half_life_days"):
         value = src.get(key)
@@ -211,6 +216,8 @@ def parse_source(doc: dict, origin: str = "<source data>") -> SourceData:
     phi_r = phi = None
     if "anisotropy_factor_1d" in doc:
         one_d = doc["anisotropy_factor_1d"]
+        if not isinstance(one_d, dict):
+            raise _fail(origin, "[anisotropy_factor_1d]", f"expected a table, got {one_d!r}")
         phi_r = _knots(origin, one_d, "anisotropy_factor_1d", "r_cm", 0.0, None)
         phi = _values(origin, one_d, "anisotropy_factor_1d", "phi_an", phi_r.size)
 
