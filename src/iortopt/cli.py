@@ -159,7 +159,7 @@ def qa_along_away(
             reference = consensus_table(src)
             if reference is None:
                 raise IortoptError(
-                    f"{src.key} has no packaged consensus QA grid: give --points CSV"
+                    f"{source}: {src.key} has no packaged consensus QA grid: give --points CSV"
                 )
             keep = np.isfinite(reference.dose_rate)
             z, y = reference.z_cm[keep], reference.y_cm[keep]
