@@ -360,10 +360,10 @@ def entry() -> None:
     except SystemExit as exc:
         # typer turns KeyboardInterrupt into exit code 130 without a word
         if exc.code == EXIT_INTERRUPTED:
-            err_console.print(interrupted_message(), highlight=False)
+            err_console.print(interrupted_message(), highlight=False, soft_wrap=True)
         raise
     except KeyboardInterrupt:
-        err_console.print(interrupted_message(), highlight=False)
+        err_console.print(interrupted_message(), highlight=False, soft_wrap=True)
         sys.exit(EXIT_INTERRUPTED)
 
 

@@ -36,6 +36,7 @@ without it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import os
 import re
@@ -66,6 +67,8 @@ SIBLING_TEMPLATES = (
     ".{name}.checkpoint.npz.tmp.npz",
     ".{name}.shields.checkpoint.npz.tmp.npz",
 )
+#: Names made beside a single file or store written by :func:`iortopt.io.store.atomic_path`.
+TEMP_TEMPLATES = (".{name}.tmp-XXXXXXXX", ".{name}.old-XXXXXXXX")
 _SUFFIX = r"\.(?:tmp|old)-[0-9a-f]{8}"
 _OWNED_TEMP = re.compile(
     r"^\.(?:"
@@ -155,9 +158,13 @@ def _check_name(label: str, path: Path, templates: tuple[str, ...]) -> None:
         )
 
 
-def _check_not_cwd(label: str, path: Path) -> Path:
+def _check_not_cwd(label: str, path: Path, templates: tuple[str, ...]) -> Path:
+    """The resolved ``path`` after the checks every target shares (before touching it: a name
+    too long makes every later file system call fail)."""
     if str(path) in ("", "."):
         raise ConfigError(f"{label} {str(path)!r}: the current folder is not an output folder")
+    if path.name not in ("", ".", ".."):
+        _check_name(label, path, templates)
     if path.is_symlink():
         raise ConfigError(f"{label} {path}: is a symbolic link; give the folder itself")
     resolved = path.resolve()
@@ -167,6 +174,21 @@ def _check_not_cwd(label: str, path: Path) -> Path:
     return resolved
 
 
+def _os_errors_named(check):
+    """Turn an OSError of a check (a path component too long, a loop of links) into a
+    ConfigError naming the path."""
+
+    @functools.wraps(check)
+    def checked(path, *args, **kwargs):
+        try:
+            return check(path, *args, **kwargs)
+        except OSError as exc:
+            raise ConfigError(f"--out {path}: {exc.strerror or exc}") from None
+
+    return checked
+
+
+@_os_errors_named
 def check_output_target(path: str | Path, overwrite: bool, plan_name: str) -> None:
     """Refuse an output folder that a run of ``plan_name`` must not write (nothing is written).
 
@@ -175,7 +197,7 @@ def check_output_target(path: str | Path, overwrite: bool, plan_name: str) -> No
     """
     label = "--out"
     path = Path(path)
-    resolved = _check_not_cwd(label, path)
+    resolved = _check_not_cwd(label, path, SIBLING_TEMPLATES)
     _check_name(label, resolved, SIBLING_TEMPLATES)
     _check_parent(label, resolved)
     if not resolved.exists():
@@ -205,14 +227,15 @@ def check_output_target(path: str | Path, overwrite: bool, plan_name: str) -> No
         raise ConfigError(f"{label} {path}: cannot write in it (permission denied)")
 
 
+@_os_errors_named
 def check_store_target(path: str | Path, label: str = "--out") -> None:
     """Refuse a zarr store target that is a file, a foreign folder or unwritable (before work).
 
     An existing store written by iortopt (``zarr.json`` with ``iortopt`` attributes) is replaced.
     """
     path = Path(path)
-    resolved = _check_not_cwd(label, path)
-    _check_name(label, resolved, (".{name}.tmp-XXXXXXXX", ".{name}.old-XXXXXXXX"))
+    resolved = _check_not_cwd(label, path, TEMP_TEMPLATES)
+    _check_name(label, resolved, TEMP_TEMPLATES)
     _check_parent(label, resolved)
     if not resolved.exists():
         return
@@ -233,13 +256,14 @@ def check_store_target(path: str | Path, label: str = "--out") -> None:
         )
 
 
+@_os_errors_named
 def check_file_target(path: str | Path, label: str = "--out") -> None:
     """Refuse a file target that is a folder or whose parent is not writable (before work)."""
     path = Path(path)
     if str(path) in ("", "."):
         raise ConfigError(f"{label} {str(path)!r}: give a file name")
+    _check_name(label, path, TEMP_TEMPLATES)
     resolved = path.resolve()
-    _check_name(label, resolved, (".{name}.tmp-XXXXXXXX", ".{name}.old-XXXXXXXX"))
     _check_parent(label, resolved)
     if resolved.is_dir():
         raise ConfigError(f"{label} {path}: is a folder; iortopt never replaces a folder by a file")
