@@ -265,7 +265,7 @@ def init(
     from iortopt.io.output_dir import check_file_target
 
     try:
-        check_file_target(path, "init")
+        check_file_target(path, label="init")
     except IortoptError as exc:
         _fail(exc)
     if path.exists() and not force:
@@ -317,6 +317,7 @@ def run(
         out_dir = out if out is not None else Path("iortopt-out") / cfg.plan.name
         check_output_target(out_dir, overwrite, cfg.plan.name)
         with output_lock(out_dir):
+            check_output_target(out_dir, overwrite, cfg.plan.name)  # again, now that we own it
             CURRENT_RUN["out_dir"] = out_dir
             clean_stale_temporaries(out_dir)
             prepared = prepare(cfg, dtype)

@@ -183,7 +183,8 @@ def _os_errors_named(check):
         try:
             return check(path, *args, **kwargs)
         except OSError as exc:
-            raise ConfigError(f"--out {path}: {exc.strerror or exc}") from None
+            label = kwargs.get("label", "--out")
+            raise ConfigError(f"{label} {path}: {exc.strerror or exc}") from None
 
     return checked
 
