@@ -25,6 +25,7 @@ def electron_run(tmp_path_factory):
 def test_outputs_comparison_choice_and_disc(electron_run):
     out, output = electron_run
     assert sorted(p.name for p in out.iterdir()) == [
+        ".iortopt-output.json",  # the output marker, written last
         "dose_slices.png",
         "dvh.png",
         "plan.zarr",

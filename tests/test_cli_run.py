@@ -25,6 +25,7 @@ def builtin_run(tmp_path_factory):
 def test_outputs_exist_and_open(builtin_run):
     out, output = builtin_run
     assert sorted(p.name for p in out.iterdir()) == [
+        ".iortopt-output.json",  # the output marker, written last
         "dose_slices.png",
         "dvh.png",
         "plan.zarr",

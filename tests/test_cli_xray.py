@@ -25,6 +25,7 @@ def xray_run(tmp_path_factory):
 def test_outputs_and_comparison_table(xray_run):
     out, output = xray_run
     assert sorted(p.name for p in out.iterdir()) == [
+        ".iortopt-output.json",  # the output marker, written last
         "dose_slices.png",
         "dvh.png",
         "plan.zarr",

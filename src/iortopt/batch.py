@@ -729,6 +729,8 @@ def _publish_job(paths: StorePaths, job: dict, out_dir: Path) -> None:
     """Move a finished plan into the store: plan.zarr -> jobs/<id>, the rest -> files/<id>."""
     import zarr
 
+    from iortopt.io.output_dir import MARKER_NAME
+
     plan_zarr = out_dir / "plan.zarr"
     group = zarr.open_group(str(plan_zarr), mode="r+", zarr_format=3)
     group.attrs["batch_job"] = {
@@ -738,6 +740,8 @@ def _publish_job(paths: StorePaths, job: dict, out_dir: Path) -> None:
         "overrides": json.loads(_canonical_json(job["overrides"])),
     }
     clear_job_outputs(paths, job["job_id"])
+    # files/<id> is part of the batch store, not a standalone run output: no output marker
+    (out_dir / MARKER_NAME).unlink(missing_ok=True)
     paths.files(job["job_id"]).parent.mkdir(parents=True, exist_ok=True)
     os.replace(plan_zarr, paths.group(job["job_id"]))
     os.replace(out_dir, paths.files(job["job_id"]))

@@ -139,6 +139,9 @@ def qa_along_away(
     import numpy as np
 
     try:
+        from iortopt.io.output_dir import check_file_target
+
+        check_file_target(out)
         from iortopt.runtime import configure
 
         dtype = configure(None, precision)
@@ -197,6 +200,9 @@ def dose(
     import numpy as np
 
     try:
+        from iortopt.io.output_dir import check_store_target
+
+        check_store_target(out)
         from iortopt.runtime import configure, device_info
 
         dtype = configure(device, precision)
@@ -268,6 +274,12 @@ def init(
     from iortopt.config import builtin_config_text
 
     path = Path(name if name.endswith(".toml") else f"{name}.toml")
+    from iortopt.io.output_dir import check_file_target
+
+    try:
+        check_file_target(path, label="init")
+    except IortoptError as exc:
+        _fail(exc)
     if path.exists() and not force:
         _fail(IortoptError(f"{path} exists (use --force to overwrite)"))
     stem = path.stem
@@ -287,11 +299,25 @@ def run(
     out: Annotated[
         Path | None, typer.Option("--out", help="output folder (default ./iortopt-out/<plan>)")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="write into a folder that is not this plan's output: only iortopt's own files "
+            "there are replaced, other files are kept",
+        ),
+    ] = False,
     device: DeviceOpt = None,
     precision: PrecisionOpt = "float32",
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress display")] = False,
 ):
-    """Optimise a plan and write plan.zarr, summary.json, dvh.png and dose_slices.png."""
+    """Optimise a plan and write plan.zarr, summary.json, dvh.png and dose_slices.png.
+
+    The output folder must be new, empty or this plan's previous output (else --overwrite); a
+    second run into the same folder at the same time is refused.
+    """
+    from iortopt.io.output_dir import check_output_target, clean_stale_temporaries, output_lock
+
     try:
         from iortopt.runtime import configure
 
@@ -300,9 +326,14 @@ def run(
         from iortopt.run_plan import execute, prepare, print_result
 
         cfg = load_config(config)
-        prepared = prepare(cfg, dtype)
         out_dir = out if out is not None else Path("iortopt-out") / cfg.plan.name
-        result = execute(prepared, out_dir, console=None if quiet else console)
+        check_output_target(out_dir, overwrite, cfg.plan.name)
+        with output_lock(out_dir):
+            check_output_target(out_dir, overwrite, cfg.plan.name)  # again, now that we own it
+            CURRENT_RUN["out_dir"] = out_dir
+            clean_stale_temporaries(out_dir)
+            prepared = prepare(cfg, dtype)
+            result = execute(prepared, out_dir, console=None if quiet else console)
     except IortoptError as exc:
         _fail(exc)
     except PlanFailedError as exc:
@@ -310,16 +341,48 @@ def run(
 
         err_console.print(f"[bold red]plan failed:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
+    CURRENT_RUN.clear()
     print_result(result, console)
     if not result.summary["goals_all_met"]:
         console.print("[yellow]Not every clinical goal is met (see the table above).[/]")
 
 
-def entry() -> None:  # pragma: no cover - console script shim
+#: The output folder of the ``run`` in progress (for the Ctrl-C message); empty otherwise.
+CURRENT_RUN: dict[str, Path] = {}
+EXIT_INTERRUPTED = 130
+
+
+def interrupted_message() -> str:
+    """What Ctrl-C stopped: the run's output and, if one exists, its checkpoint to resume from."""
+    out_dir = CURRENT_RUN.get("out_dir")
+    if out_dir is None:
+        return "interrupted (Ctrl-C): stopped."
+    from iortopt.plan import checkpoint_path_for, shield_checkpoint_path_for
+
+    lines = [f"interrupted (Ctrl-C): the run into {out_dir} stopped before it finished."]
+    candidates = (checkpoint_path_for(out_dir), shield_checkpoint_path_for(out_dir))
+    saved = [p for p in candidates if p.is_file()]
+    if saved:
+        lines.append(
+            f"checkpoint: {', '.join(map(str, saved))}; run the same command again to resume."
+        )
+    else:
+        lines.append("no checkpoint yet; running the same command again starts afresh.")
+    return "\n".join(lines)
+
+
+def entry() -> None:
+    """Console script: the app, with a message on Ctrl-C (exit 130)."""
     try:
         app()
+    except SystemExit as exc:
+        # typer turns KeyboardInterrupt into exit code 130 without a word
+        if exc.code == EXIT_INTERRUPTED:
+            err_console.print(interrupted_message(), highlight=False, soft_wrap=True)
+        raise
     except KeyboardInterrupt:
-        sys.exit(130)
+        err_console.print(interrupted_message(), highlight=False, soft_wrap=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 from iortopt.batch_cli import register as register_batch_commands  # noqa: E402

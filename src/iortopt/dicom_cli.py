@@ -129,7 +129,9 @@ def import_(
         from iortopt.config import DicomCaseSection
         from iortopt.dicom.case_import import import_case
         from iortopt.dicom.case_store import write_case_store
+        from iortopt.io.output_dir import check_store_target
 
+        check_store_target(out)
         structures = _mapping(target, "target") | _mapping(oar, "oar") | _mapping(other, "other")
         if not structures:
             raise IortoptError("name at least one ROI with --target, --oar or --other")

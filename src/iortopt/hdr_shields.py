@@ -15,6 +15,7 @@ optimisation polishes dwell times and positions for the chosen sizes.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from iortopt import shields as shl
-from iortopt.optimize import run_optax, times_from_u, u_from_times
+from iortopt.optimize import (
+    CheckpointRejected,
+    read_npz_checked,
+    run_optax,
+    times_from_u,
+    u_from_times,
+)
 from iortopt.physics import shield as sh
 from iortopt.physics.tg43 import GY_PER_CGY, SECONDS_PER_HOUR, auto_chunk_size, dose_rate_matrix
 
@@ -48,6 +55,7 @@ class ShieldedOptimum:
     compile_s: float = 0.0
     optimise_s: float = 0.0
     affected_pairs: int = 0
+    notes: list[str] = field(default_factory=list)  # checkpoint warnings
 
 
 def shield_pairs(points_opt: np.ndarray, positions_mm: np.ndarray, specs, dtype):
@@ -201,16 +209,19 @@ def optimise_with_shields(
         loop = run(u_start, sizes, trial_iterations)
         return loop.history[-1], loop.u
 
-    saved = _load_state(checkpoint_path, checkpoint_key, u, len(specs))
+    saved, warning = _load_state(
+        checkpoint_path, checkpoint_key, u, [len(s.sizes_mm) for s in specs]
+    )
+    notes = [] if warning is None else [warning]
     if saved is not None:
         size_index, u, resumed_at = saved
         trials = [{"resumed_from_iteration": resumed_at}]
     else:
         size_index, u, trials = shl.choose_sizes(specs, trial, u)
-        _save_state(checkpoint_path, checkpoint_key, size_index, u, 0)
+        _save_state(checkpoint_path, checkpoint_key, size_index, u, 0, notes)
 
     def save(it, u_now):
-        _save_state(checkpoint_path, checkpoint_key, size_index, u_now, it)
+        _save_state(checkpoint_path, checkpoint_key, size_index, u_now, it, notes)
 
     final = run(u, size_index, optimizer_cfg.max_iterations, progress, save)
     u = final.u
@@ -227,37 +238,82 @@ def optimise_with_shields(
         compile_s=compile_s + final.compile_s,
         optimise_s=time.perf_counter() - t0,
         affected_pairs=int(rows.size),
+        notes=notes,
     )
 
 
-def _save_state(path: Path | None, key: str, size_index, u, iteration: int) -> None:
-    """Write the shield stage's state to ``path`` (.npz, atomically; nothing when path is None)."""
-    if path is None:
+def _save_state(
+    path: Path | None, key: str, size_index, u, iteration: int, notes: list[str]
+) -> None:
+    """Write the shield stage's state to ``path`` (.npz, atomically; nothing when path is None).
+
+    A failed write warns once (printed and in ``notes``) and the stage goes on without it."""
+    if path is None or any(n.startswith("cannot write the shield checkpoint") for n in notes):
         return
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(
-        tmp,
-        size_index=np.asarray(size_index),
-        u_times=np.asarray(u[0]),
-        u_pose=np.asarray(u[1]),
-        iteration=np.asarray(iteration),
-        key=np.asarray(key),
-    )
-    tmp.replace(path)
+    try:
+        np.savez(
+            tmp,
+            size_index=np.asarray(size_index, np.int64),
+            u_times=np.asarray(u[0]),
+            u_pose=np.asarray(u[1]),
+            iteration=np.asarray(int(iteration)),
+            key=np.asarray(str(key)),
+        )
+        tmp.replace(path)
+    except OSError as exc:
+        message = f"cannot write the shield checkpoint {path} ({exc.strerror or exc})"
+        print(f"warning: {message}", file=sys.stderr)
+        notes.append(message)
 
 
-def _load_state(path: Path | None, key: str, u_like, n_shields: int):
-    """(size_index, u, iteration) from a matching checkpoint, else None (no pickle)."""
+def _check_state(data: dict, u_like, n_sizes: list[int]) -> None:
+    """Raise CheckpointRejected unless ``data`` fits the stage (shapes, dtypes, bounds)."""
+    index = data["size_index"]
+    if index.dtype.kind not in "iu" or index.shape != (len(n_sizes),):
+        raise CheckpointRejected(
+            f"size_index is {index.dtype}{list(index.shape)}, expected {len(n_sizes)} integers"
+        )
+    if np.any(index < 0) or np.any(index >= np.asarray(n_sizes)):
+        raise CheckpointRejected(f"size_index {index.tolist()} outside the catalogues {n_sizes}")
+    for name, like in (("u_times", u_like[0]), ("u_pose", u_like[1])):
+        value = data[name]
+        if value.dtype.kind != "f" or value.shape != tuple(like.shape):
+            raise CheckpointRejected(
+                f"{name} is {value.dtype}{list(value.shape)}, expected {list(like.shape)} floats"
+            )
+        if not np.all(np.isfinite(value)):
+            raise CheckpointRejected(f"{name} holds NaN or infinite values")
+    it = data["iteration"]
+    if it.shape != () or it.dtype.kind not in "iu" or int(it) < 0:
+        raise CheckpointRejected("iteration is not a non-negative integer")
+    if data["key"].shape != () or data["key"].dtype.kind != "U":
+        raise CheckpointRejected("key is not a string")
+
+
+def _load_state(path: Path | None, key: str, u_like, n_sizes: list[int]):
+    """((size_index, u, iteration) or None, warning or None) from the checkpoint at ``path``.
+
+    ``n_sizes``: catalogue length per shield. A matching valid checkpoint gives the state; one of
+    another plan gives (None, None); a damaged or out-of-bounds one (None, warning), the warning
+    also printed to stderr. Never pickle, never fatal."""
     if path is None or not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as data:
-        if str(data["key"]) != key or data["size_index"].shape != (n_shields,):
-            return None
-        u_t, u_p = np.asarray(data["u_times"]), np.asarray(data["u_pose"])
-        if u_t.shape != u_like[0].shape or u_p.shape != u_like[1].shape:
-            return None
-        u = (jnp.asarray(u_t, u_like[0].dtype), jnp.asarray(u_p, u_like[1].dtype))
-        return np.asarray(data["size_index"]).astype(int), u, int(data["iteration"])
+        return None, None
+    keys = ("size_index", "u_times", "u_pose", "iteration", "key")
+    try:
+        data = read_npz_checked(path, keys)
+        _check_state(data, u_like, n_sizes)
+    except CheckpointRejected as exc:
+        message = f"ignored the shield checkpoint {path} ({exc}); choosing sizes from the start"
+        print(f"warning: {message}", file=sys.stderr)
+        return None, message
+    if str(data["key"]) != key:
+        return None, None
+    u = (
+        jnp.asarray(data["u_times"], u_like[0].dtype),
+        jnp.asarray(data["u_pose"], u_like[1].dtype),
+    )
+    return (data["size_index"].astype(int), u, int(data["iteration"])), None
 
 
 def placed_shields(specs, optimum: ShieldedOptimum, dtype=jnp.float32):
@@ -361,6 +417,7 @@ def run_shield_stage(
         checkpoint_key=checkpoint_key,
     )
     bar.close()
+    prepared.notes.extend(optimum.notes)
     return ShieldStage(specs, optimum, placed_shields(specs, optimum, dtype), distance_map)
 
 

@@ -212,11 +212,81 @@ def save_checkpoint(path: str | Path, times_s: np.ndarray, iteration: int, key: 
     """Write dwell times, iteration and an identifying ``key`` to ``path`` (.npz) atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, times_s=np.asarray(times_s), iteration=np.asarray(iteration), key=np.asarray(key))
+    np.savez(
+        tmp,
+        times_s=np.asarray(times_s, np.float64),
+        iteration=np.asarray(int(iteration)),
+        key=np.asarray(str(key)),
+    )
     tmp.replace(path)
 
 
-def load_checkpoint(path: str | Path) -> tuple[np.ndarray, int, str]:
-    """Read a checkpoint written by :func:`save_checkpoint` (no pickle): times, iteration, key."""
-    with np.load(Path(path), allow_pickle=False) as data:
-        return np.asarray(data["times_s"]), int(data["iteration"]), str(data["key"])
+class CheckpointRejected(ValueError):
+    """A checkpoint file that cannot be used (damaged, foreign or out of bounds); the message
+    says why. Never fatal to a run: it starts afresh."""
+
+
+#: Largest uncompressed member of a checkpoint read at all (a hostile file could be huge).
+MAX_MEMBER_BYTES = 64 * 1024 * 1024
+
+
+def read_npz_checked(path: str | Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of an .npz file, read without pickle and with bounded sizes.
+
+    Raises:
+        CheckpointRejected: unreadable, not an .npz, a key missing, a member too large or holding
+            objects (every exception of the reader is turned into this one).
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            sizes = {info.filename: info.file_size for info in zf.infolist()}
+        missing = [k for k in keys if f"{k}.npy" not in sizes]
+        if missing:
+            raise CheckpointRejected(f"missing {missing}")
+        big = [k for k in keys if sizes[f"{k}.npy"] > MAX_MEMBER_BYTES]
+        if big:
+            raise CheckpointRejected(f"{big} larger than {MAX_MEMBER_BYTES} bytes")
+        with np.load(path, allow_pickle=False) as data:
+            return {k: np.asarray(data[k]) for k in keys}
+    except CheckpointRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file may raise anything
+        raise CheckpointRejected(
+            f"not a readable .npz file ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _scalar(value: np.ndarray, kind: str, name: str):
+    if value.shape != () or value.dtype.kind not in kind:
+        raise CheckpointRejected(f"{name} is {value.dtype}{list(value.shape)}, expected a scalar")
+    return value.item()
+
+
+def load_checkpoint(
+    path: str | Path, n_dwells: int | None = None, t_max_s: float | None = None
+) -> tuple[np.ndarray, int, str]:
+    """Read a checkpoint written by :func:`save_checkpoint` (no pickle): times, iteration, key.
+
+    Checks the keys, that ``times_s`` is a finite float vector of ``n_dwells`` values in
+    [0, ``t_max_s``] (when given), the iteration a non-negative integer and the key a string.
+
+    Raises:
+        CheckpointRejected: saying what is wrong.
+    """
+    data = read_npz_checked(path, ("times_s", "iteration", "key"))
+    times = data["times_s"]
+    if times.dtype.kind != "f" or times.ndim != 1:
+        raise CheckpointRejected(f"times_s is {times.dtype}{list(times.shape)}, expected floats")
+    if n_dwells is not None and times.shape != (n_dwells,):
+        raise CheckpointRejected(f"times_s has {times.size} values, the plan {n_dwells} dwells")
+    if not np.all(np.isfinite(times)):
+        raise CheckpointRejected("times_s holds NaN or infinite values")
+    if np.any(times < 0) or (t_max_s is not None and np.any(times > t_max_s * (1 + 1e-6))):
+        raise CheckpointRejected(f"times_s outside [0, {t_max_s if t_max_s else 'inf'}] s")
+    iteration = _scalar(data["iteration"], "iu", "iteration")
+    if iteration < 0:
+        raise CheckpointRejected(f"iteration {iteration} < 0")
+    key = _scalar(data["key"], "U", "key")
+    return times.astype(np.float64), int(iteration), str(key)

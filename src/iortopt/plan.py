@@ -312,6 +312,63 @@ def checkpoint_path_for(out_dir: str | Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.checkpoint.npz")
 
 
+def shield_checkpoint_path_for(out_dir: str | Path) -> Path:
+    """Where a run writing ``out_dir`` keeps its shield-stage checkpoint (removed on success)."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.shields.checkpoint.npz")
+
+
+def resume_times(
+    path: Path, run_key: str, n_dwells: int, t_max_s: float, notes: list[str]
+) -> np.ndarray | None:
+    """Dwell times (s) of a valid checkpoint of this run at ``path``, else None.
+
+    A damaged, foreign or out-of-bounds checkpoint is never fatal: it is ignored with a warning
+    printed to stderr and added to ``notes``; one of another config is ignored with a note.
+    """
+    import sys
+
+    from iortopt.optimize import CheckpointRejected, load_checkpoint
+
+    if not path.exists():
+        return None
+    try:
+        times, iteration, key = load_checkpoint(path, n_dwells, t_max_s)
+    except CheckpointRejected as exc:
+        message = f"ignored the checkpoint {path} ({exc}); optimising from the start"
+        print(f"warning: {message}", file=sys.stderr)
+        notes.append(message)
+        return None
+    if key != run_key:
+        notes.append(f"ignored the checkpoint {path.name} of another config")
+        return None
+    notes.append(f"resumed from checkpoint at iteration {iteration}")
+    return np.clip(times, 0.0, t_max_s)
+
+
+def checkpoint_writer(path: Path, run_key: str, notes: list[str]):
+    """``checkpoint(iteration, times_s)`` saving to ``path``; a failed write (a folder in the
+    way, a full disk) warns once and the run goes on without checkpoints."""
+    import sys
+
+    from iortopt.optimize import save_checkpoint
+
+    failed = []
+
+    def write(iteration: int, times_s: np.ndarray) -> None:
+        if failed:
+            return
+        try:
+            save_checkpoint(path, times_s, iteration, run_key)
+        except OSError as exc:
+            failed.append(exc)
+            message = f"cannot write the checkpoint {path} ({exc.strerror or exc}); not resumable"
+            print(f"warning: {message}", file=sys.stderr)
+            notes.append(message)
+
+    return write
+
+
 def checkpoint_key(cfg: PlanConfig, n_dwells: int) -> str:
     """Identifies the problem a checkpoint belongs to: the whole config and the dwell count."""
     return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16] + f"-{n_dwells}"
@@ -371,18 +428,16 @@ def optimise_and_write(
     t_max = cfg.applicator.max_dwell_time_s
     init = np.full(n_dwells, _initial_time_s(unit_dose, target_w, cfg.prescription.dose_gy, t_max))
 
-    from iortopt.optimize import load_checkpoint, minimise, save_checkpoint
+    from iortopt.optimize import minimise
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     checkpoint_path = checkpoint_path_for(out_dir)
-    shield_checkpoint_path = checkpoint_path.with_name(f".{out_dir.name}.shields.checkpoint.npz")
+    shield_checkpoint_path = shield_checkpoint_path_for(out_dir)
     run_key = checkpoint_key(cfg, n_dwells)
-    if checkpoint_path.exists():
-        times_saved, it_saved, key_saved = load_checkpoint(checkpoint_path)
-        if key_saved == run_key and times_saved.shape == (n_dwells,):
-            init = times_saved
-            prepared.notes.append(f"resumed from checkpoint at iteration {it_saved}")
+    resumed = resume_times(checkpoint_path, run_key, n_dwells, t_max, prepared.notes)
+    if resumed is not None:
+        init = resumed
 
     bar = DelayedProgress(console, cfg.optimizer.max_iterations, "optimising")
     params = objectives.term_params(terms, dtype)
@@ -396,7 +451,7 @@ def optimise_and_write(
         learning_rate=cfg.optimizer.learning_rate,
         progress=lambda it, value: bar.update(it, f"objective {value:.4g}"),
         dtype=dtype,
-        checkpoint=lambda it, times: save_checkpoint(checkpoint_path, times, it, run_key),
+        checkpoint=checkpoint_writer(checkpoint_path, run_key, prepared.notes),
         operands=(params, *operands),
     )
     bar.close()
@@ -506,8 +561,9 @@ def optimise_and_write(
     timings["write_s"] = time.perf_counter() - t0
     summary["wall_times_s"] = timings
     rewrite_summary(out_dir, summary)
-    checkpoint_path.unlink(missing_ok=True)
-    shield_checkpoint_path.unlink(missing_ok=True)
+    for path in (checkpoint_path, shield_checkpoint_path):
+        if path.is_file() or path.is_symlink():  # never a folder someone put there
+            path.unlink(missing_ok=True)
     return PlanResult(
         prepared, times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir
     )

@@ -4,8 +4,9 @@
     write_plan_outputs(...)            -> plan.zarr, summary.json, dvh.png, dose_slices.png
     print_report(summary, case, ...)   -> metrics and goals tables on the terminal
 
-Outputs are written into a temporary folder beside the target and swapped into place, so an
-output folder that exists is complete.
+Outputs are written into a temporary folder beside the target and then swapped or merged into
+place by :func:`iortopt.io.output_dir.publish_folder`: files iortopt did not write are never
+removed, and the folder's marker (``.iortopt-output.json``), written last, says it is complete.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -158,7 +158,10 @@ def write_plan_outputs(
     extra_writer: Callable[[Path], None] | None = None,
     shield_points_mm: np.ndarray | None = None,
 ) -> None:
-    """Write plan.zarr, summary.json, dvh.png and dose_slices.png into ``out_dir`` atomically.
+    """Write plan.zarr, summary.json, dvh.png and dose_slices.png into ``out_dir``.
+
+    Built in a temporary folder, then swapped or merged into place with the marker written last
+    (:func:`iortopt.io.output_dir.publish_folder`); files iortopt did not write are kept.
 
     Args:
         applicator: zarr groups of applicator arrays, e.g. ``{"dwells": {"times_s": ...}}``.
@@ -169,12 +172,11 @@ def write_plan_outputs(
     """
     check_result_finite(dose, applicator, summary)
     from iortopt import report
+    from iortopt.io.output_dir import new_temp_folder, publish_folder
     from iortopt.io.store import _to_jsonable, write_plan_store
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    tmp = new_temp_folder(out_dir)
     try:
         write_plan_store(
             tmp / "plan.zarr",
@@ -210,13 +212,7 @@ def write_plan_outputs(
         )
         if extra_writer is not None:
             extra_writer(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        publish_folder(tmp, out_dir, cfg.plan.name, cfg.plan.modality)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

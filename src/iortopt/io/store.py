@@ -28,6 +28,7 @@ import numpy as np
 import zarr
 
 from iortopt import __version__
+from iortopt.errors import ConfigError
 from iortopt.grid import Grid
 
 
@@ -43,12 +44,20 @@ def _chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
 @contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; on success move it to ``final`` (replacing it), else
-    delete it."""
+    delete it.
+
+    Raises:
+        ConfigError: ``final`` is a folder and the result a file, or the other way round (a
+            folder is never replaced by a file, nor a file by a folder); nothing is replaced.
+    """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
+        if final.exists() and final.is_dir() != tmp.is_dir():
+            kind = ("folder", "file") if final.is_dir() else ("file", "folder")
+            raise ConfigError(f"{final}: is a {kind[0]}; iortopt never replaces it by a {kind[1]}")
         if final.exists():
             old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(final, old)
