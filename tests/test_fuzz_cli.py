@@ -23,11 +23,11 @@ from importlib import resources
 from pathlib import Path
 
 import pydicom
-from pydicom.dataelem import RawDataElement
 import pytest
 import tomli_w
 from hypothesis import given
 from hypothesis import strategies as st
+from pydicom.dataelem import RawDataElement
 from typer.testing import CliRunner
 
 from iortopt.cli import app
