@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Predicted (``iortopt.memory``) against measured peak memory of each engine, and a large
+"""Predicted (``iortopt.compute.memory``) against measured peak memory of each engine, and a large
 full-grid TG-43 dose run under its planned memory.
 
 Every case runs in a fresh process: it compiles first, then samples the resident set size every
@@ -34,7 +34,7 @@ SK_U = 40000.0
 
 def _ensure_iortopt_importable() -> None:
     try:
-        import iortopt.memory  # noqa: F401
+        import iortopt.compute.memory  # noqa: F401
     except ImportError:
         sys.path.insert(0, str(HERE.parent / "src"))
 
@@ -92,7 +92,7 @@ def case_tg43_dose(size: int, n_dwells: int, chunk: int | None) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from iortopt import memory
+    from iortopt.compute import memory
     from iortopt.grid import Grid
     from iortopt.physics import tg43
     from iortopt.physics.sources import load_source
@@ -139,11 +139,11 @@ def case_tg43_matrix(n_points: int, n_dwells: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from iortopt import memory
-    from iortopt.applicators import Dwells
+    from iortopt.cases.catheters import Dwells
+    from iortopt.compute import memory
+    from iortopt.modalities.hdr_flap.pipeline import _influence_matrix
     from iortopt.physics import tg43
     from iortopt.physics.sources import load_source
-    from iortopt.plan import _influence_matrix
 
     k = tg43.make_kernel(load_source(SOURCE))
     rng = np.random.default_rng(0)
@@ -177,7 +177,7 @@ def case_tg43_matrix_free(n_points: int, n_dwells: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from iortopt import memory
+    from iortopt.compute import memory
     from iortopt.physics import tg43
     from iortopt.physics.sources import load_source
 
@@ -205,7 +205,7 @@ def case_xray(n_points: int, n_sizes: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from iortopt import memory
+    from iortopt.compute import memory
     from iortopt.physics import xray
 
     beam = xray.load_xray_beam("generic_50kV_spheres")
@@ -234,7 +234,7 @@ def case_electron(n_points: int, n_rows: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from iortopt import memory
+    from iortopt.compute import memory
     from iortopt.physics import electron as el
     from iortopt.physics.disc import Disc
 

@@ -51,12 +51,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
 
-    from iortopt.runtime import configure, device_info
+    from iortopt.compute.runtime import configure, device_info
 
     t_start = time.perf_counter()
     dtype = configure(args.device, args.precision)
     from iortopt.config import load_config
-    from iortopt.run_plan import execute, prepare
+    from iortopt.pipeline import execute, prepare
 
     cfg = load_config(args.config)
     if args.max_iterations is not None:

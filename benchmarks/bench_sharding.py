@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Scaling of the voxel-axis sharding (``iortopt.sharding``) over 1, 2, 4 ... XLA devices.
+"""Scaling of the voxel-axis sharding (``iortopt.compute.sharding``) over 1, 2, 4 ... XLA devices.
 
 Each device count runs in a fresh process (JAX fixes its devices at start); on a CPU the devices
 are XLA host devices (``--xla_force_host_platform_device_count``) sharing the same cores, so the
@@ -36,7 +36,7 @@ def child(size: int, n_dwells: int, repeats: int) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from iortopt import sharding
+    from iortopt.compute import sharding
     from iortopt.grid import Grid
     from iortopt.physics import tg43
     from iortopt.physics.sources import load_source

@@ -48,9 +48,9 @@ def _steady(fn, repeats: int) -> tuple[float, float]:
 
 
 def _spec(name, surface, shape, origin, axis_u, axis_w, radius, half, material, spectrum, jnp):
+    from iortopt.optimisation.shield_placement import ShieldSpec
     from iortopt.physics import shield as sh
     from iortopt.physics.shield_materials import load_shield_materials
-    from iortopt.shields import ShieldSpec
 
     f = jnp.float32
     base = sh.Shield(
@@ -81,11 +81,11 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
 
     from iortopt.grid import Grid
-    from iortopt.hdr_shields import shielded_dose_gy
+    from iortopt.modalities.hdr_flap.shields import shielded_dose_gy
+    from iortopt.modalities.xray_sphere.shields import grid_factor
     from iortopt.physics import tg43
     from iortopt.physics.sources import load_source
     from iortopt.physics.xray import load_xray_beam, sphere_dose_gy
-    from iortopt.xray_shields import grid_factor
 
     kernel = tg43.make_kernel(load_source(REFERENCE_SOURCE), dtype=jnp.float32)
     case = reference_case(Grid)

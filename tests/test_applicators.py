@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from iortopt.applicators import Dwells, FlapApplicator, select_active
+from iortopt.cases.catheters import Dwells, FlapApplicator, select_active
 from iortopt.grid import Grid
 
 

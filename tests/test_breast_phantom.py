@@ -1,4 +1,4 @@
-"""Breast phantom for spherical-applicator X-ray IORT (iortopt.anatomy.breast)."""
+"""Breast phantom for spherical-applicator X-ray IORT (iortopt.cases.breast)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from iortopt.anatomy.breast import (
+from iortopt.cases.breast import (
     STRUCTURE_ORDER,
     BreastCaseParams,
     breast_geometry,

@@ -12,17 +12,17 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from iortopt.anatomy.phantoms import build_flap_case
-from iortopt.case import Case, Structure
+from iortopt.cases.case import Case, Structure
+from iortopt.cases.flap import build_flap_case
 from iortopt.cli import app
 from iortopt.config import parse_config
-from iortopt.dicom.export import electron_writer, hdr_writer
 from iortopt.dicom.rtdose import dose_grid_scaling, read_rtdose, write_rtdose
 from iortopt.dicom.rtplan import read_brachy_dwells
 from iortopt.dicom.study import new_study
 from iortopt.dicom.synthetic import example_config_toml, write_synthetic_study
-from iortopt.dvh import cumulative_dvh
+from iortopt.evaluation.dvh import cumulative_dvh
 from iortopt.grid import Grid
+from iortopt.outputs.dicom_export import electron_writer, hdr_writer
 from iortopt.physics.sources import load_source
 
 runner = CliRunner()

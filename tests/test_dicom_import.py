@@ -10,8 +10,8 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from iortopt.cases.dicom_case import import_case
 from iortopt.config import DicomCaseSection, parse_config
-from iortopt.dicom.case_import import import_case
 from iortopt.dicom.ct import read_ct_series
 from iortopt.dicom.rtdose import read_rtdose
 from iortopt.dicom.rtstruct import rasterise_roi, read_structure_set

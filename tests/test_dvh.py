@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from iortopt import dvh
+from iortopt.evaluation import dvh
 
 METRIC_KEYS = {
     "volume_cm3", "mean_gy", "max_gy", "min_gy", "D98_gy", "D90_gy", "D50_gy", "D2_gy",

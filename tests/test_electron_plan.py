@@ -1,4 +1,5 @@
-"""Energy / cone / bevel choice and joint cone + disc placement (iortopt.electron_plan)."""
+"""Energy / cone / bevel choice and joint cone + disc placement
+(iortopt.modalities.electron.choice)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iortopt.anatomy.eliot import EliotCaseParams, build_eliot_case_with_samples
-from iortopt.electron_plan import optimise_electron
+from iortopt.cases.eliot import EliotCaseParams, build_eliot_case_with_samples
+from iortopt.modalities.electron.choice import optimise_electron
 from iortopt.physics import electron as el
 from iortopt.physics.disc import Disc
 

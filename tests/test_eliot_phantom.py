@@ -1,4 +1,4 @@
-"""ELIOT-type breast phantom for electron IORT (iortopt.anatomy.eliot)."""
+"""ELIOT-type breast phantom for electron IORT (iortopt.cases.eliot)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from iortopt.anatomy.eliot import (
+from iortopt.cases.eliot import (
     STRUCTURE_ORDER,
     EliotCaseParams,
     build_eliot_case,

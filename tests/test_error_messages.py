@@ -18,7 +18,7 @@ from iortopt.dicom.rtstruct import read_structure_set
 from iortopt.dicom.synthetic import write_synthetic_study
 from iortopt.errors import ConfigError, InputFileError
 from iortopt.io.dwells_csv import read_dwells_csv
-from iortopt.qa import read_points_csv
+from iortopt.physics.consensus_qa import read_points_csv
 
 runner = CliRunner()
 WIDE = {"COLUMNS": "400"}

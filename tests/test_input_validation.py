@@ -213,7 +213,7 @@ def test_hdr_plan_without_objectives_exits_2(tmp_path):
 
 
 def test_hdr_plan_with_only_zero_weights_refused():
-    from iortopt.plan import prepare_plan
+    from iortopt.modalities.hdr_flap.pipeline import prepare_plan
 
     doc = small_flap_doc()
     doc["objectives"] = [dict(o, weight=0.0) for o in doc["objectives"]]
@@ -222,7 +222,7 @@ def test_hdr_plan_with_only_zero_weights_refused():
 
 
 def test_centuries_old_calibration_refused_with_both_dates():
-    from iortopt.plan import prepare_plan
+    from iortopt.modalities.hdr_flap.pipeline import prepare_plan
 
     doc = small_flap_doc(source={"calibration": "x", "treatment": "y"})
     import datetime as dt
@@ -239,7 +239,7 @@ def test_centuries_old_calibration_refused_with_both_dates():
 def test_usual_decay_still_accepted():
     import datetime as dt
 
-    from iortopt.plan import prepare_plan
+    from iortopt.modalities.hdr_flap.pipeline import prepare_plan
 
     doc = small_flap_doc()
     doc["source"]["calibration"] = dt.datetime(2026, 9, 1)
@@ -251,7 +251,7 @@ def test_usual_decay_still_accepted():
 def test_prepare_error_names_the_config_file(tmp_path):
     import jax.numpy as jnp
 
-    from iortopt.run_plan import prepare
+    from iortopt.pipeline import prepare
 
     cfg = tmp_path / "plan.toml"
     cfg.write_text(
@@ -332,7 +332,7 @@ def test_shield_material_density_must_be_a_finite_positive_number(density):
 
 
 def test_non_finite_optimised_result_exits_1_writing_nothing(tmp_path, monkeypatch):
-    import iortopt.optimize as optimize
+    import iortopt.optimisation.optax_loop as optimize
 
     real = optimize.minimise
 
@@ -355,7 +355,7 @@ def test_non_finite_optimised_result_exits_1_writing_nothing(tmp_path, monkeypat
 
 def test_result_check_names_the_non_finite_quantity():
     from iortopt.errors import IortoptError, PlanFailedError
-    from iortopt.result_checks import check_result_finite
+    from iortopt.outputs.result_checks import check_result_finite
 
     dose = np.ones((2, 2, 2), np.float32)
     times = np.array([1.0, np.inf, 2.0])

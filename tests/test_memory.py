@@ -1,4 +1,5 @@
-"""Memory model (iortopt.memory): estimates bound XLA's buffers and a measured RSS, chunk choice
+"""Memory model (iortopt.compute.memory): estimates bound XLA's buffers and a measured RSS, chunk
+choice
 respects a limit, a plan too large for its budget stops before it starts."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iortopt import memory
+from iortopt.compute import memory
 from iortopt.config import load_config, parse_config
 from iortopt.errors import ConfigError, IortoptError
 from iortopt.physics import electron as el
@@ -94,8 +95,8 @@ def test_remat_does_not_change_values_or_gradients():
 
 def test_influence_matrix_built_in_place_equals_direct():
     """plan._influence_matrix writes chunks in place, the last one shifted back: same matrix."""
-    from iortopt.applicators import Dwells
-    from iortopt.plan import _influence_matrix
+    from iortopt.cases.catheters import Dwells
+    from iortopt.modalities.hdr_flap.pipeline import _influence_matrix
 
     kernel = tg43.make_kernel(load_source("mHDR-v2_HEBD2012"), dtype=jnp.float64)
     rng = np.random.default_rng(2)
@@ -332,7 +333,7 @@ def _with_compute(**compute):
 
 
 def test_builtin_plan_fits_with_the_cache_sized_chunk():
-    from iortopt.run_plan import plan_memory, prepare
+    from iortopt.pipeline import plan_memory, prepare
 
     prepared = prepare(load_config(None), jnp.float32)
     plan = plan_memory(prepared)
@@ -342,7 +343,7 @@ def test_builtin_plan_fits_with_the_cache_sized_chunk():
 
 
 def test_small_limit_picks_smaller_chunks_then_refuses(monkeypatch):
-    from iortopt.run_plan import check_memory, plan_memory, prepare, prepare_modality
+    from iortopt.pipeline import check_memory, plan_memory, prepare, prepare_modality
 
     # Accelerator-sized preferred chunks (2^24 pairs: ~0.5 GiB of temporaries at 116 dwells).
     monkeypatch.setattr(memory, "preferred_pairs_per_chunk", lambda platform: 2**24)
@@ -370,7 +371,7 @@ def test_small_limit_picks_smaller_chunks_then_refuses(monkeypatch):
 
 
 def test_too_many_devices_is_a_config_error():
-    from iortopt.run_plan import prepare
+    from iortopt.pipeline import prepare
 
     with pytest.raises(ConfigError, match="compute.devices"):
         prepare(_with_compute(devices=64), jnp.float32)
@@ -378,7 +379,7 @@ def test_too_many_devices_is_a_config_error():
 
 @pytest.mark.parametrize("config", ["configs/breast_xray.toml", "configs/breast_electron.toml"])
 def test_other_modalities_have_estimates(config):
-    from iortopt.run_plan import plan_memory, prepare_modality
+    from iortopt.pipeline import plan_memory, prepare_modality
 
     plan = plan_memory(prepare_modality(load_config(config), jnp.float32))
     assert plan.fits and plan.chunk_size is None
@@ -397,7 +398,7 @@ def test_memory_command_prints_the_estimate():
 
 
 def test_gpu_memory_env_and_lazy_cupy():
-    from iortopt import runtime
+    from iortopt.compute import runtime
 
     assert runtime.gpu_memory_env(True) == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     assert runtime.gpu_memory_env(False, 0.6) == {"XLA_PYTHON_CLIENT_MEM_FRACTION": "0.6"}

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from iortopt import objectives
+from iortopt.optimisation import objectives
 
 
 def test_underdose_overdose_values():

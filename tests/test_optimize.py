@@ -5,9 +5,15 @@ import numpy as np
 import pytest
 from scipy.optimize import lsq_linear
 
-from iortopt import objectives
 from iortopt.config import Objective
-from iortopt.optimize import load_checkpoint, minimise, save_checkpoint, times_from_u, u_from_times
+from iortopt.optimisation import objectives
+from iortopt.optimisation.optax_loop import (
+    load_checkpoint,
+    minimise,
+    save_checkpoint,
+    times_from_u,
+    u_from_times,
+)
 from iortopt.physics.sources import load_source
 from iortopt.physics.tg43 import GY_PER_CGY, SECONDS_PER_HOUR, dose_rate_matrix, make_kernel
 

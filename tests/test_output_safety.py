@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from iortopt import hdr_shields
 from iortopt.cli import CURRENT_RUN, app, interrupted_message
 from iortopt.config import builtin_config_text
 from iortopt.errors import ConfigError
 from iortopt.io import output_dir as od
 from iortopt.io.store import atomic_path
-from iortopt.optimize import save_checkpoint
-from iortopt.plan import checkpoint_path_for, resume_times
+from iortopt.modalities.hdr_flap import shields as hdr_shields
+from iortopt.modalities.hdr_flap.pipeline import checkpoint_path_for, resume_times
+from iortopt.optimisation.optax_loop import save_checkpoint
 
 runner = CliRunner()
 PLAN_OUTPUTS = ["dose_slices.png", "dvh.png", "plan.zarr", "summary.json"]
@@ -49,7 +49,7 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the run started working before refusing its output")
 
-    monkeypatch.setattr("iortopt.run_plan.prepare", refuse)
+    monkeypatch.setattr("iortopt.pipeline.prepare", refuse)
 
 
 def run(*args):

@@ -6,9 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from iortopt.anatomy import FlapCaseParams, bed_depth_mm, build_flap_case
-from iortopt.anatomy.phantoms import ureter_centreline_mm
-from iortopt.applicators import select_active
+from iortopt.cases.catheters import select_active
+from iortopt.cases.flap import FlapCaseParams, bed_depth_mm, build_flap_case, ureter_centreline_mm
 
 P = FlapCaseParams()
 R = P.surface_radius_mm

@@ -3,8 +3,13 @@
 import numpy as np
 
 from iortopt.config import load_config, parse_config
-from iortopt.optimize import save_checkpoint
-from iortopt.plan import checkpoint_key, checkpoint_path_for, optimise_and_write, prepare_plan
+from iortopt.modalities.hdr_flap.pipeline import (
+    checkpoint_key,
+    checkpoint_path_for,
+    optimise_and_write,
+    prepare_plan,
+)
+from iortopt.optimisation.optax_loop import save_checkpoint
 
 
 def small_config():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from iortopt import radiobiology as rb
+from iortopt.evaluation import radiobiology as rb
 
 
 def test_single_21_gy_fraction_alpha_beta_10():

@@ -6,9 +6,10 @@ import sys
 import numpy as np
 import pytest
 
-from iortopt import dvh, report
-from iortopt.case import Structure
+from iortopt.cases.case import Structure
+from iortopt.evaluation import dvh
 from iortopt.grid import Grid
+from iortopt.outputs import figures as report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -78,6 +79,6 @@ def test_default_centre_is_target_centroid():
 
 
 def test_import_is_cheap():
-    code = "import sys, iortopt.report; print('matplotlib' in sys.modules)"
+    code = "import sys, iortopt.outputs.figures; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -1,4 +1,5 @@
-"""Voxel-axis sharding (iortopt.sharding): four XLA host devices give the single-device dose,
+"""Voxel-axis sharding (iortopt.compute.sharding): four XLA host devices give the single-device
+dose,
 gradient, influence matrix and plan. JAX fixes its device count when it starts, so the multi-device
 checks run in a fresh process with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``."""
 
@@ -15,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iortopt import sharding
+from iortopt.compute import sharding
 from iortopt.physics import tg43
 from iortopt.physics.sources import load_source
 
@@ -40,7 +41,7 @@ def _run_with_host_devices(script: str, n: int = N_DEVICES, timeout: int = 600) 
 KERNEL_SETUP = """
 import json
 import jax, jax.numpy as jnp, numpy as np
-from iortopt import sharding
+from iortopt.compute import sharding
 from iortopt.physics import tg43
 from iortopt.physics.sources import load_source
 
@@ -115,7 +116,7 @@ def test_sharded_plan_equals_single_device_plan(tmp_path):
         import json
         import jax.numpy as jnp, numpy as np
         from iortopt.config import load_config, parse_config
-        from iortopt.run_plan import execute, prepare
+        from iortopt.pipeline import execute, prepare
 
         base = load_config(None).model_dump(mode="json", exclude_none=True)
         base["optimizer"]["max_iterations"] = 3

@@ -14,12 +14,13 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from iortopt import hdr_shields, objectives
-from iortopt import shields as shl
 from iortopt.cli import app
 from iortopt.config import parse_config
 from iortopt.errors import ConfigError
-from iortopt.plan import _influence_matrix, prepare_plan
+from iortopt.modalities.hdr_flap import shields as hdr_shields
+from iortopt.modalities.hdr_flap.pipeline import _influence_matrix, prepare_plan
+from iortopt.optimisation import objectives
+from iortopt.optimisation import shield_placement as shl
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 runner = CliRunner()
@@ -264,7 +265,7 @@ def test_xray_run_places_the_shield_and_protects_the_chest_wall(xray_shield_run)
 
 
 def test_memory_estimate_counts_the_shield_stage():
-    from iortopt.run_plan import plan_memory, prepare_modality
+    from iortopt.pipeline import plan_memory, prepare_modality
 
     with_shield = parse_config(_small_flap())
     without = with_shield.model_copy(update={"shields": []})
@@ -282,7 +283,7 @@ def test_in_plane_rotation_is_optimised_for_a_plane_rectangle():
     at 30 degrees it must turn to 30 degrees (the pose's rotation gets a gradient)."""
     from scipy.optimize import minimize
 
-    from iortopt.case import Case
+    from iortopt.cases.case import Case
     from iortopt.grid import Grid
 
     doc = _doc("flap_shield.toml")

@@ -1,4 +1,5 @@
-"""Cases too large to build are refused from the config alone, in seconds (iortopt.case_size):
+"""Cases too large to build are refused from the config alone, in seconds
+(iortopt.cases.size_estimate):
 `iortopt run`, `iortopt memory` and `iortopt dose` exit 2 naming the field, before allocating."""
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iortopt import case_size, memory
+from iortopt.cases import size_estimate as case_size
+from iortopt.compute import memory
 from iortopt.config import case_params, load_config, parse_config
 from iortopt.errors import ConfigError
 
@@ -99,7 +101,7 @@ def test_shipped_configs_pass_the_pre_check_fast(path):
 
 
 def test_flap_estimate_matches_the_built_case():
-    from iortopt.anatomy.phantoms import FlapCaseParams, build_flap_case
+    from iortopt.cases.flap import FlapCaseParams, build_flap_case
 
     values = {"spacing_mm": 4.0, "supersampling": 2}
     cfg = parse_config({"case": {"flap": values}, "applicator": {"step_mm": 2.5}})
@@ -112,8 +114,8 @@ def test_flap_estimate_matches_the_built_case():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: Path(p).name)
 def test_grid_shapes_match_the_phantoms(path):
-    from iortopt.anatomy import breast, eliot, phantoms
-    from iortopt.applicators import FlapApplicator
+    from iortopt.cases.catheters import FlapApplicator
+    from iortopt.cases.flap import breast, eliot, phantoms
 
     cfg = load_config(path)
     size = case_size.estimate_case_size(cfg)
@@ -189,7 +191,7 @@ def test_other_absurd_cases_are_refused_in_process(doc, field):
 
 
 def test_prepare_runs_the_pre_check_before_building(monkeypatch):
-    from iortopt import run_plan
+    from iortopt import pipeline as run_plan
 
     def never(*args):
         raise AssertionError("the case was built")

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from iortopt import qa
+from iortopt.physics import consensus_qa as qa
 from iortopt.physics.sources import load_source
 from iortopt.physics.tg43 import (
     auto_chunk_size,

@@ -1,13 +1,14 @@
-"""Size / position / time optimisation for spherical X-ray IORT (iortopt.xray_plan)."""
+"""Size / position / time optimisation for spherical X-ray IORT
+(iortopt.modalities.xray_sphere.choice)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from iortopt.anatomy.breast import BreastCaseParams
+from iortopt.cases.breast import BreastCaseParams
+from iortopt.modalities.xray_sphere.choice import optimise_xray
 from iortopt.physics.xray import load_xray_beam
-from iortopt.xray_plan import optimise_xray
 
 #: A small, fast case: 3 mm grid, narrower region, thin lung.
 SMALL = dict(
@@ -127,10 +128,10 @@ def test_depth_prescription(beam):
 def test_size_choice_equals_brute_force_on_full_grids(beam):
     """Each size planned on its own full grid (its own case, full-grid dose, plain DVH metrics)
     and ranked by the documented rule picks the same size as the batched catalogue search."""
-    from iortopt import dvh
-    from iortopt.anatomy.breast import build_breast_case
+    from iortopt.cases.breast import build_breast_case
+    from iortopt.evaluation import dvh
+    from iortopt.modalities.xray_sphere.choice import full_grid_dose_gy
     from iortopt.physics.xray import time_for_surface_dose_min
-    from iortopt.xray_plan import full_grid_dose_gy
 
     params = BreastCaseParams(**SMALL)
     batched = optimise_xray(params, beam, optimise_position=False, relaxation_iterations=10)

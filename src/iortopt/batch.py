@@ -642,7 +642,7 @@ def enable_compilation_cache(cache_dir: str | Path) -> bool:
 
 def _configure_process(settings: dict):
     """Device, precision and compilation cache of this (worker) process; returns the dtype."""
-    from iortopt.runtime import configure
+    from iortopt.compute.runtime import configure
 
     if settings.get("jax_cache_dir"):
         enable_compilation_cache(settings["jax_cache_dir"])
@@ -750,7 +750,7 @@ def _publish_job(paths: StorePaths, job: dict, out_dir: Path) -> None:
 def _plan_into_store(paths: StorePaths, job: dict, settings: dict, token: str) -> dict:
     dtype = _configure_process(settings)
     from iortopt.config import parse_config
-    from iortopt.run_plan import execute, prepare
+    from iortopt.pipeline import execute, prepare
 
     cfg = parse_config(job["doc"], f"job {job['name']!r}")
     prepared = prepare(cfg, dtype)

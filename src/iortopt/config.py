@@ -55,7 +55,7 @@ class DicomStructure(_Model):
 
 
 class DicomCaseSection(_Model):
-    """``kind = "dicom"``: a CT series and its RTSTRUCT (see ``iortopt.dicom.case_import``).
+    """``kind = "dicom"``: a CT series and its RTSTRUCT (see ``iortopt.cases.dicom_case``).
 
     Paths are relative to the working directory. ``structures`` maps planning structure names
     (used by objectives and goals) to RTSTRUCT ROI names and roles; other ROIs are ignored.
@@ -75,10 +75,10 @@ class DicomCaseSection(_Model):
 
 class CaseSection(_Model):
     """Anatomy. ``kind = "builtin_flap"``: the parametric presacral flap case, ``flap`` overrides
-    its parameters (``iortopt.anatomy.phantoms.FlapCaseParams``); ``kind = "builtin_breast"``: the
-    breast lumpectomy case, ``breast`` overrides ``iortopt.anatomy.breast.BreastCaseParams``;
+    its parameters (``iortopt.cases.flap.FlapCaseParams``); ``kind = "builtin_breast"``: the
+    breast lumpectomy case, ``breast`` overrides ``iortopt.cases.breast.BreastCaseParams``;
     ``kind = "builtin_eliot"``: the ELIOT-type breast for electrons, ``eliot`` overrides
-    ``iortopt.anatomy.eliot.EliotCaseParams``."""
+    ``iortopt.cases.eliot.EliotCaseParams``."""
 
     kind: Literal["builtin_flap", "builtin_breast", "builtin_eliot", "dicom"] = "builtin_flap"
     flap: dict[str, Any] = Field(default_factory=dict)
@@ -212,7 +212,8 @@ class XraySection(_Model):
 
 class ElectronSection(_Model):
     """Electron IORT with cones and a protective disc (modality ``electron``); see
-    ``iortopt.electron_plan``. Catalogue lists default to everything in the beam file."""
+    ``iortopt.modalities.electron.choice``. Catalogue lists default to everything in the beam
+    file."""
 
     beam: str = "generic_IOERT"
     isodose_percent: Annotated[float, Field(allow_inf_nan=False, gt=0, le=100)] = 90.0
@@ -324,7 +325,7 @@ class OutputSection(_Model):
 
 
 class ComputeSection(_Model):
-    """Memory and devices (``iortopt.memory``, ``iortopt.sharding``).
+    """Memory and devices (``iortopt.compute.memory``, ``iortopt.compute.sharding``).
 
     ``memory_limit_mb``: bytes the plan's arrays may use (default: the free device memory times
     ``safety_fraction``, less 1 GiB for the runtime on CPU); a plan that does not fit stops before

@@ -11,7 +11,7 @@ range: Rows/Columns >= 1, PixelSpacing two positive numbers, unit orientation ve
 allocated) with a message naming the file and the attribute.
 
 Before the volume is allocated its size (slices x Rows x Columns x 4 bytes, float32 HU) is checked
-against the host's memory budget (:func:`iortopt.memory.memory_budget`) and an absolute cap,
+against the host's memory budget (:func:`iortopt.compute.memory.memory_budget`) and an absolute cap,
 :data:`MAX_CT_VOLUME_BYTES` (16 GiB: 2**32 voxels, e.g. 4096 slices of 1024 x 1024, far beyond a
 diagnostic CT), so a corrupt or hostile header cannot exhaust memory before a pixel is read.
 """
@@ -226,7 +226,7 @@ def check_volume_size(path: Path, n_slices: int, rows: int, columns: int) -> Non
     """
     import jax
 
-    from iortopt.memory import MIB, host_available_bytes, memory_budget
+    from iortopt.compute.memory import MIB, host_available_bytes, memory_budget
 
     nbytes = n_slices * rows * columns * HU_BYTES_PER_VOXEL
     limit, why = MAX_CT_VOLUME_BYTES, "the reader's cap"

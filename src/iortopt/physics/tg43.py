@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iortopt.compute.memory import auto_chunk_size
 from iortopt.physics.fastmath import atan2_upper
 from iortopt.physics.interpolate import UniformAxis, interp1d, interp2d, resample_1d, resample_2d
 from iortopt.physics.sources import SourceData
@@ -36,8 +37,6 @@ GY_PER_CGY = 0.01
 FORMALISMS = ("2d", "1d")
 #: Squared distance (cm^2) below which a point counts as on the source axis (1e-6 cm away).
 Y2_FLOOR_CM2 = 1e-12
-#: Point x dwell pairs evaluated per chunk by default (see :func:`auto_chunk_size`).
-PAIRS_PER_CHUNK = 131072
 #: Minimum distance (cm) from a dwell centre and from the axis beside the active core.
 R_FLOOR_CM = 0.05
 
@@ -201,25 +200,27 @@ def dose_gy(
         kernel: from :func:`make_kernel`.
         air_kerma_strength_U: S_K at treatment time in U (scalar or (N,)); see :func:`decayed_sk`.
         chunk_size: points per chunk; peak memory is about chunk_size x N x 7 values
-            (:mod:`iortopt.memory`). 0 (default) picks :func:`auto_chunk_size`; ``None`` evaluates
+            (:mod:`iortopt.compute.memory`). 0 (default) picks :func:`auto_chunk_size`; ``None``
+            evaluates
             all points at once.
         remat: recompute each chunk's dose-rate block in the backward pass instead of keeping it,
             so a gradient also holds only one chunk of point x dwell values (it would otherwise
             keep all P x N of them, as much as an influence matrix) at the price of a second
             kernel pass. ``None`` (default): on whenever the points are split into chunks.
         mesh: a 1-D :class:`jax.sharding.Mesh` to split the points over its devices
-            (:func:`iortopt.sharding.voxel_mesh`); ``None`` uses the mesh made active by
-            :func:`iortopt.sharding.active_mesh` if any. One device: exactly the unsharded path.
+            (:func:`iortopt.compute.sharding.voxel_mesh`); ``None`` uses the mesh made active by
+            :func:`iortopt.compute.sharding.active_mesh` if any. One device: exactly the unsharded
+            path.
 
     Returns:
         (P,) dose in Gy.
     """
     if mesh is None:
-        from iortopt.sharding import current_mesh
+        from iortopt.compute.sharding import current_mesh
 
         mesh = current_mesh()
     if mesh is not None and mesh.size > 1:
-        from iortopt.sharding import map_voxel_shards
+        from iortopt.compute.sharding import map_voxel_shards
 
         def local(pts, pos, ax, t):
             return dose_gy(pts, pos, ax, t, kernel, air_kerma_strength_U, chunk_size, remat=remat)
@@ -252,21 +253,6 @@ def dose_gy(
     padded = jnp.pad(points_mm, ((0, n_chunks * chunk_size - n_points), (0, 0)))
     out = jax.lax.map(block, padded.reshape(n_chunks, chunk_size, 3))
     return out.reshape(-1)[:n_points]
-
-
-def auto_chunk_size(n_dwells: int, pairs_per_chunk: int | None = None) -> int:
-    """Points per chunk so that one chunk holds about ``pairs_per_chunk`` point x dwell pairs.
-
-    ``None`` (default) takes the value a plan run made active from its memory budget
-    (:func:`iortopt.memory.active_pairs_per_chunk`), else :data:`PAIRS_PER_CHUNK`.
-    About 1e5 pairs (a few hundred kB per intermediate) keeps a chunk in the CPU's L2 cache; on the
-    reference problem 256 to 2000 points per chunk all ran within 15 % of each other.
-    """
-    if pairs_per_chunk is None:
-        from iortopt.memory import active_pairs_per_chunk
-
-        pairs_per_chunk = active_pairs_per_chunk() or PAIRS_PER_CHUNK
-    return max(64, int(pairs_per_chunk // max(n_dwells, 1)) // 8 * 8)
 
 
 def decay_factor(half_life_days: float, calibration: datetime, treatment: datetime) -> float:

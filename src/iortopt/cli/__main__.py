@@ -1,0 +1,5 @@
+"""``python -m iortopt.cli``."""
+
+from iortopt.cli.main import entry
+
+entry()

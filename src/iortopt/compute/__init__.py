@@ -1,0 +1,1 @@
+"""Compute: runtime and device set-up, the memory model, sharding over devices, progress."""

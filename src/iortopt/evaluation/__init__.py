@@ -1,0 +1,1 @@
+"""Evaluation: DVHs, dose metrics, clinical goals and radiobiology."""

@@ -1,0 +1,49 @@
+"""Modalities: one folder per IORT technique, each behind the same small interface.
+
+A modality is a module (its folder's ``pipeline.py``) that provides:
+
+    NAME                  the ``plan.modality`` value of its configs
+    DWELL_CHUNKED         True if it optimises TG-43 dwell times (the memory plan then chooses the
+                          influence-matrix mode and the points per TG-43 chunk)
+    prepare(cfg, dtype)   -> prepared plan: case, applicator candidates, settings (no optimisation,
+                          no files); raises ConfigError on invalid input
+    run(prepared, out_dir, console) -> result with ``summary`` and ``out_dir`` (optimise, full-grid
+                          dose, evaluation, outputs)
+    print_result(result, console)
+    memory_sizes(prepared) -> the sizes its memory estimate needs (``n_voxels``, ``n_points``,
+                          ``spacing_mm``, ...), without computing anything
+    memory_estimate(sizes, chunk, dtype, influence) -> iortopt.compute.memory.MemoryEstimate
+
+:func:`get` is the one place that maps a modality name to its module; nothing else switches on the
+name. A new modality is a new folder with a ``pipeline.py`` and one line in :data:`REGISTRY`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+#: plan.modality -> the module implementing the interface above.
+REGISTRY = {
+    "hdr_flap": "iortopt.modalities.hdr_flap.pipeline",
+    "xray_sphere": "iortopt.modalities.xray_sphere.pipeline",
+    "electron": "iortopt.modalities.electron.pipeline",
+}
+INTERFACE = (
+    "NAME",
+    "DWELL_CHUNKED",
+    "prepare",
+    "run",
+    "print_result",
+    "memory_sizes",
+    "memory_estimate",
+)
+
+
+def get(name: str) -> ModuleType:
+    """The module of modality ``name`` (imported on first use).
+
+    Raises:
+        KeyError: an unknown modality (configs are validated against :data:`REGISTRY` first).
+    """
+    return importlib.import_module(REGISTRY[name])

@@ -1,0 +1,1 @@
+"""Electron IORT with cones and a protective disc."""

@@ -1,0 +1,876 @@
+"""Plan electron IORT of the breast (ELIOT type): choose energy, cone, bevel; place cone and disc.
+
+Inputs: an ELIOT-type breast phantom (:class:`iortopt.cases.eliot.EliotCaseParams`), a beam
+(:mod:`iortopt.physics.electron`), a disc material from the beam file, the disc radius and a
+prescription. :func:`optimise_electron` does four things.
+
+Prescription and normalisation
+------------------------------
+The prescription Rx (21 Gy by default, ELIOT) is given to the ``isodose_percent`` (90 %) isodose.
+The 100 % level is D100 = Rx / 0.90 = 23.3 Gy: the open-beam dose on the beam's central axis at
+the depth of maximum below the tissue surface (:func:`iortopt.physics.electron.reference_point_mm`;
+backscatter from the disc is not part of it). MU = D100 / (open-beam dose per MU there), so an air
+gap's inverse square is compensated. A point lies inside the 90 % isodose when its dose is at
+least 0.90 x D100 = Rx, so target coverage is the percentage of the PTV_gland volume receiving at
+least Rx.
+
+1. Catalogue comparison. Every (energy, cone diameter, bevel) in the catalogue gets a nominal
+   placement: the cone laid flush on the gland surface at the tumour bed axis
+   (:func:`iortopt.physics.electron.flush_pose`; a bevel's toe points along ``toe_direction``
+   projected onto the surface, so the beam axis is oblique by the bevel angle) and the disc's
+   upstream face on the bottom of the gland, centred where the beam's central axis crosses it,
+   parallel to the surface. All rows are evaluated in one batched pass
+   (:func:`iortopt.physics.electron.catalogue_dose_gy`) on the structures' sample points (one
+   point per voxel and structure: the centroid of the structure's part of the voxel, weighted by
+   its volume). Reported per row:
+
+   - ``mu`` (MU for Rx at the 90 % isodose) and ``d100_gy``;
+   - ``target_coverage_percent`` (PTV_gland volume % at >= Rx), ``target_min_gy``;
+   - ``max_dose_gy`` (any tissue, backscatter included), ``beyond_disc_max_gy`` (the highest dose
+     beyond the disc: chest wall, ribs, lung), ``lung_mean_gy``, ``rib_D2cc_gy``,
+     ``chest_wall_D2cc_gy``, ``skin_max_gy``;
+   - ``field_radius_at_disc_mm`` (the diverging field's radius where the central axis crosses the
+     disc), ``disc_margin_mm`` = disc radius - distance of that crossing from the disc centre -
+     field radius, and ``disc_covers_field`` = margin >= the required ``disc_margin_mm`` (a disc
+     smaller than the field plus margin is flagged);
+   - ``axis_tilt_deg`` (beam axis to the vertical, -z) and ``axis_tilt_ok`` (at most
+     ``max_axis_tilt_deg``, what the machine's head can reach);
+   - ``score`` = coverage % - 100 ``oar_weight`` (beyond_disc_max + rib_D2cc + lung_mean +
+     skin_max) / Rx: coverage first, then the dose that the disc and the cone choice should keep
+     away from the organs below and the skin.
+
+2. Choice (documented rule): among the rows whose disc covers the field and whose axis tilt is
+   reachable, the highest score; if none, the best row whose disc covers the field (then any),
+   with a warning. ``chosen["reason"]`` says which rule decided and names the runner-up.
+
+3. Joint optimisation of the chosen row (``optimise_pose``): cone position (shift in the surface
+   plane within ``max_shift_mm``, air gap 0 to ``max_air_gap_mm``), cone tilt (two angles within
+   ``max_tilt_deg``), MU, and the disc's centre (within ``max_disc_shift_mm`` in its plane; in
+   depth anywhere in the disc space, its upstream face from the bottom of the gland down by the
+   space's slack, ``disc_gap_mm`` - thickness) and tilt (two angles within
+   ``max_disc_tilt_deg``), with optax Adam on a smooth version of the score (soft coverage, plus
+   a quadratic under-dose term) and penalties: the normalisation (100 (MU x dose per MU / D100 -
+   1)^2, which ties MU to the pose), the disc covering the field with its margin, the reachable
+   axis tilt, and the tilted disc's rim staying inside the disc space (1 per mm^2 or degree^2 of
+   violation). The result is evaluated exactly (MU renormalised exactly) and kept if its disc
+   covers the field and either it brings the beam axis within reach where the nominal placement
+   did not, or it keeps the axis status and does not lower the score.
+
+4. The final :class:`~iortopt.cases.case.Case` (rigid anatomy: it does not depend on the plan) and
+the
+   full-grid dose. In voxels cut by a tissue boundary (the surface, the disc space, the bottom of
+   the lung) the dose is the mean over the voxel's tissue sub-samples, so their tissue fraction
+   gets its dose rather than that of an air or metal voxel centre.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from iortopt.cases.case import Case
+from iortopt.cases.eliot import (
+    EliotCaseParams,
+    EliotGeometry,
+    build_eliot_case_with_samples,
+    sub_offsets_mm,
+)
+from iortopt.evaluation.dvh import dose_at_volume_cm3, volume_at_dose
+from iortopt.optimisation.objectives import dose_at_volume
+from iortopt.physics.disc import Disc, ray_plane_crossing_mm, unit
+from iortopt.physics.electron import (
+    DISC_EDGE_MM,
+    Cone,
+    ElectronBeam,
+    PlaneSurface,
+    catalogue_dose_gy,
+    cone_dose_gy,
+    field_radius_mm,
+    flush_pose,
+    load_electron_beam,
+    reference_dose_per_mu_gy,
+)
+
+D2CC_CM3 = 2.0
+#: Plans evaluated per call of the compiled batch (the catalogue is padded to a multiple).
+CHUNK = 16
+OAR_GROUPS = ("chest_wall", "rib", "lung")
+TISSUE_GROUPS = ("PTV_gland", "gland", "skin", "chest_wall", "rib", "lung")
+#: Soft-coverage width (fraction of Rx) and the weight of the quadratic under-dose term.
+SOFT_DOSE_FRACTION = 0.02
+UNDERDOSE_WEIGHT = 1.0
+PRESCRIPTION_PENALTY = 100.0
+CONSTRAINT_PENALTY = 1.0
+LEARNING_RATE = 0.05
+#: Adam's learning rate decays by this factor over the iterations.
+LEARNING_RATE_DECAY = 0.1
+ILLUSTRATIVE_NOTE = (
+    "ILLUSTRATIVE beam data, NOT FOR CLINICAL USE: PDDs, penumbrae, output factors and the disc's "
+    "transmission and backscatter come from smooth models and textbook rules, not measurements."
+)
+
+
+@dataclass
+class ElectronPlanResult:
+    """Outcome of :func:`optimise_electron` (doses Gy, lengths mm, angles degrees)."""
+
+    case: Case
+    dose_gy: np.ndarray  # (nz, ny, nx) float32 on case.grid
+    chosen: dict
+    disc: dict
+    comparison: list[dict]
+    optimisation: dict
+    timings: dict
+    notes: list[str] = field(default_factory=list)
+    beam_name: str = ""
+    geometry: EliotGeometry | None = None
+
+
+@dataclass(frozen=True)
+class _EvalPoints:
+    """Sample points (P, 3) mm, weights (P,) cm^3 and, per structure, its (contiguous) slice of
+    them: slices rather than index arrays keep gathers (and their slow-to-compile transposes) out
+    of the optimiser."""
+
+    points_mm: np.ndarray
+    weights_cm3: np.ndarray
+    groups: dict
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every evaluation of a plan needs."""
+
+    ev: _EvalPoints
+    geometry: EliotGeometry
+    beam: ElectronBeam
+    surface: PlaneSurface
+    prescription_gy: float
+    d100_gy: float
+    disc_index: int
+    disc_radius_mm: float
+    disc_thickness_mm: float
+    disc_space_mm: float
+    disc_margin_mm: float
+    disc_edge_mm: float
+    max_axis_tilt_deg: float
+    oar_weight: float
+    dtype: object
+
+
+def _eval_points(samples: dict) -> _EvalPoints:
+    points, weights, groups, n = [], [], {}, 0
+    for name in TISSUE_GROUPS:
+        pts, w = samples[name]
+        points.append(pts)
+        weights.append(w)
+        groups[name] = slice(n, n + len(pts))
+        n += len(pts)
+    return _EvalPoints(np.concatenate(points), np.concatenate(weights), groups)
+
+
+# ----------------------------------------------------------------------------------------------
+# Poses
+# ----------------------------------------------------------------------------------------------
+
+
+def _surface_frame(g: EliotGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unit vectors e1, e2 (in the surface plane: the tissue frame's x and y) and the normal."""
+    return g.rotation[:, 0], g.rotation[:, 1], g.surface_normal
+
+
+def _axis_crossing_mm(end_mm, axis, plane_point_mm, normal) -> np.ndarray:
+    """(3,) where the central axis (through ``end_mm`` along ``axis``) crosses a plane (numpy)."""
+    end, axis = np.asarray(end_mm, np.float64), np.asarray(axis, np.float64)
+    normal = np.asarray(normal, np.float64)
+    return end - ((end - plane_point_mm) @ normal) / (axis @ normal) * axis
+
+
+def _nominal_disc_centre(g: EliotGeometry, end_mm, axis) -> np.ndarray:
+    """Where the central axis crosses the disc plane (the bottom of the gland)."""
+    return _axis_crossing_mm(end_mm, axis, g.disc_plane_point_mm, g.surface_normal)
+
+
+def _axis_tilt_deg(axis) -> float:
+    return float(np.degrees(np.arccos(np.clip(-np.asarray(axis)[2], -1.0, 1.0))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics of one plan on the sample points
+# ----------------------------------------------------------------------------------------------
+
+
+def _disc_fit(ctx: _Context, cone: dict, disc: dict) -> dict:
+    """Field radius where the central axis crosses the disc, the margin left, covers or not."""
+    beam = ctx.beam
+    end, axis = np.asarray(cone["end_mm"]), np.asarray(cone["axis"])
+    centre, normal = np.asarray(disc["centre_mm"]), np.asarray(disc["normal"])
+    crossing = _axis_crossing_mm(end, axis, centre, normal)
+    z = float((crossing - end) @ axis)
+    vsd = float(beam.vsd_mm[cone["energy_index"]])
+    radius = float(field_radius_mm(cone["diameter_mm"], vsd, z))
+    margin = ctx.disc_radius_mm - float(np.linalg.norm(crossing - centre)) - radius
+    return {
+        "field_radius_at_disc_mm": radius,
+        "disc_margin_mm": margin,
+        "disc_covers_field": bool(margin >= ctx.disc_margin_mm - 1e-9),
+    }
+
+
+def _metrics(ctx: _Context, dose: np.ndarray) -> dict:
+    """Coverage and OAR metrics from the dose (P,) on the sample points."""
+    ev, rx = ctx.ev, ctx.prescription_gy
+
+    def part(name):
+        idx = ev.groups[name]
+        return dose[idx], ev.weights_cm3[idx]
+
+    d_t, w_t = part("PTV_gland")
+    beyond = np.concatenate([part(name)[0] for name in OAR_GROUPS])
+    lung_d, lung_w = part("lung")
+
+    def d2cc(name):
+        d, w = part(name)
+        return float(dose_at_volume_cm3(d, w, 1.0, D2CC_CM3)) if w.sum() > D2CC_CM3 else np.nan
+
+    every = np.concatenate([part(name)[0] for name in TISSUE_GROUPS])
+    return {
+        "target_coverage_percent": 100.0 * float(w_t[d_t >= rx].sum() / w_t.sum()),
+        "target_min_gy": float(d_t.min()),
+        "max_dose_gy": float(every.max()),
+        "beyond_disc_max_gy": float(beyond.max()),
+        "lung_mean_gy": float((lung_d * lung_w).sum() / lung_w.sum()),
+        "rib_D2cc_gy": d2cc("rib"),
+        "chest_wall_D2cc_gy": d2cc("chest_wall"),
+        "skin_max_gy": float(part("skin")[0].max()),
+    }
+
+
+def _score(row: dict, rx: float, oar_weight: float) -> float:
+    oar = sum(
+        float(np.nan_to_num(row[k]))
+        for k in ("beyond_disc_max_gy", "rib_D2cc_gy", "lung_mean_gy", "skin_max_gy")
+    )
+    return row["target_coverage_percent"] - 100.0 * oar_weight * oar / rx
+
+
+def _row(ctx: _Context, dose, cone: dict, disc: dict, mu: float, d_per_mu: float) -> dict:
+    beam = ctx.beam
+    row = {
+        "energy_MeV": beam.energies_mev[cone["energy_index"]],
+        "diameter_cm": float(cone["diameter_mm"]) / 10.0,
+        "bevel_deg": beam.bevels[cone["bevel_index"]],
+        "mu": float(mu),
+        "d100_gy": float(mu * d_per_mu),
+    }
+    row |= _metrics(ctx, np.asarray(dose, np.float64))
+    row |= _disc_fit(ctx, cone, disc)
+    tilt = _axis_tilt_deg(cone["axis"])
+    row["axis_tilt_deg"] = tilt
+    row["axis_tilt_ok"] = bool(tilt <= ctx.max_axis_tilt_deg + 1e-9)
+    row["score"] = _score(row, ctx.prescription_gy, ctx.oar_weight)
+    return row
+
+
+def _choose(rows: list[dict], ctx: _Context) -> tuple[int, str, list[str]]:
+    """Index of the chosen row, the reason and warnings (rule in the module docstring)."""
+    warnings = []
+    pool = [k for k, r in enumerate(rows) if r["disc_covers_field"] and r["axis_tilt_ok"]]
+    rule = (
+        f"whose disc covers the field with {ctx.disc_margin_mm:g} mm margin and whose beam axis "
+        f"is within {ctx.max_axis_tilt_deg:g} deg of vertical"
+    )
+    if not pool:
+        pool = [k for k, r in enumerate(rows) if r["disc_covers_field"]]
+        rule = f"whose disc covers the field (none within {ctx.max_axis_tilt_deg:g} deg of tilt)"
+        warnings.append(
+            f"no catalogue row keeps the beam axis within {ctx.max_axis_tilt_deg:g} deg of "
+            "vertical: the chosen plan needs a larger head tilt"
+        )
+    if not pool:
+        pool = list(range(len(rows)))
+        rule = "in the catalogue; none has a disc that covers the field"
+        warnings.append(
+            f"the {ctx.disc_radius_mm:g} mm disc covers no catalogue field with "
+            f"{ctx.disc_margin_mm:g} mm margin: use a larger disc"
+        )
+    ranked = sorted(pool, key=lambda k: -rows[k]["score"])
+    best = ranked[0]
+    r = rows[best]
+    reason = (
+        f"{_label(r)}: highest score ({r['score']:.1f}) of the {len(pool)} of {len(rows)} rows "
+        f"{rule}; coverage {r['target_coverage_percent']:.1f} % at {ctx.prescription_gy:g} Gy, "
+        f"beyond-disc max {r['beyond_disc_max_gy']:.2f} Gy, skin max {r['skin_max_gy']:.2f} Gy, "
+        f"disc margin {r['disc_margin_mm']:.1f} mm"
+    )
+    if len(ranked) > 1:
+        nxt = rows[ranked[1]]
+        reason += f"; next best {_label(nxt)} (score {nxt['score']:.1f})"
+    return best, reason, warnings
+
+
+def _label(row: dict) -> str:
+    return (
+        f"{row['energy_MeV']:g} MeV, {row['diameter_cm']:g} cm cone, bevel {row['bevel_deg']:g} deg"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def _stack_cones(cones: list[dict], mus, dtype) -> Cone:
+    return Cone(
+        energy_index=jnp.asarray([c["energy_index"] for c in cones], jnp.int32),
+        bevel_index=jnp.asarray([c["bevel_index"] for c in cones], jnp.int32),
+        diameter_mm=jnp.asarray([c["diameter_mm"] for c in cones], dtype),
+        end_mm=jnp.asarray(np.stack([c["end_mm"] for c in cones]), dtype),
+        axis=jnp.asarray(np.stack([c["axis"] for c in cones]), dtype),
+        toe=jnp.asarray(np.stack([c["toe"] for c in cones]), dtype),
+        mu=jnp.asarray(mus, dtype),
+    )
+
+
+def _stack_discs(ctx: _Context, discs: list[dict], dtype) -> Disc:
+    k = len(discs)
+    return Disc(
+        centre_mm=jnp.asarray(np.stack([d["centre_mm"] for d in discs]), dtype),
+        normal=jnp.asarray(np.stack([d["normal"] for d in discs]), dtype),
+        radius_mm=jnp.full(k, ctx.disc_radius_mm, dtype),
+        thickness_mm=jnp.full(k, ctx.disc_thickness_mm, dtype),
+    )
+
+
+def _batch_function(ctx: _Context):
+    """Jitted (points, cones, discs) -> (dose (K, P) Gy, open-beam dose per MU at the
+    normalisation point (K,)) for cones with MU = D100 / that dose (MU for Rx)."""
+    beam, surface = ctx.beam, ctx.surface
+
+    def batch(points, cones, discs):
+        per_mu = jax.vmap(lambda c: reference_dose_per_mu_gy(c, beam, surface))(cones)
+        cones = cones._replace(mu=ctx.d100_gy / per_mu)
+        dose = catalogue_dose_gy(
+            points, cones, beam, surface, discs, ctx.disc_index, ctx.disc_edge_mm, batch_size=8
+        )
+        return dose, per_mu
+
+    return jax.jit(batch)
+
+
+def _evaluate(ctx: _Context, batch, cones: list[dict], discs: list[dict]) -> list[dict]:
+    """Rows of plans with MU for Rx, in chunks of ``CHUNK`` (padded) so that ``batch`` is
+    compiled once whatever the number of plans."""
+    dtype = ctx.dtype
+    points = jnp.asarray(ctx.ev.points_mm, dtype)
+    rows = []
+    for start in range(0, len(cones), CHUNK):
+        part_c, part_d = cones[start : start + CHUNK], discs[start : start + CHUNK]
+        n = len(part_c)
+        pad_c, pad_d = part_c + [part_c[-1]] * (CHUNK - n), part_d + [part_d[-1]] * (CHUNK - n)
+        dose, per_mu = batch(
+            points, _stack_cones(pad_c, np.ones(CHUNK), dtype), _stack_discs(ctx, pad_d, dtype)
+        )
+        dose, per_mu = np.asarray(dose, np.float64), np.asarray(per_mu, np.float64)
+        for k in range(n):
+            mu = ctx.d100_gy / per_mu[k]
+            rows.append(_row(ctx, dose[k], part_c[k], part_d[k], mu, per_mu[k]))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Joint optimisation of one row
+# ----------------------------------------------------------------------------------------------
+
+
+def _joint_optimiser(
+    ctx: _Context,
+    cone0: dict,
+    disc0: dict,
+    mu_start: float,
+    *,
+    max_shift_mm: float,
+    max_air_gap_mm: float,
+    max_tilt_deg: float,
+    max_disc_shift_mm: float,
+    max_disc_tilt_deg: float,
+    iterations: int,
+):
+    """Jitted optimiser of the 11 continuous variables u of one (energy, cone, bevel).
+
+    u[0:2] cone shift (e1, e2), u[2] air gap, u[3:5] cone tilt toward e1, e2, u[5] ln(MU / MU0),
+    u[6:8] disc shift (e1, e2), u[8] disc depth (0 to the disc space's slack below the gland),
+    u[9:11] disc tilt toward e1, e2. The cone's toe follows its axis (the engine uses only the
+    toe's part perpendicular to the axis).
+
+    Returns:
+        run(u0) -> (u, objective history (iterations,)); decode(u) -> (Cone, Disc); u0.
+    """
+    dtype, beam, surface, ev = ctx.dtype, ctx.beam, ctx.surface, ctx.ev
+    e1, e2, n = (jnp.asarray(v, dtype) for v in _surface_frame(ctx.geometry))
+    # Passed as arguments, not captured: large captured arrays become constants that slow down
+    # XLA's compilation.
+    data = {
+        "points": jnp.asarray(ev.points_mm, dtype),
+        "weights": jnp.asarray(ev.weights_cm3, dtype),
+    }
+    idx = ev.groups
+    rx, d100 = ctx.prescription_gy, ctx.d100_gy
+    cone_base = Cone(
+        jnp.int32(cone0["energy_index"]),
+        jnp.int32(cone0["bevel_index"]),
+        jnp.asarray(cone0["diameter_mm"], dtype),
+        jnp.asarray(cone0["end_mm"], dtype),
+        jnp.asarray(cone0["axis"], dtype),
+        jnp.asarray(cone0["toe"], dtype),
+        jnp.asarray(1.0, dtype),
+    )
+    mu0 = float(mu_start)
+    tilt, disc_tilt = (
+        math.tan(math.radians(max_tilt_deg)),
+        math.tan(math.radians(max_disc_tilt_deg)),
+    )
+    centre0 = jnp.asarray(disc0["centre_mm"], dtype)
+    normal0 = jnp.asarray(disc0["normal"], dtype)
+    cos_max = math.cos(math.radians(ctx.max_axis_tilt_deg))
+    slack = ctx.disc_space_mm - ctx.disc_thickness_mm
+    vsd = float(beam.vsd_mm[cone0["energy_index"]])
+
+    def decode(u):
+        # Tilts as offsets of the unit vectors along e1, e2 (|offset| <= tan(max tilt)), then
+        # renormalised: no trigonometry, a small graph (XLA's CPU compile time grows with the
+        # number of small scalar operations).
+        axis = unit(cone_base.axis + tilt * (jnp.tanh(u[3]) * e1 + jnp.tanh(u[4]) * e2))
+        end = (
+            cone_base.end_mm
+            + max_shift_mm * (jnp.tanh(u[0]) * e1 + jnp.tanh(u[1]) * e2)
+            + max_air_gap_mm * jax.nn.sigmoid(u[2]) * n
+        )
+        cone = cone_base._replace(end_mm=end, axis=axis, mu=mu0 * jnp.exp(u[5]))
+        normal = unit(normal0 + disc_tilt * (jnp.tanh(u[9]) * e1 + jnp.tanh(u[10]) * e2))
+        centre = (
+            centre0
+            + max_disc_shift_mm * (jnp.tanh(u[6]) * e1 + jnp.tanh(u[7]) * e2)
+            - slack * jax.nn.sigmoid(u[8]) * n
+        )
+        disc = Disc(
+            centre,
+            normal,
+            jnp.asarray(ctx.disc_radius_mm, dtype),
+            jnp.asarray(ctx.disc_thickness_mm, dtype),
+        )
+        return cone, disc
+
+    # Dose per MU at the normalisation point as a function of the central-axis air gap only
+    # (energy, bevel and diameter are fixed here): the engine's formula on the axis
+    # (:func:`iortopt.physics.electron.reference_dose_per_mu_gy`) with its constants folded.
+    e = cone0["energy_index"]
+    dmax = float(beam.dmax_mm[e])
+    sigma_dmax = float(np.interp(dmax, beam.tables[e].depth_mm, beam.tables[e].penumbra_sigma_mm))
+    radius_mm = 0.5 * float(cone0["diameter_mm"])
+    output = float(
+        np.interp(2 * radius_mm, beam.diameters_mm, beam.output_gy_per_mu[e, cone0["bevel_index"]])
+    )
+    scale = 1.0 / (math.sqrt(2.0) * sigma_dmax)
+    lateral_ref = math.erf(radius_mm * (vsd + dmax) / vsd * scale)
+
+    def per_mu_at(gap):
+        z = gap + dmax
+        lateral = jax.scipy.special.erf(radius_mm * (vsd + z) / vsd * scale)
+        return output * jnp.square((vsd + dmax) / (vsd + z)) * lateral / lateral_ref
+
+    def objective(u, data):
+        pts, w = data["points"], data["weights"]
+        cone, disc = decode(u)
+        dose = cone_dose_gy(pts, cone, beam, surface, disc, ctx.disc_index, ctx.disc_edge_mm)
+        t = idx["PTV_gland"]
+        wt = w[t] / jnp.sum(w[t])
+        covered = jax.nn.sigmoid((dose[t] - rx) / (SOFT_DOSE_FRACTION * rx))
+        coverage = jnp.sum(wt * covered)
+        under = jnp.sum(wt * jnp.square(jax.nn.relu(rx - dose[t]) / rx))
+        beyond = jnp.concatenate([dose[idx[k]] for k in OAR_GROUPS])
+        lung = idx["lung"]
+        oar = (
+            jnp.max(beyond)
+            + dose_at_volume(dose[idx["rib"]], w[idx["rib"]], D2CC_CM3)
+            + jnp.sum(dose[lung] * w[lung]) / jnp.sum(w[lung])
+            + jnp.max(dose[idx["skin"]])
+        )
+        score = coverage - ctx.oar_weight * oar / rx
+        gap = jnp.maximum(jnp.dot(cone.end_mm - surface.point_mm, surface.normal), 0.0)
+        per_mu = per_mu_at(gap / jnp.maximum(-jnp.dot(cone.axis, surface.normal), 0.05))
+        # Disc coverage: field radius where the central axis crosses the disc, plus margin.
+        crossing = ray_plane_crossing_mm(cone.end_mm[None], cone.axis, disc.centre_mm, disc.normal)[
+            0
+        ]
+        z = jnp.dot(crossing - cone.end_mm, cone.axis)
+        offset = jnp.sqrt(jnp.sum(jnp.square(crossing - disc.centre_mm)) + 1e-6)
+        short = field_radius_mm(cone.diameter_mm, vsd, z) + ctx.disc_margin_mm + offset
+        # The disc stays in its space: its rim (up to R sin(tilt) above or below the centre)
+        # neither rises into the gland nor sinks into the muscle.
+        sin_tilt = jnp.sqrt(jnp.maximum(1.0 - jnp.square(jnp.dot(disc.normal, n)), 0.0) + 1e-12)
+        rim = ctx.disc_radius_mm * sin_tilt
+        top = jnp.dot(disc.centre_mm - centre0, n)  # <= 0: below the bottom of the gland
+        penalty = (
+            PRESCRIPTION_PENALTY * jnp.square(cone.mu * per_mu / d100 - 1.0)
+            + CONSTRAINT_PENALTY * jnp.square(jax.nn.relu(short - ctx.disc_radius_mm))
+            + CONSTRAINT_PENALTY
+            * jnp.square(jnp.degrees(jax.nn.relu(cos_max + cone.axis[2])))  # -axis_z >= cos_max
+            + CONSTRAINT_PENALTY * jnp.square(jax.nn.relu(top + rim))
+            + CONSTRAINT_PENALTY * jnp.square(jax.nn.relu(rim - top - slack))
+        )
+        return (-score + UNDERDOSE_WEIGHT * under + penalty).astype(dtype)
+
+    opt = optax.adam(optax.exponential_decay(LEARNING_RATE, iterations, LEARNING_RATE_DECAY))
+    value_and_grad = jax.value_and_grad(objective)
+
+    @jax.jit
+    def step(u, state, data):
+        value, grad = value_and_grad(u, data)
+        updates, state = opt.update(grad, state, u)
+        return optax.apply_updates(u, updates), state, value
+
+    def run(u0):
+        # A Python loop over one jitted step: compiles faster than a lax.scan of the same step
+        # on CPU, and the per-step dispatch is negligible next to the step itself.
+        u, state, history = u0, opt.init(u0), []
+        for _ in range(iterations):
+            u, state, value = step(u, state, data)
+            history.append(value)
+        return u, jnp.stack(history)
+
+    u0 = jnp.zeros(11, dtype).at[2].set(-6.0)  # air gap ~0 to start with
+    return run, jax.jit(decode), u0
+
+
+def _cone_dict(cone: Cone) -> dict:
+    return {
+        "energy_index": int(cone.energy_index),
+        "bevel_index": int(cone.bevel_index),
+        "diameter_mm": float(cone.diameter_mm),
+        "end_mm": np.asarray(cone.end_mm, np.float64),
+        "axis": np.asarray(cone.axis, np.float64),
+        "toe": np.asarray(cone.toe, np.float64),
+    }
+
+
+def _disc_dict(disc: Disc) -> dict:
+    normal = np.asarray(disc.normal, np.float64)
+    return {
+        "centre_mm": np.asarray(disc.centre_mm, np.float64),
+        "normal": normal / np.linalg.norm(normal),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Full-grid dose
+# ----------------------------------------------------------------------------------------------
+
+
+def full_grid_dose_gy(
+    ctx: _Context, case: Case, cone: Cone, disc: Disc, supersampling: int = 3
+) -> np.ndarray:
+    """Dose (nz, ny, nx) float32 on ``case.grid``: voxel centres, and the mean over the tissue
+    sub-samples in voxels cut by a tissue boundary (module docstring)."""
+    g, grid, dtype = ctx.geometry, case.grid, ctx.dtype
+    pts = grid.points_mm()
+    w = g.to_tissue_frame(pts)[:, 2]
+    half_diagonal = 0.5 * float(np.linalg.norm(grid.spacing_xyz_mm))
+    planes = (0.0, g.gland_bottom_w_mm, g.muscle_front_w_mm, g.lung_back_w_mm)
+    near = np.min(np.abs(w[:, None] - np.asarray(planes)), axis=1) <= half_diagonal
+    band = np.flatnonzero(near)
+    sub = sub_offsets_mm(grid, supersampling)
+    sub_pts = (pts[band][:, None, :] + sub[None]).reshape(-1, 3)
+    tissue = g.is_tissue(sub_pts).reshape(band.size, -1)
+    n = tissue.sum(axis=1)
+    mixed = (n > 0) & (n < tissue.shape[1])
+    band, tissue, n = band[mixed], tissue[mixed], n[mixed]
+    sub_pts = (pts[band][:, None, :] + sub[None]).reshape(-1, 3)
+    both = cone_dose_gy(
+        jnp.asarray(np.concatenate([pts, sub_pts]), dtype),
+        cone,
+        ctx.beam,
+        ctx.surface,
+        disc,
+        ctx.disc_index,
+        ctx.disc_edge_mm,
+    )
+    both = np.array(both, np.float64)
+    dose = both[: len(pts)]
+    if band.size:
+        sub_dose = both[len(pts) :].reshape(band.size, -1)
+        dose[band] = (sub_dose * tissue).sum(axis=1) / n
+    return dose.reshape(grid.shape_zyx).astype(np.float32)
+
+
+def _grid_metrics(case: Case, dose: np.ndarray, rx: float) -> dict:
+    """Cross-check metrics from the full grid and the fractional occupancies."""
+    v = case.grid.voxel_volume_cm3
+
+    def occ(name):
+        return case.structure(name).occupancy
+
+    beyond = occ("chest_wall") + occ("rib") + occ("lung")
+    return {
+        "target_coverage_percent": 100.0 * volume_at_dose(dose, occ("PTV_gland"), rx),
+        "PTV_gland_cm3": case.structure("PTV_gland").volume_cm3(case.grid),
+        "beyond_disc_max_gy": float(dose[beyond > 0].max()),
+        "skin_max_gy": float(dose[occ("skin") > 0].max()),
+        "rib_D2cc_gy": float(dose_at_volume_cm3(dose, occ("rib"), v, D2CC_CM3)),
+        "lung_mean_gy": float((dose * occ("lung")).sum() / occ("lung").sum()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------
+
+
+def optimise_electron(
+    params: EliotCaseParams,
+    beam: ElectronBeam | str | Path = "generic_IOERT",
+    prescription_gy: float = 21.0,
+    isodose_percent: float = 90.0,
+    energies_mev=None,
+    diameters_cm=None,
+    bevels_deg=None,
+    disc: str = "Al2_Pb4",
+    disc_radius_mm: float = 45.0,
+    disc_margin_mm: float = 5.0,
+    optimise_pose: bool = True,
+    dtype=jnp.float32,
+    *,
+    toe_direction=(0.0, -1.0, 0.0),
+    max_axis_tilt_deg: float = 30.0,
+    oar_weight: float = 0.1,
+    disc_edge_mm: float = DISC_EDGE_MM,
+    max_shift_mm: float = 5.0,
+    max_air_gap_mm: float = 5.0,
+    max_tilt_deg: float = 10.0,
+    max_disc_shift_mm: float = 5.0,
+    max_disc_tilt_deg: float = 10.0,
+    iterations: int = 100,
+    built_case=None,
+) -> ElectronPlanResult:
+    """Choose energy, cone and bevel, then place cone and disc (see the module docstring).
+
+    Args:
+        params: the ELIOT-type phantom.
+        beam: an :class:`ElectronBeam`, or a packaged beam name / TOML path.
+        prescription_gy: Rx, Gy, given to the ``isodose_percent`` isodose.
+        energies_mev, diameters_cm, bevels_deg: the catalogue to compare (default: the beam's).
+        disc: disc material name in the beam file; ``disc_radius_mm`` its radius;
+            ``disc_margin_mm`` the margin by which it must exceed the field.
+        optimise_pose: run the joint optimisation (3.) of the chosen row.
+        dtype: float dtype of the dose computations.
+        toe_direction: (3,) direction of a bevelled cone's toe (projected onto the surface).
+        max_axis_tilt_deg: largest angle between the beam axis and the vertical (-z).
+        oar_weight: weight of the OAR doses in the score.
+        disc_edge_mm: width of the disc's soft edges.
+        max_shift_mm, max_air_gap_mm, max_tilt_deg, max_disc_shift_mm, max_disc_tilt_deg: bounds
+            of the joint optimisation; ``iterations`` its Adam steps.
+        built_case: optional (case, geometry, samples) from
+            :func:`iortopt.cases.eliot.build_eliot_case_with_samples` of ``params`` (saves
+            building it again).
+    Returns:
+        :class:`ElectronPlanResult`.
+    """
+    t_start = time.perf_counter()
+    if not isinstance(beam, ElectronBeam):
+        beam = load_electron_beam(beam)
+    if not prescription_gy > 0:
+        raise ValueError(f"prescription_gy must be > 0, got {prescription_gy}")
+    if not 0 < isodose_percent <= 100:
+        raise ValueError(f"isodose_percent must lie in (0, 100], got {isodose_percent}")
+    e_idx = [beam.index_of_energy(e) for e in (energies_mev or beam.energies_mev)]
+    c_idx = [beam.index_of_diameter(d) for d in (diameters_cm or beam.diameters_cm)]
+    b_idx = [beam.index_of_bevel(b) for b in (bevels_deg or beam.bevels)]
+    disc_index = beam.index_of_disc(disc)
+    toe = np.asarray(toe_direction, np.float64)
+    if toe.shape != (3,) or not np.all(np.isfinite(toe)):
+        raise ValueError(f"toe_direction must be three finite numbers, got {toe_direction}")
+    if beam.disc_thickness_mm[disc_index] > params.disc_gap_mm + 1e-9:
+        raise ValueError(
+            f"disc {disc!r} is {beam.disc_thickness_mm[disc_index]:g} mm thick: it does not fit "
+            f"the {params.disc_gap_mm:g} mm disc space (case disc_gap_mm)"
+        )
+    case, g, samples = built_case or build_eliot_case_with_samples(params)
+    if np.linalg.norm(toe - (toe @ g.surface_normal) * g.surface_normal) < 1e-6:
+        raise ValueError("toe_direction must not be parallel to the gland surface's normal")
+    ctx = _Context(
+        ev=_eval_points(samples),
+        geometry=g,
+        beam=beam,
+        surface=PlaneSurface(
+            jnp.asarray(g.surface_point_mm, dtype), jnp.asarray(g.surface_normal, dtype)
+        ),
+        prescription_gy=float(prescription_gy),
+        d100_gy=float(prescription_gy) / (isodose_percent / 100.0),
+        disc_index=disc_index,
+        disc_radius_mm=float(disc_radius_mm),
+        disc_thickness_mm=float(beam.disc_thickness_mm[disc_index]),
+        disc_space_mm=float(params.disc_gap_mm),
+        disc_margin_mm=float(disc_margin_mm),
+        disc_edge_mm=float(disc_edge_mm),
+        max_axis_tilt_deg=float(max_axis_tilt_deg),
+        oar_weight=float(oar_weight),
+        dtype=dtype,
+    )
+    setup_s = time.perf_counter() - t_start
+
+    # 1. catalogue: nominal placements, one batched pass.
+    t0 = time.perf_counter()
+    cones, discs = [], []
+    for ke in e_idx:
+        for kc in c_idx:
+            for kb in b_idx:
+                end, axis, toe = flush_pose(
+                    g.surface_point_mm, g.surface_normal, beam.bevels[kb], toe_direction
+                )
+                cones.append(
+                    {
+                        "energy_index": ke,
+                        "bevel_index": kb,
+                        "diameter_mm": float(beam.diameters_mm[kc]),
+                        "end_mm": end,
+                        "axis": axis,
+                        "toe": toe,
+                    }
+                )
+                discs.append(
+                    {"centre_mm": _nominal_disc_centre(g, end, axis), "normal": g.surface_normal}
+                )
+    batch = _batch_function(ctx)
+    rows = _evaluate(ctx, batch, cones, discs)
+    best, reason, warnings = _choose(rows, ctx)
+    catalogue_s = time.perf_counter() - t0
+
+    # 3. joint optimisation of the chosen row.
+    t0 = time.perf_counter()
+    chosen_row, chosen_cone, chosen_disc = rows[best], cones[best], discs[best]
+    optimisation = {"run": bool(optimise_pose), "accepted": False}
+    if optimise_pose:
+        run, decode, u0 = _joint_optimiser(
+            ctx,
+            chosen_cone,
+            chosen_disc,
+            chosen_row["mu"],
+            max_shift_mm=max_shift_mm,
+            max_air_gap_mm=max_air_gap_mm,
+            max_tilt_deg=max_tilt_deg,
+            max_disc_shift_mm=max_disc_shift_mm,
+            max_disc_tilt_deg=max_disc_tilt_deg,
+            iterations=iterations,
+        )
+        u, history = run(u0)
+        cone_u, disc_u = decode(u)
+        cone_o, disc_o = _cone_dict(cone_u), _disc_dict(disc_u)
+        optimised = _evaluate(ctx, batch, [cone_o], [disc_o])[0]
+        fixes_tilt = optimised["axis_tilt_ok"] and not chosen_row["axis_tilt_ok"]
+        same_tilt = optimised["axis_tilt_ok"] == chosen_row["axis_tilt_ok"]
+        accepted = optimised["disc_covers_field"] and (
+            fixes_tilt or (same_tilt and optimised["score"] >= chosen_row["score"])
+        )
+        history = np.asarray(history, np.float64)
+        optimisation |= {
+            "accepted": bool(accepted),
+            "iterations": int(iterations),
+            "objective_first": float(history[0]),
+            "objective_last": float(history[-1]),
+            "score_nominal": chosen_row["score"],
+            "score_optimised": optimised["score"],
+            "mu_optimiser": float(cone_u.mu),
+            "optimised": _placement(optimised, cone_o, disc_o, g),
+        }
+        if accepted:
+            chosen_row, chosen_cone, chosen_disc = optimised, cone_o, disc_o
+    optimise_s = time.perf_counter() - t0
+
+    # 4. full-grid dose.
+    t0 = time.perf_counter()
+    cone_final = _stack_cones([chosen_cone], [chosen_row["mu"]], dtype)
+    cone_final = Cone(*(leaf[0] for leaf in cone_final))
+    disc_final = Disc(*(leaf[0] for leaf in _stack_discs(ctx, [chosen_disc], dtype)))
+    dose = full_grid_dose_gy(ctx, case, cone_final, disc_final, params.supersampling)
+    full_dose_s = time.perf_counter() - t0
+
+    if optimisation["accepted"]:
+        reason += "; cone and disc placement then optimised jointly"
+    chosen = _placement(chosen_row, chosen_cone, chosen_disc, g) | {
+        "reason": reason,
+        "full_grid": _grid_metrics(case, dose, ctx.prescription_gy),
+    }
+    disc_info = {
+        "material": beam.discs[disc_index].name,
+        "description": beam.discs[disc_index].description,
+        "radius_mm": ctx.disc_radius_mm,
+        "thickness_mm": ctx.disc_thickness_mm,
+        "required_margin_mm": ctx.disc_margin_mm,
+        "edge_width_mm": ctx.disc_edge_mm,
+        "centre_mm": chosen["disc_centre_mm"],
+        "normal": chosen["disc_normal"],
+        "depth_below_surface_mm": chosen["disc_depth_mm"],
+        "covers_field": chosen_row["disc_covers_field"],
+        "margin_mm": chosen_row["disc_margin_mm"],
+        "transmission": beam.discs[disc_index].transmission[chosen_cone["energy_index"]],
+        "backscatter_percent": beam.discs[disc_index].backscatter_percent[
+            chosen_cone["energy_index"]
+        ],
+    }
+    notes = [
+        f"beam {beam.name!r} ({beam.machine or 'machine not named'})",
+        f"prescription {prescription_gy:g} Gy to the {isodose_percent:g} % isodose: 100 % = "
+        f"{ctx.d100_gy:.2f} Gy at dmax on the central axis (open beam); coverage = % of PTV_gland "
+        f"volume receiving >= {prescription_gy:g} Gy",
+        f"disc {disc_info['material']} ({disc_info['description']}), radius {disc_radius_mm:g} mm, "
+        f"required margin over the field {disc_margin_mm:g} mm",
+        "tissue model: rigid anatomy, flat gland surface; depth measured along the beam axis",
+    ]
+    if beam.illustrative:
+        notes.insert(0, ILLUSTRATIVE_NOTE)
+    notes += warnings
+    if not chosen_row["disc_covers_field"]:
+        notes.append(
+            f"FLAG: the disc does not cover the field plus {disc_margin_mm:g} mm "
+            f"(margin {chosen_row['disc_margin_mm']:.1f} mm)"
+        )
+    timings = {
+        "setup_s": setup_s,
+        "catalogue_s": catalogue_s,
+        "optimise_s": optimise_s,
+        "full_dose_s": full_dose_s,
+        "total_s": time.perf_counter() - t_start,
+    }
+    return ElectronPlanResult(
+        case=case,
+        dose_gy=dose,
+        chosen=chosen,
+        disc=disc_info,
+        comparison=rows,
+        optimisation=optimisation,
+        timings=timings,
+        notes=notes,
+        beam_name=beam.name,
+        geometry=g,
+    )
+
+
+def _placement(row: dict, cone: dict, disc: dict, g: EliotGeometry) -> dict:
+    """A row plus where the cone and the disc are (JSON-friendly); the disc depth is that of its
+    upstream face's centre below the gland surface, along the surface normal."""
+    centre = np.asarray(disc["centre_mm"], np.float64)
+    return dict(row) | {
+        "cone_end_mm": np.asarray(cone["end_mm"]).tolist(),
+        "cone_axis": np.asarray(cone["axis"]).tolist(),
+        "cone_toe": np.asarray(cone["toe"]).tolist(),
+        "disc_centre_mm": centre.tolist(),
+        "disc_normal": np.asarray(disc["normal"]).tolist(),
+        "disc_depth_mm": float(-(centre - g.surface_point_mm) @ g.surface_normal),
+    }

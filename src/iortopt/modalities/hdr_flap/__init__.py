@@ -1,0 +1,1 @@
+"""HDR brachytherapy with flap applicators (TG-43 dwell-time optimisation)."""

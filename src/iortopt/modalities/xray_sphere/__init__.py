@@ -1,0 +1,1 @@
+"""50 kV X-ray spherical applicators (size, time and position)."""

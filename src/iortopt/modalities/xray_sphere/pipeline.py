@@ -1,0 +1,262 @@
+"""One 50 kV X-ray sphere plan from config to outputs (modality ``xray_sphere``).
+
+    prepare_xray(config)        -> PreparedXray   breast case parameters, beam, validated names
+    run_xray(prepared, out_dir) -> XrayRunResult  catalogue comparison + continuous relaxation
+                                                  (:func:`iortopt.modalities.xray_sphere.choice.optimise_xray`),
+                                                  metrics/goals, the same outputs as HDR plans
+
+``summary.json`` carries the applicator comparison table (one row per catalogue size), the chosen
+size with the reason, and the continuous-radius optimum.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from iortopt.cases.breast import BreastCaseParams, build_breast_case
+from iortopt.config import PlanConfig, case_params
+from iortopt.errors import ConfigError
+from iortopt.outputs.plan_files import (
+    check_structure_names,
+    common_summary,
+    evaluate_plan,
+    print_report,
+    provenance,
+    rewrite_summary,
+    write_plan_outputs,
+)
+from iortopt.physics.xray import XrayBeam, load_xray_beam
+
+
+@dataclass
+class PreparedXray:
+    config: PlanConfig
+    params: BreastCaseParams
+    beam: XrayBeam
+    dtype: object
+    setup_s: float
+    shield_specs: list = field(default_factory=list)  # shield_placement.ShieldSpec
+
+
+@dataclass
+class XrayRunResult:
+    prepared: PreparedXray
+    case: object
+    dose_gy: np.ndarray
+    summary: dict
+    out_dir: Path
+
+
+def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
+    """Validate the breast parameters, the beam and every structure name; nothing is written.
+
+    Raises:
+        ConfigError / SourceDataError naming the field or file at fault.
+    """
+    t0 = time.perf_counter()
+    params = case_params(BreastCaseParams, cfg.case.breast, "breast")
+    beam = load_xray_beam(cfg.xray.beam)
+    sizes = cfg.xray.catalogue_diameters_cm
+    if sizes is not None:
+        unknown = [d for d in sizes if not np.any(np.isclose(beam.diameters_cm, d))]
+        if unknown:
+            raise ConfigError(
+                f"xray.catalogue_diameters_cm: {unknown} not in beam {beam.name!r} "
+                f"(has {list(map(float, beam.diameters_cm))})"
+            )
+    # Structure names do not depend on the applicator size: check them on a centred sphere.
+    case, _ = build_breast_case(params)
+    check_structure_names(cfg, case)
+    shield_specs = []
+    if cfg.shields:
+        from iortopt.optimisation.shield_placement import build_specs
+
+        shield_specs = build_specs(cfg, case, dtype)
+    return PreparedXray(cfg, params, beam, dtype, time.perf_counter() - t0, shield_specs)
+
+
+def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
+    """Choose the applicator size, position and time; evaluate and write every output."""
+    from iortopt.modalities.xray_sphere.choice import optimise_xray
+
+    cfg, x = prepared.config, prepared.config.xray
+    try:
+        result = optimise_xray(
+            prepared.params,
+            prepared.beam,
+            prescription_gy=cfg.prescription.dose_gy,
+            prescription_mode=x.prescription_mode,
+            prescription_depth_mm=x.prescription_depth_mm,
+            catalogue_diameters_cm=x.catalogue_diameters_cm,
+            min_skin_distance_mm=x.min_skin_distance_mm,
+            optimise_position=x.optimise_position,
+            dtype=prepared.dtype,
+            anisotropy=x.anisotropy,
+            shield_specs=prepared.shield_specs or None,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"xray: {exc}") from None
+    case, dose = result.case, np.asarray(result.dose_gy, np.float32)
+    evaluation = evaluate_plan(cfg, case, dose)
+    chosen = result.chosen
+    summary = common_summary(cfg, case, evaluation, prepared.dtype)
+    summary |= {
+        "beam": result.beam_name,
+        "dosimetry_formalism": result.formalism,
+        "prescription_mode": x.prescription_mode,
+        "min_skin_distance_mm": x.min_skin_distance_mm,
+        "chosen_applicator": chosen,
+        "applicator_comparison": result.comparison,
+        "continuous_relaxation": result.continuous,
+        "notes": result.notes,
+        "wall_times_s": {"prepare_s": prepared.setup_s, **result.timings},
+    }
+    groups, shield_points = {}, None
+    if result.shields:
+        from iortopt.modalities.xray_sphere.shields import shield_report
+
+        extra, groups, shield_points = shield_report(cfg, prepared.shield_specs, result, evaluation)
+        summary |= extra
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    centre = np.asarray(chosen["centre_mm"], float)
+    write_plan_outputs(
+        cfg,
+        case,
+        dose,
+        evaluation,
+        summary,
+        out_dir,
+        applicator={
+            "applicator": {
+                "centre_mm": centre,
+                "radius_mm": np.asarray(10.0 * float(chosen["diameter_cm"]) / 2.0),
+                "time_min": np.asarray(float(chosen["time_min"])),
+            }
+        }
+        | groups,
+        provenance_attrs=provenance(
+            cfg,
+            case,
+            prepared.dtype,
+            beam=result.beam_name,
+            dosimetry_formalism=result.formalism,
+        ),
+        markers_mm=centre[None, :],
+        markers_label="applicator centre",
+        shield_points_mm=shield_points,
+    )
+    summary["wall_times_s"]["write_s"] = time.perf_counter() - t0
+    rewrite_summary(out_dir, summary)
+    return XrayRunResult(prepared, case, dose, summary, out_dir)
+
+
+COMPARISON_COLUMNS = (
+    ("diam cm", "diameter_cm", "{:.1f}"),
+    ("fits", "fits_cavity", "{}"),
+    ("min", "time_min", "{:.1f}"),
+    ("10mm Gy", "dose_at_10mm_gy", "{:.2f}"),
+    ("cover %", "target_coverage_percent", "{:.0f}"),
+    ("skin mm", "skin_distance_mm", "{:.1f}"),
+    ("skin Gy", "skin_max_gy", "{:.1f}"),
+    ("CW D2cc", "chest_wall_D2cc_gy", "{:.1f}"),
+    ("rib D2cc", "rib_D2cc_gy", "{:.1f}"),
+    ("lung", "lung_mean_gy", "{:.2f}"),
+    ("score", "score", "{:.1f}"),
+)
+SKIN_COLUMN = 5
+
+
+def print_xray_summary(result: XrayRunResult, console: Console) -> None:
+    """Applicator comparison, metrics, goals and the choice with its reason."""
+    s = result.summary
+    chosen = s["chosen_applicator"]
+    title = f"Applicator comparison ({s['beam']}, formalism {s['dosimetry_formalism']})"
+    table = Table(title=title)
+    for title, _, _ in COMPARISON_COLUMNS:
+        table.add_column(title, justify="right")
+    for row in s["applicator_comparison"]:
+        cells = [
+            ("yes" if row[key] else "no") if key == "fits_cavity" else fmt.format(row[key])
+            for _, key, fmt in COMPARISON_COLUMNS
+        ]
+        if row.get("skin_flag"):
+            cells[SKIN_COLUMN] = f"[red]{cells[SKIN_COLUMN]}![/]"
+        style = "bold green" if np.isclose(row["diameter_cm"], chosen["diameter_cm"]) else None
+        table.add_row(*cells, style=style)
+    console.print(table)
+    console.print(
+        f"10mm Gy: dose 10 mm from the surface; cover: PTV_shell % at the coverage dose; skin mm "
+        f"(! = under {s['min_skin_distance_mm']:g} mm); CW: chest wall; lung: mean Gy",
+        highlight=False,
+    )
+    print_report(s, result.case, console)
+    cont = s["continuous_relaxation"]
+    console.print(
+        f"chosen: {chosen['diameter_cm']:.1f} cm sphere, {chosen['time_min']:.1f} min, "
+        f"skin distance {chosen['skin_distance_mm']:.1f} mm "
+        f"({'ok' if chosen['skin_distance_ok'] else 'UNDER THE MINIMUM'}); {chosen['reason']}",
+        highlight=False,
+    )
+    console.print(
+        f"continuous optimum: radius {cont['radius_mm']:.1f} mm, {cont['time_min']:.1f} min",
+        highlight=False,
+    )
+    for note in s["notes"]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    w = s["wall_times_s"]
+    console.print(
+        ", ".join(f"{k} {v:.2f}" for k, v in w.items()) + f"; outputs in {result.out_dir}",
+        highlight=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The modality interface (iortopt.modalities)
+# ----------------------------------------------------------------------------------------------
+
+NAME = "xray_sphere"
+DWELL_CHUNKED = False
+prepare = prepare_xray
+print_result = print_xray_summary
+
+
+def run(prepared: PreparedXray, out_dir: str | Path, console: Console | None = None):
+    return run_xray(prepared, out_dir)
+
+
+def memory_sizes(prepared: PreparedXray) -> dict:
+    import math
+
+    from iortopt.cases.breast import breast_geometry, case_grid
+
+    beam, params = prepared.beam, prepared.params
+    diameters = prepared.config.xray.catalogue_diameters_cm or list(beam.diameters_cm)
+    radius_mm = 5.0 * float(max(diameters))
+    grid = case_grid(params, breast_geometry(params, radius_mm))
+    # Evaluation points: breast cells within reach of the cavity (a ball, at most the grid) plus
+    # at most one OAR point per cell.
+    reach_mm = radius_mm + params.target_thickness_mm + 3.0 + params.spacing_mm
+    ball = 4.0 / 3.0 * math.pi * reach_mm**3 / params.spacing_mm**3
+    return {
+        "n_voxels": grid.n_voxels,
+        "n_points": int(min(ball, grid.n_voxels)) + grid.n_voxels,
+        "n_sizes": len(diameters),
+        "supersampling": params.supersampling,
+        "spacing_mm": float(params.spacing_mm),
+    }
+
+
+def memory_estimate(s: dict, chunk: int | None, dtype, influence: str):
+    from iortopt.compute import memory
+
+    return memory.xray_plan_estimate(
+        s["n_voxels"], s["n_points"], s["n_sizes"], supersampling=s["supersampling"], dtype=dtype
+    )

@@ -1,0 +1,1 @@
+"""Optimisation: objective terms, the optax loop with checkpoints, shield placement."""

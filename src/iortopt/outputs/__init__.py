@@ -1,0 +1,1 @@
+"""Outputs: plan files (zarr, summary, figures), DICOM export, result checks."""

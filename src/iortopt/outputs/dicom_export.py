@@ -1,0 +1,202 @@
+"""The DICOM files of a plan (``[output] dicom = true``): ``dicom/RTPLAN.dcm`` and
+``dicom/RTDOSE.dcm`` inside the output folder.
+
+The writers returned here are called by ``write_plan_outputs`` on its temporary folder before it
+is renamed, so the DICOM files are part of the same atomic write as the other outputs. Patient,
+study and frame of reference come from the imported CT (``case.info["dicom"]``); a built-in
+phantom gets a fresh study, no RTSTRUCT reference and therefore no DVH sequence.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from iortopt.cases.case import Case
+from iortopt.config import PlanConfig
+
+# pydicom-based modules are imported inside the writers: plans without DICOM output never load
+# them.
+
+SUBFOLDER = "dicom"
+RTPLAN_NAME = "RTPLAN.dcm"
+RTDOSE_NAME = "RTDOSE.dcm"
+
+
+def study_of(case: Case):
+    """The imported study of a DICOM case (StudyRef), else a fresh one for the phantom."""
+    from iortopt.dicom.study import StudyRef, new_study
+
+    ref = case.info.get("dicom")
+    return StudyRef.from_dict(ref) if ref else new_study(case.name)
+
+
+def dvh_entries(case: Case, dose_gy: np.ndarray, dvhs: dict, study) -> list:
+    """A DVH entry (``DvhEntry``) for every structure that came from an RTSTRUCT ROI."""
+    from iortopt.dicom.rtdose import DvhEntry
+
+    entries = []
+    for s in case.structures:
+        if s.name not in study.roi_numbers or s.name not in dvhs:
+            continue
+        w = s.occupancy.astype(np.float64)
+        inside = w > 0
+        d = dose_gy[inside].astype(np.float64)
+        entries.append(
+            DvhEntry(
+                roi_number=study.roi_numbers[s.name],
+                dose_gy=dvhs[s.name].dose_gy,
+                volume_cm3=dvhs[s.name].volume_cm3,
+                min_gy=float(d.min()) if d.size else 0.0,
+                max_gy=float(d.max()) if d.size else 0.0,
+                mean_gy=float(np.sum(d * w[inside]) / w[inside].sum()) if d.size else 0.0,
+            )
+        )
+    return entries
+
+
+def _as_datetime(value) -> dt.datetime:
+    return value if isinstance(value, dt.datetime) else dt.datetime.combine(value, dt.time())
+
+
+def hdr_writer(
+    cfg: PlanConfig,
+    case: Case,
+    dose_gy: np.ndarray,
+    dvhs: dict,
+    dwells,
+    times_s: np.ndarray,
+    source,
+    air_kerma_strength_U: float,
+) -> Callable[[Path], None]:
+    """Writer of the brachy RTPLAN (HAM_FLAB setup) and its RTDOSE (summation BRACHY).
+
+    The source's reference air kerma rate is the configured S_K at the calibration date when
+    ``source.calibration`` is given, else the S_K used (at treatment) dated now.
+    """
+
+    def write(folder: Path) -> None:
+        from iortopt.dicom.files import save_atomic
+        from iortopt.dicom.rtdose import write_rtdose
+        from iortopt.dicom.rtplan import BrachyDwells, BrachySource, build_brachy_plan
+        from iortopt.dicom.uids import new_uid
+
+        out = Path(folder) / SUBFOLDER
+        out.mkdir(parents=True, exist_ok=True)
+        study, plan_uid = study_of(case), new_uid()
+        if cfg.source.calibration is not None:
+            reference_U = cfg.source.air_kerma_strength_U
+            reference_time = _as_datetime(cfg.source.calibration)
+        else:
+            reference_U, reference_time = air_kerma_strength_U, dt.datetime.now()
+        brachy_source = BrachySource(
+            model=source.name,
+            description=f"TG-43 data {source.key}",
+            isotope=source.isotope,
+            half_life_days=source.half_life_days,
+            active_length_mm=10.0 * source.active_length_cm,
+            reference_air_kerma_rate_U=reference_U,
+            reference_datetime=reference_time,
+        )
+        plan_dwells = BrachyDwells(
+            dwells.positions_mm, dwells.axes, np.asarray(times_s), dwells.catheter, dwells.index
+        )
+        plan = build_brachy_plan(
+            study,
+            plan_uid,
+            plan_dwells,
+            brachy_source,
+            air_kerma_strength_U=air_kerma_strength_U,
+            step_mm=cfg.applicator.step_mm,
+            label=cfg.plan.name,
+            prescription_gy=cfg.prescription.dose_gy,
+            prescription_structure=cfg.prescription.structure,
+            n_fractions=cfg.prescription.n_fractions,
+            description=cfg.plan.description,
+        )
+        save_atomic(plan, out / RTPLAN_NAME)
+        write_rtdose(
+            out / RTDOSE_NAME,
+            dose_gy,
+            case.grid,
+            study,
+            plan_uid=plan_uid,
+            summation_type="BRACHY",
+            brachy_setup_number=1,
+            dvhs=dvh_entries(case, dose_gy, dvhs, study),
+            description=f"iortopt dose {cfg.plan.name}",
+        )
+
+    return write
+
+
+def electron_writer(
+    cfg: PlanConfig, case: Case, dose_gy: np.ndarray, dvhs: dict, chosen: dict, machine: str
+) -> Callable[[Path], None]:
+    """Writer of the electron RTPLAN (INTRAOPERATIVE applicator) and its RTDOSE (PLAN)."""
+
+    def write(folder: Path) -> None:
+        from iortopt.dicom.files import save_atomic
+        from iortopt.dicom.rtdose import write_rtdose
+        from iortopt.dicom.rtplan import build_electron_plan
+        from iortopt.dicom.uids import new_uid
+
+        out = Path(folder) / SUBFOLDER
+        out.mkdir(parents=True, exist_ok=True)
+        study, plan_uid = study_of(case), new_uid()
+        plan = build_electron_plan(
+            study,
+            plan_uid,
+            label=cfg.plan.name,
+            energy_mev=float(chosen["energy_MeV"]),
+            cone_diameter_mm=10.0 * float(chosen["diameter_cm"]),
+            bevel_deg=float(chosen["bevel_deg"]),
+            mu=float(chosen["mu"]),
+            cone_end_mm=chosen["cone_end_mm"],
+            beam_axis=chosen["cone_axis"],
+            machine=machine,
+            prescription_gy=cfg.prescription.dose_gy,
+            prescription_structure=cfg.prescription.structure,
+            n_fractions=cfg.prescription.n_fractions,
+            description=cfg.plan.description,
+        )
+        save_atomic(plan, out / RTPLAN_NAME)
+        write_rtdose(
+            out / RTDOSE_NAME,
+            dose_gy,
+            case.grid,
+            study,
+            plan_uid=plan_uid,
+            summation_type="PLAN",
+            dvhs=dvh_entries(case, dose_gy, dvhs, study),
+            description=f"iortopt dose {cfg.plan.name}",
+        )
+
+    return write
+
+
+def hdr_plan_writer(prepared, dose_gy: np.ndarray, evaluation: dict, times_s):
+    """:func:`hdr_writer` for an HDR ``PreparedPlan`` when ``[output] dicom = true``, else None."""
+    cfg = prepared.config
+    if not cfg.output.dicom:
+        return None
+    return hdr_writer(
+        cfg,
+        prepared.case,
+        dose_gy,
+        evaluation["dvhs"],
+        prepared.dwells,
+        times_s,
+        prepared.source,
+        prepared.sk_U,
+    )
+
+
+def electron_plan_writer(cfg: PlanConfig, case: Case, dose_gy, evaluation: dict, chosen, machine):
+    """:func:`electron_writer` when ``[output] dicom = true``, else None."""
+    if not cfg.output.dicom:
+        return None
+    return electron_writer(cfg, case, dose_gy, evaluation["dvhs"], chosen, machine)

@@ -1,0 +1,276 @@
+"""What every plan produces, whatever the modality: metrics, goals, files and the terminal report.
+
+    evaluate_plan(config, case, dose)  -> DVHs, metrics per structure, indices, goals, BED/EQD2
+    write_plan_outputs(...)            -> plan.zarr, summary.json, dvh.png, dose_slices.png
+    print_report(summary, case, ...)   -> metrics and goals tables on the terminal
+
+Outputs are written into a temporary folder beside the target and then swapped or merged into
+place by :func:`iortopt.io.output_dir.publish_folder`: files iortopt did not write are never
+removed, and the folder's marker (``.iortopt-output.json``), written last, says it is complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from iortopt import __version__
+from iortopt.cases.case import Case
+from iortopt.compute.runtime import device_info
+from iortopt.config import PlanConfig
+from iortopt.errors import ConfigError
+from iortopt.outputs.result_checks import check_dose_finite, check_result_finite
+
+
+def check_structure_names(cfg: PlanConfig, case: Case) -> None:
+    """Every structure and metric the config names exists (ConfigError naming the field)."""
+    names = [s.name for s in case.structures]
+    refs = [("prescription.structure", cfg.prescription.structure)]
+    refs += [
+        (f"objectives[{k}].structure", o.structure)
+        for k, o in enumerate(cfg.objectives)
+        if o.structure
+    ]
+    refs += [(f"goals[{k}].structure", g.structure) for k, g in enumerate(cfg.goals)]
+    refs += [(f"radiobiology.alpha_beta_gy.{n}", n) for n in cfg.radiobiology.alpha_beta_gy]
+    for where, name in refs:
+        if name not in names:
+            raise ConfigError(f"{where}: unknown structure {name!r}; the case has {names}")
+    from iortopt.evaluation.dvh import METRIC_KEYS
+
+    for k, goal in enumerate(cfg.goals):
+        if goal.metric not in METRIC_KEYS:
+            raise ConfigError(
+                f"goals[{k}].metric: unknown metric {goal.metric!r}; "
+                f"expected one of {list(METRIC_KEYS)}"
+            )
+
+
+def evaluate_plan(cfg: PlanConfig, case: Case, dose: np.ndarray) -> dict:
+    """DVHs, metrics per structure, plan indices, goals and BED/EQD2 for a full-grid dose (Gy).
+
+    Raises:
+        PlanFailedError: the dose is not finite (a failed optimisation).
+    """
+    check_dose_finite(dose)
+    from iortopt.evaluation import dvh, radiobiology
+
+    rx = cfg.prescription.dose_gy
+    vv = case.grid.voxel_volume_cm3
+    metrics, dvhs = {}, {}
+    for s in case.structures:
+        metrics[s.name] = dvh.structure_metrics(dose, s.occupancy, vv, rx)
+        dvhs[s.name] = dvh.cumulative_dvh(dose, s.occupancy, vv)
+    target = case.structure(cfg.prescription.structure)
+    indices = dvh.plan_indices(
+        dose, target.occupancy, {s.name: s.occupancy for s in case.oars}, rx, vv
+    )
+    goals = []
+    for g in cfg.goals:
+        value = metrics[g.structure][g.metric]
+        met = bool(np.isfinite(value) and (value >= g.value if g.op == ">=" else value <= g.value))
+        goals.append(
+            {
+                "structure": g.structure,
+                "metric": g.metric,
+                "op": g.op,
+                "limit": g.value,
+                "value": value,
+                "met": met,
+            }
+        )
+    bio = {}
+    n = cfg.prescription.n_fractions
+
+    def lq(fn, dose_gy: float, ab: float) -> float:
+        return float(fn(dose_gy, n, ab)) if np.isfinite(dose_gy) else float("nan")
+
+    for name, ab in cfg.radiobiology.alpha_beta_gy.items():
+        m = metrics[name]
+        bio[name] = {
+            "model": radiobiology.MODEL_NAME,
+            "alpha_beta_gy": ab,
+            "n_fractions": n,
+            "D90_BED_gy": lq(radiobiology.bed_gy, m["D90_gy"], ab),
+            "D90_EQD2_gy": lq(radiobiology.eqd2_gy, m["D90_gy"], ab),
+            "D2cc_EQD2_gy": lq(radiobiology.eqd2_gy, m["D2cc_gy"], ab),
+        }
+    return {
+        "metrics": metrics,
+        "dvhs": dvhs,
+        "indices": indices,
+        "goals": goals,
+        "radiobiology": bio,
+    }
+
+
+def common_summary(cfg: PlanConfig, case: Case, evaluation: dict, dtype) -> dict:
+    """Summary fields shared by every modality (the modality adds its own)."""
+    return {
+        "plan": cfg.plan.name,
+        "modality": cfg.plan.modality,
+        "iortopt_version": __version__,
+        "prescription_gy": cfg.prescription.dose_gy,
+        "prescription_structure": cfg.prescription.structure,
+        "grid_shape_zyx": list(case.grid.shape_zyx),
+        "metrics": evaluation["metrics"],
+        "plan_indices": evaluation["indices"],
+        "radiobiology": evaluation["radiobiology"],
+        "goals": evaluation["goals"],
+        "goals_all_met": all(g["met"] for g in evaluation["goals"]),
+        "device": device_info(),
+        "precision": np.dtype(dtype).name,
+    }
+
+
+def provenance(cfg: PlanConfig, case: Case, dtype, **extra) -> dict:
+    """Version, device, precision, time and the physics data used (``extra``)."""
+    return {
+        "iortopt_version": __version__,
+        "modality": cfg.plan.modality,
+        **extra,
+        "device": device_info(),
+        "precision": np.dtype(dtype).name,
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "case": case.name,
+    }
+
+
+def write_plan_outputs(
+    cfg: PlanConfig,
+    case: Case,
+    dose: np.ndarray,
+    evaluation: dict,
+    summary: dict,
+    out_dir: Path,
+    applicator: dict[str, dict[str, np.ndarray]],
+    provenance_attrs: dict,
+    markers_mm: np.ndarray | None = None,
+    markers_label: str = "dwell positions",
+    extra_writer: Callable[[Path], None] | None = None,
+    shield_points_mm: np.ndarray | None = None,
+) -> None:
+    """Write plan.zarr, summary.json, dvh.png and dose_slices.png into ``out_dir``.
+
+    Built in a temporary folder, then swapped or merged into place with the marker written last
+    (:func:`iortopt.io.output_dir.publish_folder`); files iortopt did not write are kept.
+
+    Args:
+        applicator: zarr groups of applicator arrays, e.g. ``{"dwells": {"times_s": ...}}``.
+        markers_mm: (M, 3) points drawn on the dose slices (dwell positions, sphere centre).
+        extra_writer: called with the temporary folder before it is renamed into place (e.g.
+            the DICOM export), so its files are part of the same atomic write.
+        shield_points_mm: (K, 3) points sampling the shields, drawn on the dose slices.
+    """
+    check_result_finite(dose, applicator, summary)
+    from iortopt.io.output_dir import new_temp_folder, publish_folder
+    from iortopt.io.store import _to_jsonable, write_plan_store
+    from iortopt.outputs import figures as report
+
+    out_dir = Path(out_dir)
+    tmp = new_temp_folder(out_dir)
+    try:
+        write_plan_store(
+            tmp / "plan.zarr",
+            {
+                "grid": case.grid,
+                "dose_gy": dose,
+                "structures": [(s.name, s.role, s.occupancy) for s in case.structures],
+                "groups": applicator,
+                "dvhs": evaluation["dvhs"],
+                "attrs": {
+                    "config": cfg.model_dump(mode="json"),
+                    "provenance": provenance_attrs,
+                    "metrics": evaluation["metrics"],
+                    "summary": summary,
+                },
+            },
+        )
+        (tmp / "summary.json").write_text(json.dumps(_to_jsonable(summary), indent=2))
+        rx = cfg.prescription.dose_gy
+        clinical = {s.name for s in case.structures if s.role != "other"}
+        dvhs = {k: v for k, v in evaluation["dvhs"].items() if k in clinical}
+        report.plot_dvh(dvhs, tmp / "dvh.png", prescription_gy=rx, title=cfg.plan.name)
+        report.plot_dose_slices(
+            dose,
+            case.grid,
+            case.structures,
+            tmp / "dose_slices.png",
+            [rx * p / 100 for p in cfg.output.isodose_percent],
+            dwell_positions_mm=markers_mm,
+            markers_label=markers_label,
+            shield_points_mm=shield_points_mm,
+            title=f"{cfg.plan.name}: dose (Gy)",
+        )
+        if extra_writer is not None:
+            extra_writer(tmp)
+        publish_folder(tmp, out_dir, cfg.plan.name, cfg.plan.modality)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rewrite_summary(out_dir: Path, summary: dict) -> None:
+    """Replace ``out_dir/summary.json`` atomically (e.g. to add the write time)."""
+    from iortopt.io.store import _to_jsonable
+
+    tmp = out_dir / ".summary.json.tmp"
+    tmp.write_text(json.dumps(_to_jsonable(summary), indent=2))
+    os.replace(tmp, out_dir / "summary.json")
+
+
+METRIC_COLUMNS = (
+    ("cm3", "volume_cm3"),
+    ("mean", "mean_gy"),
+    ("max", "max_gy"),
+    ("D98", "D98_gy"),
+    ("D90", "D90_gy"),
+    ("D2cc", "D2cc_gy"),
+    ("D0.1cc", "D0.1cc_gy"),
+    ("V100 %", "V100_percent"),
+)
+
+
+def print_report(summary: dict, case: Case, console: Console) -> None:
+    """Metrics of targets and OARs, the clinical goals (met or not) and the plan indices."""
+    s = summary
+    table = Table(
+        title=f"{s['plan']}: dose metrics in Gy (prescription {s['prescription_gy']:g} Gy)"
+    )
+    table.add_column("structure", no_wrap=True)
+    for title, _ in METRIC_COLUMNS:
+        table.add_column(title, justify="right")
+    roles = {st.name: st.role for st in case.structures}
+    for name, m in s["metrics"].items():
+        if roles.get(name) == "other":
+            continue
+        cells = [f"{m[k]:.2f}" if np.isfinite(m[k]) else "-" for _, k in METRIC_COLUMNS]
+        table.add_row(name, *cells)
+    console.print(table)
+    goals = Table(title="Clinical goals")
+    for c in ("structure", "goal", "value", "met"):
+        goals.add_column(c)
+    for g in s["goals"]:
+        goals.add_row(
+            g["structure"],
+            f"{g['metric']} {g['op']} {g['limit']:g}",
+            f"{g['value']:.2f}",
+            "[green]yes[/]" if g["met"] else "[red]NO[/]",
+        )
+    console.print(goals)
+    idx = s["plan_indices"]
+    console.print(
+        "indices: "
+        + ", ".join(
+            f"{k} {v:.3f}" for k, v in idx.items() if isinstance(v, float) and np.isfinite(v)
+        ),
+        highlight=False,
+    )
