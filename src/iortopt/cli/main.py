@@ -19,7 +19,7 @@ from iortopt import __version__
 from iortopt.errors import IortoptError, PlanFailedError
 
 app = typer.Typer(
-    help="iortopt: intraoperative radiotherapy planning (HDR flaps, 50 kV X-ray spheres, electrons).",
+    help="iortopt: intraoperative radiotherapy planning (HDR flaps, X-ray spheres, electrons).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
