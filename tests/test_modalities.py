@@ -41,3 +41,50 @@ def test_no_string_switch_on_the_modality_outside_the_registry():
         if switch.search(line)
     ]
     assert offenders == []
+
+
+UNUSED = [
+    ("xray_sphere", "builtin_breast", '[[objectives]]\ntype = "modulation"\n', "[objectives]"),
+    ("xray_sphere", "builtin_breast", "[optimizer]\nmax_iterations = 5\n", "[optimizer]"),
+    ("xray_sphere", "builtin_breast", "[source]\nair_kerma_strength_U = 1000.0\n", "[source]"),
+    ("electron", "builtin_eliot", "[applicator]\nstep_mm = 10.0\n", "[applicator]"),
+    ("electron", "builtin_eliot", "[xray]\nmin_skin_distance_mm = 2.0\n", "[xray]"),
+    ("hdr_flap", "builtin_flap", "[electron]\niterations = 5\n", "[electron]"),
+]
+
+
+@pytest.mark.parametrize(("modality", "kind", "section", "named"), UNUSED)
+def test_a_section_the_modality_ignores_is_refused(tmp_path, modality, kind, section, named):
+    from typer.testing import CliRunner
+
+    from iortopt.cli import app
+
+    structure = {"hdr_flap": "CTV", "xray_sphere": "PTV_shell", "electron": "PTV_gland"}[modality]
+    text = (
+        f'[plan]\nname = "x"\nmodality = "{modality}"\n[case]\nkind = "{kind}"\n'
+        f'[prescription]\nstructure = "{structure}"\n{section}'
+    )
+    (tmp_path / "plan.toml").write_text(text)
+    result = CliRunner().invoke(app, ["memory", str(tmp_path / "plan.toml")])
+    assert result.exit_code == 2, result.output
+    message = result.output.replace("\n", "")
+    assert named in message and "plan.toml" in message and modality in message
+    result = CliRunner().invoke(
+        app, ["run", str(tmp_path / "plan.toml"), "--out", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 2 and not (tmp_path / "o").exists()
+
+
+def test_a_case_section_of_another_kind_is_refused():
+    from iortopt.config import parse_config
+    from iortopt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[case.breast\]: not used by case.kind 'builtin_flap'"):
+        parse_config({"case": {"kind": "builtin_flap", "breast": {"spacing_mm": 2.0}}})
+
+
+def test_a_config_dumped_with_every_default_still_loads():
+    from iortopt.config import load_config, non_default_sections, parse_config
+
+    cfg = parse_config(load_config().model_dump(mode="json"))
+    assert "xray" not in non_default_sections(cfg) and "objectives" in non_default_sections(cfg)

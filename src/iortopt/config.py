@@ -90,6 +90,16 @@ class CaseSection(_Model):
     def _dicom_section(self):
         if self.kind == "dicom" and self.dicom is None:
             raise ValueError('kind = "dicom" needs a [case.dicom] section (ct_folder, structures)')
+        own = {"builtin_flap": "flap", "builtin_breast": "breast", "builtin_eliot": "eliot"}
+        unused = [
+            f"[case.{name}]"
+            for name in ("flap", "breast", "eliot", "dicom")
+            if name != own.get(self.kind, "dicom") and getattr(self, name)
+        ]
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)}: not used by case.kind {self.kind!r} (remove it)"
+            )
         return self
 
 
@@ -418,6 +428,15 @@ def parse_config(doc: dict, origin: str = "<config>") -> PlanConfig:
         raise ConfigError(_format_errors(origin, exc)) from None
     cfg._origin = origin
     return cfg
+
+
+def non_default_sections(cfg: PlanConfig) -> list[str]:
+    """Top-level sections of ``cfg`` whose value differs from the default (in field order)."""
+    return [
+        name
+        for name, info in PlanConfig.model_fields.items()
+        if getattr(cfg, name) != info.get_default(call_default_factory=True)
+    ]
 
 
 def config_origin(cfg: PlanConfig) -> str:

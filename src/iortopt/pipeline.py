@@ -23,7 +23,7 @@ from rich.console import Console
 
 from iortopt import modalities
 from iortopt.compute import memory
-from iortopt.config import PlanConfig, config_origin, with_origin
+from iortopt.config import PlanConfig, config_origin, non_default_sections, with_origin
 from iortopt.errors import ConfigError
 
 
@@ -31,21 +31,38 @@ def prepare(cfg: PlanConfig, dtype):
     """The modality's prepared plan (``PreparedPlan``, ``PreparedXray`` or ``PreparedElectron``).
 
     Raises:
-        ConfigError: invalid input, a case too large to build (checked from the config before
-            anything is built, :mod:`iortopt.cases.size_estimate`), or a plan that does not fit the
-            memory
-            budget; the message starts with the config's file (or batch job) when it does not
-            already.
+        ConfigError: invalid input, a config section the modality does not use, a case too large
+            to build (checked from the config before anything is built,
+            :mod:`iortopt.cases.size_estimate`), or a plan that does not fit the memory budget;
+            the message starts with the config's file (or batch job) when it does not already.
     """
     from iortopt.cases.size_estimate import check_case_size
 
     try:
+        check_sections_used(cfg)
         check_case_size(cfg, dtype)
         prepared = prepare_modality(cfg, dtype)
         check_memory(plan_memory(prepared))
     except ConfigError as exc:
         raise with_origin(exc, config_origin(cfg)) from None
     return prepared
+
+
+def check_sections_used(cfg: PlanConfig) -> None:
+    """Refuse config sections that the plan's modality would ignore (a section counts as given
+    when it differs from its default, so a config dumped with every default still loads).
+
+    Raises:
+        ConfigError: naming the sections, the modality and the sections it uses.
+    """
+    modality = modalities.get(cfg.plan.modality)
+    unused = [name for name in non_default_sections(cfg) if name not in modality.SECTIONS]
+    if unused:
+        listed = ", ".join(f"[{name}]" for name in unused)
+        raise ConfigError(
+            f"{listed}: not used by plan.modality {cfg.plan.modality!r} (remove it); that "
+            f"modality reads {', '.join(f'[{n}]' for n in sorted(modality.SECTIONS))}"
+        )
 
 
 def prepare_modality(cfg: PlanConfig, dtype):

@@ -38,15 +38,25 @@ def memory_command(
     try:
         from iortopt.cases.size_estimate import check_case_size
         from iortopt.compute.runtime import configure
-        from iortopt.config import load_config
-        from iortopt.pipeline import check_memory, plan_memory, prepare_modality
+        from iortopt.config import config_origin, load_config, with_origin
+        from iortopt.errors import ConfigError
+        from iortopt.pipeline import (
+            check_memory,
+            check_sections_used,
+            plan_memory,
+            prepare_modality,
+        )
 
         dtype = configure(device, precision)
         cfg = load_config(config)
-        # From the config alone, before the case is built: a case too large is refused here,
-        # in seconds, with its estimate.
-        size = check_case_size(cfg, dtype)
-        plan = plan_memory(prepare_modality(cfg, dtype))
+        try:
+            check_sections_used(cfg)
+            # From the config alone, before the case is built: a case too large is refused here,
+            # in seconds, with its estimate.
+            size = check_case_size(cfg, dtype)
+            plan = plan_memory(prepare_modality(cfg, dtype))
+        except ConfigError as exc:
+            raise with_origin(exc, config_origin(cfg)) from None
     except IortoptError as exc:
         _print_error(err, exc)
         raise typer.Exit(EXIT_INPUT) from None

@@ -295,6 +295,10 @@ def print_electron_summary(result: ElectronRunResult, console: Console) -> None:
 # ----------------------------------------------------------------------------------------------
 
 NAME = "electron"
+#: The config sections this modality reads; others are refused when given.
+SECTIONS = frozenset(
+    {"plan", "case", "prescription", "goals", "radiobiology", "output", "compute", "electron"}
+)
 DWELL_CHUNKED = False
 prepare = prepare_electron
 print_result = print_electron_summary

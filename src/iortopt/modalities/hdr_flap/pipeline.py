@@ -590,6 +590,23 @@ def print_summary(result: PlanResult, console: Console) -> None:
 # ----------------------------------------------------------------------------------------------
 
 NAME = "hdr_flap"
+#: The config sections this modality reads; others are refused when given.
+SECTIONS = frozenset(
+    {
+        "plan",
+        "case",
+        "source",
+        "applicator",
+        "prescription",
+        "objectives",
+        "goals",
+        "optimizer",
+        "radiobiology",
+        "output",
+        "compute",
+        "shields",
+    }
+)
 DWELL_CHUNKED = True
 prepare = prepare_plan
 print_result = print_summary

@@ -223,6 +223,20 @@ def print_xray_summary(result: XrayRunResult, console: Console) -> None:
 # ----------------------------------------------------------------------------------------------
 
 NAME = "xray_sphere"
+#: The config sections this modality reads; others are refused when given.
+SECTIONS = frozenset(
+    {
+        "plan",
+        "case",
+        "prescription",
+        "goals",
+        "radiobiology",
+        "output",
+        "compute",
+        "xray",
+        "shields",
+    }
+)
 DWELL_CHUNKED = False
 prepare = prepare_xray
 print_result = print_xray_summary
