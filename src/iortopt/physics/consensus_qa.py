@@ -7,7 +7,6 @@ An along-away table gives the dose rate per unit air-kerma strength (cGy h^-1 U^
 from __future__ import annotations
 
 import csv
-import io
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from iortopt.errors import InputFileError
-from iortopt.io.text_file import read_utf8_text
+from iortopt.io.csv_table import read_numeric_csv
 from iortopt.physics.sources import SourceData
 from iortopt.physics.tg43 import TG43Kernel, dose_rate_per_sk
 
@@ -56,33 +55,10 @@ def consensus_table(source: SourceData) -> AlongAwayTable | None:
 
 def read_points_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Read ``z_along_cm,y_away_cm`` points from a CSV file with that header."""
-    path = Path(path)
-    try:
-        with io.StringIO(read_utf8_text(path, InputFileError, "CSV"), newline="") as fh:
-            reader = csv.DictReader(line for line in fh if not line.startswith("#"))
-            missing = {"z_along_cm", "y_away_cm"} - set(reader.fieldnames or [])
-            if missing:
-                raise InputFileError(
-                    f"{path}: header must contain z_along_cm,y_away_cm (missing {sorted(missing)})"
-                )
-            z, y = [], []
-            for line_no, row in enumerate(reader, start=2):
-                try:
-                    z.append(float(row["z_along_cm"]))
-                    y.append(float(row["y_away_cm"]))
-                except (TypeError, ValueError):
-                    raise InputFileError(
-                        f"{path}:{line_no}: expected two numbers, got {row}"
-                    ) from None
-    except FileNotFoundError:
-        raise InputFileError(f"{path}: file not found") from None
-    except csv.Error as exc:  # e.g. a field over the size limit (binary data)
-        raise InputFileError(f"{path}: not valid CSV ({exc})") from None
-    if not z:
-        raise InputFileError(f"{path}: no points")
-    z_arr, y_arr = np.array(z), np.array(y)
-    if not (np.all(np.isfinite(z_arr)) and np.all(np.isfinite(y_arr))) or np.any(y_arr < 0):
-        raise InputFileError(f"{path}: points must be finite and y_away_cm >= 0")
+    data = read_numeric_csv(path, ("z_along_cm", "y_away_cm"), "points")
+    z_arr, y_arr = data[:, 0], data[:, 1]
+    if np.any(y_arr < 0):
+        raise InputFileError(f"{path}: points must have y_away_cm >= 0")
     return z_arr, y_arr
 
 
