@@ -21,7 +21,7 @@ _FUZZ = {
     "deadline": None,
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 }
-settings.register_profile("ci", max_examples=8, derandomize=True, **_FUZZ)
+settings.register_profile("ci", max_examples=12, derandomize=True, **_FUZZ)
 settings.register_profile("long", max_examples=200, **_FUZZ)
 settings.load_profile(os.environ.get("IORTOPT_FUZZ_PROFILE", "ci"))
 
