@@ -16,9 +16,14 @@ import pytest
 import zarr
 
 from iortopt import pipeline
+from iortopt.cases.case import Case, Structure
 from iortopt.config import load_config, parse_config
 from iortopt.dicom.rtdose import lo_text, lt_text, read_rtdose
+from iortopt.dicom.study import StudyRef, new_study
 from iortopt.dicom.synthetic import example_config_toml, write_synthetic_study
+from iortopt.evaluation.dvh import cumulative_dvh
+from iortopt.grid import Grid
+from iortopt.outputs.dicom_export import xray_writer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -155,3 +160,30 @@ def test_description_text_is_valid_lo_and_lt():
     )
     assert lt_text("a\nb\x07c\n" + "y" * 20000).startswith("a\r\nbc\r\n")
     assert len(lt_text("y" * 20000)) == 10240
+
+
+def test_xray_writer_on_a_dicom_case_adds_dvhs(tmp_path):
+    """X-ray runs on the built-in breast only today; on a case with an RTSTRUCT (study in
+    ``case.info["dicom"]``) its RTDOSE references the RTSTRUCT and has the DVHs, as HDR's."""
+    grid = Grid((3, 4, 5), (2.0, 2.0, 2.0), (-4.0, -3.0, -2.0))
+    occupancy = np.zeros(grid.shape_zyx, np.float32)
+    occupancy[1] = 1.0
+    study = new_study("ct")
+    study = StudyRef(**(study.to_dict() | {"rtstruct_uid": "1.2.3.4", "roi_numbers": {"CTV": 7}}))
+    case = Case("ct", grid, (Structure("CTV", "target", occupancy),), {"dicom": study.to_dict()})
+    dose = np.full(grid.shape_zyx, 5.0, np.float32)
+    dvhs = {"CTV": cumulative_dvh(dose, occupancy, grid.voxel_volume_cm3)}
+    cfg = parse_config(
+        {"plan": {"modality": "xray_sphere"}, "case": {"kind": "builtin_breast"},
+         "prescription": {"structure": "CTV"}}
+    )  # fmt: skip
+    chosen = {"diameter_cm": 3.5, "time_min": 21.25, "centre_mm": [1.0, -2.0, 0.5]}
+    xray_writer(cfg, case, dose, dvhs, chosen, "beam", "TARGIT (Zeiss V4.0)")(tmp_path)
+    ds = read_rtdose(tmp_path / "dicom" / "RTDOSE.dcm").dataset
+    assert ds.StudyInstanceUID == study.study_uid
+    assert ds.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == "1.2.3.4"
+    (item,) = ds.DVHSequence
+    assert item.DVHReferencedROISequence[0].ReferencedROINumber == 7
+    assert float(item.DVHMaximumDose) == pytest.approx(5.0)
+    assert ds.DoseComment == "3.5 cm sphere, 21.25 min, at (1.00, -2.00, 0.50) mm"
+    assert sorted(p.name for p in (tmp_path / "dicom").iterdir()) == ["RTDOSE.dcm"]
