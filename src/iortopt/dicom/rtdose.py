@@ -4,8 +4,11 @@ Written: one multi-frame object, frames in increasing z, ImageOrientationPatient
 GridFrameOffsetVector relative to the first frame (first value 0), DoseUnits GY, DoseType
 PHYSICAL, the quantisation step ``DoseGridScaling`` = max dose / ~4.29e9 (so the stored dose is
 within half a step of the computed one), optionally an RT DVH sequence (cumulative, cm^3) whose
-items reference the RTSTRUCT's ROI numbers. Read: any axial RTDOSE pydicom can decode (relative
-or absolute offsets, one or many frames, either byte order, RLE, ...).
+items reference the RTSTRUCT's ROI numbers, and optionally free-text description fields: Series
+Description and Dose Comment (3004,0006) (LO: at most 64 characters, no backslash) and Image
+Comments (0020,4000) of the General Image module (LT: up to 10240 characters, several lines), used
+where no RTPLAN carries the plan's parameters (50 kV X-ray). Read: any axial RTDOSE pydicom can
+decode (relative or absolute offsets, one or many frames, either byte order, RLE, ...).
 """
 
 from __future__ import annotations
@@ -27,6 +30,21 @@ from iortopt.grid import Grid
 #: Largest stored value aimed at (a little below 2**32 - 1, so DS rounding cannot overflow).
 MAX_STORED_TARGET = 4.29e9
 GRID_FRAME_OFFSET_VECTOR = 0x3004000C
+LO_MAX_CHARS = 64
+LT_MAX_CHARS = 10240
+
+
+def lo_text(text: str) -> str:
+    """``text`` as a valid Long String: one line, no backslash (the LO value delimiter), at most
+    64 characters."""
+    one_line = " ".join(str(text).replace("\\", "/").split())
+    return one_line[:LO_MAX_CHARS]
+
+
+def lt_text(text: str) -> str:
+    """``text`` as a valid Long Text: printable characters and line breaks, at most 10240."""
+    lines = ("".join(c for c in line if c.isprintable()) for line in str(text).splitlines())
+    return "\r\n".join(lines)[:LT_MAX_CHARS]
 
 
 @dataclass(frozen=True)
@@ -83,13 +101,23 @@ def build_rtdose(
     brachy_setup_number: int | None = None,
     dvhs: list[DvhEntry] | None = None,
     description: str = "iortopt dose",
+    dose_comment: str = "",
+    image_comments: str = "",
 ) -> Dataset:
-    """The RTDOSE dataset (see the module docstring); ``dvhs`` need ``study.rtstruct_uid``."""
+    """The RTDOSE dataset (see the module docstring); ``dvhs`` need ``study.rtstruct_uid``.
+
+    ``description`` is the Series Description; ``dose_comment`` (Dose Comment) and
+    ``image_comments`` (Image Comments) are written when not empty.
+    """
     dose = np.asarray(dose_gy, np.float64)
     if dose.shape != grid.shape_zyx:
         raise ValueError(f"dose shape {dose.shape} does not match grid {grid.shape_zyx}")
     ds = new_file_dataset(RT_DOSE, new_uid())
-    add_common_modules(ds, study, "RTDOSE", description)
+    add_common_modules(ds, study, "RTDOSE", lo_text(description))
+    if dose_comment:
+        ds.DoseComment = lo_text(dose_comment)
+    if image_comments:
+        ds.ImageComments = lt_text(image_comments)
     nz, ny, nx = grid.shape_zyx
     dx, dy, dz = grid.spacing_xyz_mm
     ds.ImagePositionPatient = ds_list(grid.origin_xyz_mm)

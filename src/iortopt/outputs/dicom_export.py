@@ -1,5 +1,12 @@
-"""The DICOM files of a plan (``[output] dicom = true``): ``dicom/RTPLAN.dcm`` and
-``dicom/RTDOSE.dcm`` inside the output folder.
+"""The DICOM files of a plan (``[output] dicom = true``) inside the output folder:
+
+    HDR flap       dicom/RTPLAN.dcm (brachy, HAM_FLAB setup) + dicom/RTDOSE.dcm (BRACHY)
+    electron       dicom/RTPLAN.dcm (one beam, INTRAOPERATIVE applicator) + dicom/RTDOSE.dcm (PLAN)
+    50 kV X-ray    dicom/RTDOSE.dcm (PLAN) only: iortopt has no RT Plan IOD for a spherical
+                   intraoperative X-ray applicator, so applicator, centre, time, dosimetry
+                   formalism and prescription are written into the RTDOSE's description fields
+                   (Series Description, Dose Comment, Image Comments); its Referenced RT Plan
+                   Sequence (required for summation PLAN) names a plan UID that is not written.
 
 The writers returned here are called by ``write_plan_outputs`` on its temporary folder before it
 is renamed, so the DICOM files are part of the same atomic write as the other outputs. Patient,
@@ -200,3 +207,86 @@ def electron_plan_writer(cfg: PlanConfig, case: Case, dose_gy, evaluation: dict,
     if not cfg.output.dicom:
         return None
     return electron_writer(cfg, case, dose_gy, evaluation["dvhs"], chosen, machine)
+
+
+#: In summary notes and the README: why an X-ray plan has an RTDOSE but no RTPLAN.
+XRAY_NO_RTPLAN_NOTE = (
+    "DICOM: dicom/RTDOSE.dcm only, no RTPLAN (iortopt has no RT Plan IOD for a 50 kV "
+    "intraoperative X-ray applicator); applicator, centre, time, formalism and prescription are "
+    "in the RTDOSE's Series Description, Dose Comment and Image Comments; its Referenced RT Plan "
+    "Sequence names a plan UID that is not written"
+)
+
+
+def _prescription_text(cfg: PlanConfig) -> str:
+    x, rx = cfg.xray, cfg.prescription
+    where = (
+        "the applicator surface"
+        if x.prescription_mode == "surface"
+        else f"{x.prescription_depth_mm:g} mm depth"
+    )
+    fractions = "fraction" if rx.n_fractions == 1 else "fractions"
+    return f"{rx.dose_gy:g} Gy at {where} ({rx.structure}, {rx.n_fractions} {fractions})"
+
+
+def xray_dose_text(cfg: PlanConfig, chosen: dict, beam_name: str, formalism: str) -> dict:
+    """The RTDOSE description fields of an X-ray plan: ``description`` (Series Description),
+    ``dose_comment`` (Dose Comment, 64 characters) and ``image_comments`` (Image Comments, one
+    ``key: value`` line per field, with the keys of summary.json)."""
+    diameter_cm, time_min = float(chosen["diameter_cm"]), float(chosen["time_min"])
+    centre = ", ".join(f"{float(v):.2f}" for v in chosen["centre_mm"])
+    lines = [
+        f"iortopt 50 kV X-ray sphere plan {cfg.plan.name} (no RTPLAN: applicator parameters here)",
+        f"applicator: {diameter_cm:g} cm sphere (radius {5.0 * diameter_cm:g} mm), "
+        f"beam {beam_name}",
+        f"centre_mm: {centre}",
+        f"time_min: {time_min:.3f}",
+        f"formalism: {formalism}",
+        f"prescription: {_prescription_text(cfg)}",
+    ]
+    return {
+        "description": f"iortopt X-ray {diameter_cm:g} cm {time_min:.1f} min {cfg.plan.name}",
+        "dose_comment": f"{diameter_cm:g} cm sphere, {time_min:.2f} min, at ({centre}) mm",
+        "image_comments": "\n".join(lines),
+    }
+
+
+def xray_writer(
+    cfg: PlanConfig,
+    case: Case,
+    dose_gy: np.ndarray,
+    dvhs: dict,
+    chosen: dict,
+    beam_name: str,
+    formalism: str,
+) -> Callable[[Path], None]:
+    """Writer of the X-ray RTDOSE (summation PLAN, no RTPLAN; see the module docstring)."""
+
+    def write(folder: Path) -> None:
+        from iortopt.dicom.rtdose import write_rtdose
+        from iortopt.dicom.uids import new_uid
+
+        out = Path(folder) / SUBFOLDER
+        out.mkdir(parents=True, exist_ok=True)
+        study = study_of(case)
+        write_rtdose(
+            out / RTDOSE_NAME,
+            dose_gy,
+            case.grid,
+            study,
+            plan_uid=new_uid(),
+            summation_type="PLAN",
+            dvhs=dvh_entries(case, dose_gy, dvhs, study),
+            **xray_dose_text(cfg, chosen, beam_name, formalism),
+        )
+
+    return write
+
+
+def xray_plan_writer(
+    cfg: PlanConfig, case: Case, dose_gy, evaluation: dict, chosen, beam_name, formalism
+):
+    """:func:`xray_writer` when ``[output] dicom = true``, else None."""
+    if not cfg.output.dicom:
+        return None
+    return xray_writer(cfg, case, dose_gy, evaluation["dvhs"], chosen, beam_name, formalism)

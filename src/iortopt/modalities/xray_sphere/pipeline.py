@@ -6,7 +6,10 @@
                                                   metrics/goals, the same outputs as HDR plans
 
 ``summary.json`` carries the applicator comparison table (one row per catalogue size), the chosen
-size with the reason, and the continuous-radius optimum.
+size with the reason (``chosen_applicator``: ``diameter_cm``, ``centre_mm``, ``time_min``), the
+dosimetry formalism, the prescription and the continuous-radius optimum. ``[output] dicom = true``
+adds ``dicom/RTDOSE.dcm`` with the same fields in its description (no RTPLAN: see
+:mod:`iortopt.outputs.dicom_export`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from rich.table import Table
 from iortopt.cases.breast import BreastCaseParams, build_breast_case
 from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
+from iortopt.outputs.dicom_export import XRAY_NO_RTPLAN_NOTE, xray_plan_writer
 from iortopt.outputs.plan_files import (
     check_structure_names,
     common_summary,
@@ -111,11 +115,14 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
         "beam": result.beam_name,
         "dosimetry_formalism": result.formalism,
         "prescription_mode": x.prescription_mode,
+        "prescription_depth_mm": (
+            x.prescription_depth_mm if x.prescription_mode == "depth" else None
+        ),
         "min_skin_distance_mm": x.min_skin_distance_mm,
         "chosen_applicator": chosen,
         "applicator_comparison": result.comparison,
         "continuous_relaxation": result.continuous,
-        "notes": result.notes,
+        "notes": result.notes + ([XRAY_NO_RTPLAN_NOTE] if cfg.output.dicom else []),
         "wall_times_s": {"prepare_s": prepared.setup_s, **result.timings},
     }
     groups, shield_points = {}, None
@@ -152,6 +159,9 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
         markers_mm=centre[None, :],
         markers_label="applicator centre",
         shield_points_mm=shield_points,
+        extra_writer=xray_plan_writer(
+            cfg, case, dose, evaluation, chosen, result.beam_name, result.formalism
+        ),
     )
     summary["wall_times_s"]["write_s"] = time.perf_counter() - t0
     rewrite_summary(out_dir, summary)
