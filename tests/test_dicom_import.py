@@ -77,7 +77,7 @@ def test_hole_is_empty_and_ring_is_full(study):
 
 def test_hu_and_study_reference(study):
     case = import_case(_section(study, spacing_mm=2.0))
-    hu = case.info["hu"]
+    hu = case.hu
     assert hu.shape == case.grid.shape_zyx and hu.dtype == np.float32
     at = np.rint(case.grid.mm_to_index([0.0, 0.0, 1.0])).astype(int)
     assert hu[tuple(at)] == pytest.approx(40.0)
@@ -99,7 +99,7 @@ def test_feet_first_gives_the_same_case(study, study_ffs):
     assert a.grid == b.grid
     for sa, sb in zip(a.structures, b.structures, strict=True):
         np.testing.assert_allclose(sa.occupancy, sb.occupancy, atol=1e-6)
-    np.testing.assert_allclose(a.info["hu"], b.info["hu"])
+    np.testing.assert_allclose(a.hu, b.hu)
 
 
 def test_rtstruct_found_in_folder(tmp_path):

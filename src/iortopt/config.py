@@ -48,10 +48,12 @@ DicomSpacing = Literal["ct"] | PositiveFloat | tuple[PositiveFloat, PositiveFloa
 
 
 class DicomStructure(_Model):
-    """One planning structure taken from an RTSTRUCT ROI (``roi``: its ROI Name)."""
+    """One planning structure taken from an RTSTRUCT ROI (``roi``: its ROI Name). Roles: see
+    ``iortopt.cases.case`` (``body``: the patient outline, defines the body mask; ``cavity``: the
+    surgical cavity; both reported, neither an OAR)."""
 
     roi: str = Field(min_length=1)
-    role: Literal["target", "oar", "other"] = "oar"
+    role: Literal["target", "oar", "cavity", "body", "other"] = "oar"
 
 
 class DicomCaseSection(_Model):
@@ -61,6 +63,8 @@ class DicomCaseSection(_Model):
     (used by objectives and goals) to RTSTRUCT ROI names and roles; other ROIs are ignored.
     ``spacing_mm``: ``"ct"`` (the CT voxels) or a dose grid spacing (one value or x, y, z).
     ``crop``: cut the grid to the mapped ROIs (and catheters) plus ``margin_mm``.
+    ``hu_calibration``: the CT number -> density table, a packaged name or a TOML file path
+    (format: ``iortopt/data/hu/generic_ct_calibration.toml``; the default is ILLUSTRATIVE).
     """
 
     ct_folder: str = Field(min_length=1)
@@ -71,6 +75,7 @@ class DicomCaseSection(_Model):
     crop: bool = True
     margin_mm: NonNegativeFloat = 20.0
     supersample: Annotated[int, Field(ge=1, le=16)] = 8
+    hu_calibration: str = Field("generic_ct_calibration", min_length=1)
 
 
 class CaseSection(_Model):

@@ -43,18 +43,27 @@ Structures (fractional occupancies by supersampling), for a given applicator
 - ``skin``, ``chest_wall``, ``rib``, ``lung`` (oar) as above, minus the ball.
 - ``breast`` (other): all breast tissue outside the ball, the PTV included (skin excluded).
 
+HU (``case.hu``, ILLUSTRATIVE values of :data:`iortopt.cases.hu_calibration.MATERIAL_HU`,
+averaged over a voxel's sub-samples; the layers run on beyond the modelled region): air beyond
+the skin surface, ``soft_tissue`` skin, ``breast_tissue`` (an adipose-glandular mix) from the skin
+to the muscle, ``muscle`` chest wall and intercostal tissue, ``bone`` ribs, ``lung`` behind the
+ribs. The ball (the applicator in the cavity) is ``water``: the cavity is taken as filled with
+fluid (seroma, saline), not air, so it is inside the body mask; no engine transports through it.
+
 The skin distance is the distance from the applicator surface to the skin surface (the outer
 surface of the skin layer), z_skin - (c_z + a): the TARGIT constraint is >= 5 mm.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from iortopt.cases.case import Case, Structure
+from iortopt.cases.hu_calibration import MATERIAL_HU
 from iortopt.cases.params import check_fields, invalid
 from iortopt.grid import Grid
 
@@ -361,13 +370,36 @@ def case_grid(params: BreastCaseParams, geometry: BreastGeometry) -> Grid:
     return Grid.from_bounds(np.floor(lower / s) * s, np.ceil(upper / s) * s, s)
 
 
-def _occupancies(params: BreastCaseParams, g: BreastGeometry, grid: Grid) -> dict[str, np.ndarray]:
-    """Fractional occupancy (nz, ny, nx) float32 of every structure, by supersampling."""
+def _material_hu(g: BreastGeometry, x, y, z, depth_mm) -> np.ndarray:
+    """HU of the material at points (x, y, z broadcast together); see the module docstring."""
+    everywhere = dataclasses.replace(g, region_half_width_mm=math.inf)
+    labels = _labels(everywhere, x, y, z)
+    m = MATERIAL_HU
+    conditions = [
+        depth_mm <= 0,
+        labels["skin"],
+        labels["breast_tissue"],
+        labels["chest_wall"],
+        labels["rib"],
+        z < g.lung_front_z_mm,
+        z < g.muscle_back_z_mm,
+    ]
+    values = [m["water"], m["soft_tissue"], m["breast_tissue"], m["muscle"], m["bone"]]
+    values += [m["lung"], m["muscle"]]
+    return np.select(conditions, values, default=m["air"])
+
+
+def _occupancies(
+    params: BreastCaseParams, g: BreastGeometry, grid: Grid
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Fractional occupancy (nz, ny, nx) float32 of every structure and the HU, by
+    supersampling."""
     offsets = (np.arange(params.supersampling) + 0.5) / params.supersampling - 0.5
     sx, sy, sz = grid.spacing_xyz_mm
     axes = [grid.axis_mm(a) for a in "xyz"]
     c = g.applicator_centre_mm
     counts = {name: np.zeros(grid.shape_zyx, np.float32) for name in STRUCTURE_ORDER}
+    hu_sum = np.zeros(grid.shape_zyx, np.float32)
     for oz in offsets:
         z = (axes[2] + oz * sz)[:, None, None]
         for oy in offsets:
@@ -376,13 +408,14 @@ def _occupancies(params: BreastCaseParams, g: BreastGeometry, grid: Grid) -> dic
                 x = (axes[0] + ox * sx)[None, None, :]
                 labels = _labels(g, x, y, z)
                 distance = np.sqrt((x - c[0]) ** 2 + (y - c[1]) ** 2 + (z - c[2]) ** 2)
-                masks = structure_masks(
-                    labels, distance - g.applicator_radius_mm, g.target_thickness_mm
-                )
+                depth = distance - g.applicator_radius_mm
+                masks = structure_masks(labels, depth, g.target_thickness_mm)
                 for name in STRUCTURE_ORDER:
                     counts[name] += np.broadcast_to(masks[name], grid.shape_zyx)
+                hu_sum += _material_hu(g, x, y, z, depth)
     scale = np.float32(1.0 / params.supersampling**3)
-    return {name: cnt * scale for name, cnt in counts.items()}
+    hu = hu_sum / np.float32(params.supersampling**3)
+    return {name: cnt * scale for name, cnt in counts.items()}, hu
 
 
 def build_breast_case(
@@ -398,13 +431,14 @@ def build_breast_case(
         applicator_centre_mm: (3,) applicator centre (default the cavity centre, the origin).
     Returns:
         case: structures PTV_shell (target), skin, chest_wall, rib, lung (oar), breast (other) as
-            fractional occupancies, all with the applicator ball removed; ``case.info`` holds the
-            params, the applicator (radius, centre, skin distance, wall gap, fits) and warnings.
+            fractional occupancies, all with the applicator ball removed, and the HU of their
+            materials (module docstring); ``case.info`` holds the params, the applicator
+            (radius, centre, skin distance, wall gap, fits) and warnings.
         geometry: :class:`BreastGeometry` for that applicator.
     """
     geometry = breast_geometry(params, applicator_radius_mm, applicator_centre_mm)
     grid = case_grid(params, geometry)
-    occupancy = _occupancies(params, geometry, grid)
+    occupancy, hu = _occupancies(params, geometry, grid)
     structures = tuple(
         Structure(name, STRUCTURE_ROLES[name], occupancy[name]) for name in STRUCTURE_ORDER
     )
@@ -439,4 +473,4 @@ def build_breast_case(
         "warnings": warnings,
         "params": asdict(params),
     }
-    return Case("breast_xray_sphere", grid, structures, info), geometry
+    return Case("breast_xray_sphere", grid, structures, info, hu=hu), geometry

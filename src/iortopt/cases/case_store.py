@@ -3,7 +3,7 @@
 Layout::
 
     /                   attrs: iortopt (version, kind "case"), case (name, info without arrays)
-    hu                  (nz, ny, nx) float32 Hounsfield units on the grid (DICOM cases)
+    hu                  (nz, ny, nx) float32 Hounsfield units on the grid (cases with HU)
     structures/<name>   (nz, ny, nx) float32 fractional occupancy; attrs: role, grid
 """
 
@@ -32,8 +32,8 @@ def write_case_store(path: str | Path, case: Case) -> Path:
                 }
             )
         )
-        if isinstance(case.info.get("hu"), np.ndarray):
-            write_array(root, "hu", case.info["hu"], {"grid": case.grid.to_attrs(), "unit": "HU"})
+        if case.hu is not None:
+            write_array(root, "hu", case.hu, {"grid": case.grid.to_attrs(), "unit": "HU"})
         group = root.create_group("structures")
         for s in case.structures:
             write_array(group, s.name, s.occupancy, {"role": s.role, "grid": case.grid.to_attrs()})

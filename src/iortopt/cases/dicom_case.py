@@ -5,9 +5,11 @@
 
 The dose grid is the CT grid (``spacing_mm = "ct"``) or a regular grid of the given spacing over
 the CT, cropped (``crop``) to the mapped ROIs and the catheters plus ``margin_mm``. Structures are
-the mapped ROIs rasterised as fractional occupancies; ``case.info`` holds the HU on the dose grid
-(``hu``, trilinear from the CT), the study reference for export (``dicom``, see
-:class:`iortopt.dicom.study.StudyRef`), the input paths and the volumes.
+the mapped ROIs rasterised as fractional occupancies; ``case.hu`` is the HU on the dose grid
+(trilinear from the CT) and ``case.hu_calibration`` the table of ``hu_calibration`` (checked
+before the CT is read). A ROI mapped with role ``body`` is the body mask (else HU above
+``iortopt.cases.case.BODY_THRESHOLD_HU``). ``case.info`` holds the study reference for export
+(``dicom``, see :class:`iortopt.dicom.study.StudyRef`), the input paths and the volumes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from iortopt.cases.case import Case, Structure
+from iortopt.cases.hu_calibration import load_calibration
 from iortopt.config import DicomCaseSection, PlanConfig
 from iortopt.dicom.ct import CtSeries, read_ct_series, scan_folder
 from iortopt.dicom.rtstruct import StructureSet, rasterise_roi, read_structure_set
@@ -100,6 +103,7 @@ def import_case(section: DicomCaseSection, name: str = "dicom", extra_points_mm=
     """
     t0 = time.perf_counter()
     _check_structure_names(section)
+    calibration = load_calibration(section.hu_calibration)
     folder = Path(section.ct_folder)
     headers = scan_folder(folder)
     ct = read_ct_series(folder, section.series_uid, headers)
@@ -144,10 +148,11 @@ def import_case(section: DicomCaseSection, name: str = "dicom", extra_points_mm=
         "rois": {k: roi.name for k, roi in rois.items()},
         "volumes_cm3": {s.name: s.volume_cm3(grid) for s in structures},
         "dicom": study.to_dict(),
-        "hu": resample_hu(ct, grid),
+        "hu_calibration": calibration.origin,
     }
+    hu = resample_hu(ct, grid)
     info["import_s"] = time.perf_counter() - t0
-    return Case(name, grid, tuple(structures), info)
+    return Case(name, grid, tuple(structures), info, hu=hu, hu_calibration=calibration)
 
 
 def _mapped_rois(section: DicomCaseSection, structure_set: StructureSet, ct: CtSeries) -> dict:

@@ -30,6 +30,11 @@ lung (oar), gland (other: all gland tissue, the target included, skin excluded).
 PTV_gland pi R_t^2 T; skin s ((2 W)^2 - pi R_o^2); chest_wall (2 W)^2 t_m; rib n pi r^2 2 W; lung
 (2 W)^2 t_l. The anatomy is rigid and does not depend on the cone or the disc.
 
+HU (``case.hu``, ILLUSTRATIVE values of :data:`iortopt.cases.hu_calibration.MATERIAL_HU`,
+averaged over a voxel's sub-samples): ``breast_tissue`` gland, ``soft_tissue`` skin, ``muscle``
+chest wall and intercostal tissue, ``bone`` ribs, ``lung``; air wherever there is no tissue
+(``EliotGeometry.is_tissue``: above the surface, the disc space, outside the modelled region).
+
 The grid's voxel centres sit half a spacing off multiples of the spacing, so that the layer
 boundaries at round depths fall on voxel faces when the surface is not tilted.
 """
@@ -42,6 +47,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from iortopt.cases.case import Case, Structure
+from iortopt.cases.hu_calibration import MATERIAL_HU
 from iortopt.cases.params import check_fields, invalid
 from iortopt.grid import Grid
 
@@ -278,12 +284,22 @@ def sub_offsets_mm(grid: Grid, supersampling: int) -> np.ndarray:
     return np.stack([ox.ravel(), oy.ravel(), oz.ravel()], axis=-1) * np.asarray(grid.spacing_xyz_mm)
 
 
+def _material_hu(g: EliotGeometry, labels: dict[str, np.ndarray], x, y, w) -> np.ndarray:
+    """HU of the material at tissue-frame points (module docstring)."""
+    m = MATERIAL_HU
+    conditions = [~_tissue(g, x, y, w), labels["skin"], labels["gland"], labels["rib"]]
+    conditions += [labels["lung"]]
+    values = [m["air"], m["soft_tissue"], m["breast_tissue"], m["bone"], m["lung"]]
+    return np.select(conditions, values, default=m["muscle"])
+
+
 def _accumulate(params: EliotCaseParams, g: EliotGeometry, grid: Grid, centroids: bool):
-    """Sub-sample counts (nz, ny, nx) per structure and, with ``centroids``, their coordinate
-    sums (nz, ny, nx, 3) (else None)."""
+    """Sub-sample counts (nz, ny, nx) per structure, with ``centroids`` their coordinate sums
+    (nz, ny, nx, 3) (else None), and the HU sum over the sub-samples (nz, ny, nx)."""
     axes = [grid.axis_mm(a) for a in "xyz"]
     counts = {name: np.zeros(grid.shape_zyx, np.float32) for name in STRUCTURE_ORDER}
     sums = {name: np.zeros((*grid.shape_zyx, 3)) for name in STRUCTURE_ORDER} if centroids else None
+    hu_sum = np.zeros(grid.shape_zyx, np.float32)
     for ox, oy, oz in sub_offsets_mm(grid, params.supersampling):
         x = (axes[0] + ox)[None, None, :]
         y = (axes[1] + oy)[None, :, None]
@@ -293,6 +309,7 @@ def _accumulate(params: EliotCaseParams, g: EliotGeometry, grid: Grid, centroids
         yt = r[0, 1] * x + r[1, 1] * y + r[2, 1] * z
         wt = r[0, 2] * x + r[1, 2] * y + r[2, 2] * z
         labels = _labels(g, xt, yt, wt)
+        hu_sum += _material_hu(g, labels, xt, yt, wt)
         for name in STRUCTURE_ORDER:
             m = np.broadcast_to(labels[name], grid.shape_zyx)
             counts[name] += m
@@ -300,7 +317,7 @@ def _accumulate(params: EliotCaseParams, g: EliotGeometry, grid: Grid, centroids
                 continue
             for k, coord in enumerate((x, y, z)):
                 sums[name][..., k] += np.where(m, coord, 0.0)
-    return counts, sums
+    return counts, sums, hu_sum
 
 
 def _samples(counts, sums, n_sub: int, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -318,7 +335,8 @@ def build_eliot_case(params: EliotCaseParams = EliotCaseParams()) -> tuple[Case,
 
     Returns:
         case: structures PTV_gland (target), skin, chest_wall, rib, lung (oar), gland (other) as
-            fractional occupancies; ``case.info`` holds the params, the frame and a description.
+            fractional occupancies, and the HU of their materials (module docstring);
+            ``case.info`` holds the params, the frame and a description.
         geometry: :class:`EliotGeometry`.
     """
     case, geometry, _ = _build(params, centroids=False)
@@ -342,7 +360,7 @@ def build_eliot_case_with_samples(
 def _build(params: EliotCaseParams, centroids: bool):
     geometry = eliot_geometry(params)
     grid = case_grid(params, geometry)
-    counts, sums = _accumulate(params, geometry, grid, centroids)
+    counts, sums, hu_sum = _accumulate(params, geometry, grid, centroids)
     scale = np.float32(1.0 / params.supersampling**3)
     structures = tuple(
         Structure(name, STRUCTURE_ROLES[name], counts[name] * scale) for name in STRUCTURE_ORDER
@@ -364,4 +382,5 @@ def _build(params: EliotCaseParams, centroids: bool):
         "params": asdict(params),
     }
     samples = _samples(counts, sums, params.supersampling**3, grid) if centroids else None
-    return Case("breast_eliot", grid, structures, info), geometry, samples
+    hu = hu_sum / np.float32(params.supersampling**3)
+    return Case("breast_eliot", grid, structures, info, hu=hu), geometry, samples

@@ -34,6 +34,13 @@ The region: |phi| <= phi_region, the larger of the catheter and target half-angl
 - ``flap`` (other): the silicone mat, R - flap_thickness <= rho < R, |phi| <= catheter half-angle,
   |x| <= outer catheter + catheter_spacing / 2. Listed for display and density; no objective.
 
+HU (``case.hu``, ILLUSTRATIVE material values of :data:`iortopt.cases.hu_calibration.MATERIAL_HU`,
+averaged over the sub-samples of a voxel): tissue (depth > 0: CTV, ureter, the tissue around)
+is ``soft_tissue``, the sacrum ``bone``; on the applicator side the flap (silicone, taken as
+water-equivalent as TG-43 does) and the surgical field between the tissue and the bowel are
+``water`` (saline), the bowel and what lies beyond it ``soft_tissue``. There is no air: the body
+mask is 1 everywhere.
+
 Overlaps are resolved per sub-sample by priority ureter > CTV > sacrum (bowel and flap lie on the
 applicator side and cannot overlap tissue): the ureter is always the whole tube, and the CTV and the
 sacrum are carved out around it. With the defaults the ureter's shallow start lies beyond the CTV's
@@ -58,6 +65,7 @@ from scipy.spatial import cKDTree
 
 from iortopt.cases.case import Case, Structure
 from iortopt.cases.catheters import FlapApplicator
+from iortopt.cases.hu_calibration import MATERIAL_HU
 from iortopt.cases.params import check_fields, invalid
 from iortopt.grid import Grid
 
@@ -309,8 +317,10 @@ def _in_interval(values: np.ndarray, half_width) -> np.ndarray:
     return (values >= -half_width) & (values < half_width)
 
 
-def _occupancies(p: FlapCaseParams, layout: _Layout, grid: Grid) -> dict[str, np.ndarray]:
-    """Fractional occupancy (nz, ny, nx) float32 of every structure, by supersampling.
+def _occupancies(
+    p: FlapCaseParams, layout: _Layout, grid: Grid
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Fractional occupancy (nz, ny, nx) float32 of every structure and the HU, by supersampling.
 
     Every structure is a condition on (y, z) (through rho and phi) times one on x, so each
     sub-offset is evaluated on a (nz, ny) plane and an (nx,) line and combined by broadcasting.
@@ -326,12 +336,15 @@ def _occupancies(p: FlapCaseParams, layout: _Layout, grid: Grid) -> dict[str, np
     sacrum_bottom = p.sacrum_depth_mm + p.sacrum_thickness_mm
 
     counts = {name: np.zeros(grid.shape_zyx, np.float32) for name in STRUCTURE_ORDER}
+    hu_sum = np.zeros(grid.shape_zyx, np.float32)
+    soft, water = MATERIAL_HU["soft_tissue"], MATERIAL_HU["water"]
     for oz in offsets:
         for oy in offsets:
             z, y = np.meshgrid(z_axis + oz * sz, y_axis + oy * sy, indexing="ij")
             rho = np.hypot(y, z - r)
             phi = np.arctan2(y, r - z)
             depth = rho - r
+            base_hu = np.where((depth > 0) | (rho < bowel_outer), soft, water)[:, :, None]
             in_region = _in_interval(phi, layout.region_half_angle)
             plane = {
                 "CTV": (depth > 0)
@@ -350,13 +363,15 @@ def _occupancies(p: FlapCaseParams, layout: _Layout, grid: Grid) -> dict[str, np
                 ureter = ureter_sq + (x - p.ureter_lateral_mm) ** 2 <= p.ureter_radius_mm**2
                 ctv = plane["CTV"] & _in_interval(x, p.target_width_mm / 2) & ~ureter
                 in_region_x = _in_interval(x, layout.region_half_width_mm)
+                sacrum = plane["sacrum"] & in_region_x & ~ctv & ~ureter
                 counts["CTV"] += ctv
                 counts["ureter"] += ureter
-                counts["sacrum"] += plane["sacrum"] & in_region_x & ~ctv & ~ureter
+                counts["sacrum"] += sacrum
+                hu_sum += np.where(sacrum, MATERIAL_HU["bone"], base_hu)
                 counts["bowel"] += plane["bowel"] & in_region_x
                 counts["flap"] += plane["flap"] & _in_interval(x, layout.flap_half_width_mm)
     scale = np.float32(1.0 / p.supersampling**3)
-    return {name: c * scale for name, c in counts.items()}
+    return {name: c * scale for name, c in counts.items()}, hu_sum / np.float32(p.supersampling**3)
 
 
 def build_flap_case(params: FlapCaseParams = FlapCaseParams()) -> tuple[Case, FlapApplicator]:
@@ -371,14 +386,15 @@ def build_flap_case(params: FlapCaseParams = FlapCaseParams()) -> tuple[Case, Fl
     -------
     case : Case
         Structures in order CTV (target), sacrum, ureter, bowel (oar), flap (other), as fractional
-        occupancies; ``case.info`` holds ``params`` (as a dict), ``description`` and ``frame``.
+        occupancies, and the HU of their materials (module docstring); ``case.info`` holds
+        ``params`` (as a dict), ``description`` and ``frame``.
     applicator : FlapApplicator
         ``n_catheters`` arcs at ``source_to_surface_mm`` from the tissue surface, tip at -y.
     """
     layout = _layout(params)
     catheters = _catheter_polylines_mm(params, layout)
     grid = _grid_for(params, layout, catheters)
-    occupancy = _occupancies(params, layout, grid)
+    occupancy, hu = _occupancies(params, layout, grid)
     structures = tuple(
         Structure(name, STRUCTURE_ROLES[name], occupancy[name]) for name in STRUCTURE_ORDER
     )
@@ -398,5 +414,5 @@ def build_flap_case(params: FlapCaseParams = FlapCaseParams()) -> tuple[Case, Fl
         "overlap_priority": ["ureter", "CTV", "sacrum"],
         "params": asdict(params),
     }
-    case = Case("hdr_flap_presacral", grid, structures, info)
+    case = Case("hdr_flap_presacral", grid, structures, info, hu=hu)
     return case, FlapApplicator(catheters)

@@ -5,6 +5,7 @@ Layout of a plan store (``plan.zarr``)::
     /                   attrs: iortopt (version, kind), config, provenance, metrics, summary
     dose_gy             (nz, ny, nx) float32; attrs: grid (shape_zyx, spacing_xyz_mm,
                         origin_xyz_mm), unit
+    hu                  (nz, ny, nx) float32 Hounsfield units of the case, attrs: grid, unit
     structures/<name>   (nz, ny, nx) float32 fractional occupancy, attrs: role
     dwells/positions_mm (N, 3), dwells/axes (N, 3), dwells/times_s (N,),     (HDR plans)
     dwells/catheter (N,), dwells/index (N,)
@@ -124,8 +125,8 @@ def read_dose_store(path: str | Path) -> tuple[np.ndarray, Grid, dict]:
 def write_plan_store(path: str | Path, plan: dict) -> Path:
     """Write a plan store (layout in the module docstring) from a dict with keys ``grid``,
     ``dose_gy``, ``structures`` (list of (name, role, occupancy)), ``groups`` (group name ->
-    dict of arrays, e.g. the dwells), ``dvhs`` (name -> DVH),
-    and ``attrs`` (config, provenance, metrics, summary)."""
+    dict of arrays, e.g. the dwells), ``dvhs`` (name -> DVH), optionally ``hu`` (the case's HU
+    on the grid, written when not None), and ``attrs`` (config, provenance, metrics, summary)."""
     grid: Grid = plan["grid"]
     with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -138,6 +139,13 @@ def write_plan_store(path: str | Path, plan: dict) -> Path:
             np.asarray(plan["dose_gy"], np.float32),
             {"grid": grid.to_attrs(), "unit": "Gy"},
         )
+        if plan.get("hu") is not None:
+            write_array(
+                root,
+                "hu",
+                np.asarray(plan["hu"], np.float32),
+                {"grid": grid.to_attrs(), "unit": "HU"},
+            )
         structures = root.create_group("structures")
         for name, role, occupancy in plan["structures"]:
             write_array(

@@ -184,6 +184,7 @@ def write_plan_outputs(
                 "grid": case.grid,
                 "dose_gy": dose,
                 "structures": [(s.name, s.role, s.occupancy) for s in case.structures],
+                "hu": case.hu,
                 "groups": applicator,
                 "dvhs": evaluation["dvhs"],
                 "attrs": {
