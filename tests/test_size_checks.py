@@ -114,9 +114,9 @@ def test_flap_estimate_matches_the_built_case():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: Path(p).name)
 def test_grid_shapes_match_the_phantoms(path):
-    from iortopt.cases.catheters import FlapApplicator
     from iortopt.cases import breast, eliot
     from iortopt.cases import flap as phantoms
+    from iortopt.cases.catheters import FlapApplicator
 
     cfg = load_config(path)
     size = case_size.estimate_case_size(cfg)
