@@ -30,12 +30,18 @@ lung (oar), gland (other: all gland tissue, the target included, skin excluded).
 PTV_gland pi R_t^2 T; skin s ((2 W)^2 - pi R_o^2); chest_wall (2 W)^2 t_m; rib n pi r^2 2 W; lung
 (2 W)^2 t_l. The anatomy is rigid and does not depend on the cone or the disc.
 
+Patient frame: the phantom lies supine, head first (HFS) with its "up" (+z, where the beam
+comes from) anterior, x towards the patient's left and y superior, so that in DICOM patient
+coordinates (LPS) p_LPS = (x, -z, y). ``case.info["patient_frame"]`` records this mapping
+(:data:`PATIENT_FRAME`); DICOM exports apply it to the plan and the dose grid.
+
 The grid's voxel centres sit half a spacing off multiples of the spacing, so that the layer
 boundaries at round depths fall on voxel faces when the surface is not tilted.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -95,6 +101,13 @@ class EliotCaseParams:
     def __post_init__(self):
         _validate_params(self)
 
+
+#: How the phantom lies on the couch: p_LPS = rotation @ p + translation_mm (module docstring).
+PATIENT_FRAME = {
+    "patient_position": "HFS",
+    "rotation": [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
+    "translation_mm": [0.0, 0.0, 0.0],
+}
 
 _INTEGERS = {"supersampling": 1}
 _NON_NEGATIVE = ("grid_margin_mm",)
@@ -361,6 +374,7 @@ def _build(params: EliotCaseParams, centroids: bool):
             "normal +z tilted about x by surface_tilt_deg; beam from the +normal side"
         ),
         "surface_normal": geometry.surface_normal.tolist(),
+        "patient_frame": copy.deepcopy(PATIENT_FRAME),
         "params": asdict(params),
     }
     samples = _samples(counts, sums, params.supersampling**3, grid) if centroids else None
