@@ -144,7 +144,8 @@ def collimator_x_from_angles(
 def angles_from_axis(beam_axis, reference_direction=None, patient_position: str = "HFS"):
     """IEC gantry, collimator and couch angles (:class:`BeamAngles`) of a beam along
     ``beam_axis`` (LPS, from the source towards the patient), with X_b along
-    ``reference_direction`` (LPS) projected perpendicular to the axis (module docstring).
+    ``reference_direction`` (LPS) projected perpendicular to the axis (module docstring);
+    collimator 0 when there is none or it has no such part.
 
     Raises:
         ValueError: a zero or non-finite axis, or an unsupported Patient Position.
@@ -164,11 +165,11 @@ def angles_from_axis(beam_axis, reference_direction=None, patient_position: str 
     gantry = math.degrees(math.atan2(c * source[0] - s * source[1], source[2]))
     collimator = 0.0
     if reference_direction is not None:
-        ref = _fixed_from_patient(couch, patient_position) @ _unit(
-            reference_direction, "reference_direction"
-        )
-        ref_gantry = _rot_y(gantry).T @ ref
-        if math.hypot(ref_gantry[0], ref_gantry[1]) > 1e-6:
+        ref = np.asarray(reference_direction, np.float64).reshape(3)
+        if not np.all(np.isfinite(ref)):
+            raise ValueError(f"reference_direction must be finite, got {ref.tolist()}")
+        ref_gantry = _rot_y(gantry).T @ _fixed_from_patient(couch, patient_position) @ ref
+        if math.hypot(ref_gantry[0], ref_gantry[1]) > 1e-6 * max(1.0, float(np.abs(ref).max())):
             collimator = math.degrees(math.atan2(ref_gantry[1], ref_gantry[0]))
     return BeamAngles(_wrap(gantry), _wrap(collimator), _wrap(couch))
 
