@@ -59,6 +59,22 @@ def test_outputs_comparison_choice_and_disc(electron_run):
     assert "Catalogue comparison" in output and "Clinical goals" in output and "disc" in output
 
 
+def test_summary_states_the_beam_in_the_patient_frame(electron_run):
+    """The phantom lies HFS with its up anterior: the flat plan's vertical cone (phantom -z) is a
+    beam from anterior, travelling posterior (+y LPS): gantry 0, couch 0, not 180."""
+    out, output = electron_run
+    s = json.loads((out / "summary.json").read_text())
+    geometry, chosen = s["beam_geometry"], s["chosen_applicator"]
+    assert geometry["patient_position"] == "HFS"
+    x, y, z = chosen["cone_axis"]
+    np.testing.assert_allclose(geometry["beam_axis_patient"], [x, -z, y], atol=1e-12)
+    assert chosen["axis_tilt_deg"] == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(geometry["beam_axis_patient"], [0.0, 1.0, 0.0], atol=1e-9)
+    assert geometry["gantry_angle_deg"] == pytest.approx(0.0, abs=1e-9)
+    assert geometry["couch_angle_deg"] == pytest.approx(0.0, abs=1e-9)
+    assert "gantry 0.0" in output
+
+
 def test_store_holds_cone_disc_and_a_shielded_dose(electron_run):
     out, _ = electron_run
     root = zarr.open_group(str(out / "plan.zarr"), mode="r")

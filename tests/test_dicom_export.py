@@ -13,11 +13,13 @@ import zarr
 from typer.testing import CliRunner
 
 from iortopt.cases.case import Case, Structure
+from iortopt.cases.eliot import PATIENT_FRAME
 from iortopt.cases.flap import build_flap_case
 from iortopt.cli import app
 from iortopt.config import parse_config
+from iortopt.dicom.beam_geometry import angle_between_deg
 from iortopt.dicom.rtdose import dose_grid_scaling, read_rtdose, write_rtdose
-from iortopt.dicom.rtplan import read_brachy_dwells
+from iortopt.dicom.rtplan import read_brachy_dwells, read_electron_beam
 from iortopt.dicom.study import new_study
 from iortopt.dicom.synthetic import example_config_toml, write_synthetic_study
 from iortopt.evaluation.dvh import cumulative_dvh
@@ -272,6 +274,126 @@ def test_electron_writer(tmp_path):
     assert dose_ds.DoseSummationType == "PLAN"
     assert dose_ds.ReferencedRTPlanSequence[0].ReferencedSOPInstanceUID == plan.SOPInstanceUID
     assert np.allclose(read_rtdose(tmp_path / "dicom" / "RTDOSE.dcm").dose_gy, 21.0, atol=1e-8)
+
+
+ELIOT_ROTATION = np.asarray(PATIENT_FRAME["rotation"])
+
+
+def test_electron_writer_in_the_patient_frame(tmp_path):
+    """A phantom declaring HFS with its up (+z) anterior: the beam along the phantom's -z (down
+    into the gland) is a beam from anterior, gantry 0, not 180 (from under the couch); a tilt
+    towards the phantom's +y (superior) needs the couch; RTDOSE is in LPS too."""
+    grid = Grid((3, 4, 5), (2.0, 2.0, 2.0), (-4.0, -3.0, -2.0))
+    case = Case(
+        "eliot_like",
+        grid,
+        (Structure("PTV_gland", "target", np.ones(grid.shape_zyx, np.float32)),),
+        {"patient_frame": PATIENT_FRAME},
+    )
+    dose = np.random.default_rng(3).uniform(0.0, 25.0, grid.shape_zyx).astype(np.float32)
+    tilt = np.radians(20.0)
+    axis = np.array([0.0, np.sin(tilt), -np.cos(tilt)])
+    chosen = {
+        "energy_MeV": 9.0,
+        "diameter_cm": 6.0,
+        "bevel_deg": 20.0,
+        "mu": 2345.6,
+        "cone_end_mm": [1.0, -2.0, 3.0],
+        "cone_axis": axis.tolist(),
+        "cone_toe": [0.0, np.cos(tilt), np.sin(tilt)],
+    }
+    cfg = parse_config(
+        {"plan": {"modality": "electron", "name": "ioert"}, "case": {"kind": "builtin_eliot"}}
+    )
+    electron_writer(cfg, case, dose, {}, chosen, "generic linac")(tmp_path)
+    plan = pydicom.dcmread(tmp_path / "dicom" / "RTPLAN.dcm")
+    assert plan.PatientSetupSequence[0].PatientPosition == "HFS"
+    point = plan.BeamSequence[0].ControlPointSequence[0]
+    for keyword in ("Gantry", "BeamLimitingDevice", "PatientSupport"):
+        assert point[f"{keyword}RotationDirection"].value == "NONE"
+    assert plan.BeamSequence[0].ApplicatorSequence[0].ApplicatorType == "INTRAOPERATIVE"
+    beam = read_electron_beam(tmp_path / "dicom" / "RTPLAN.dcm")
+    # phantom (x, y, z) -> LPS (x, -z, y): down = posterior, +y = superior
+    planned = np.array([0.0, np.cos(tilt), np.sin(tilt)])
+    assert angle_between_deg(beam.beam_axis, planned) < 0.5
+    assert angle_between_deg(beam.collimator_x, [0.0, -np.sin(tilt), np.cos(tilt)]) < 0.5
+    assert beam.angles.couch_deg == pytest.approx(90.0)  # beam tilted towards the head
+    np.testing.assert_allclose(beam.isocenter_mm, [1.0, -3.0, -2.0], atol=1e-6)
+    # a vertical cone: gantry 0 (from anterior) with the couch at 0
+    chosen |= {"cone_axis": [0.0, -0.0, -1.0], "cone_toe": [0.0, -1.0, 0.0]}
+    electron_writer(cfg, case, dose, {}, chosen, "generic linac")(tmp_path / "flat")
+    flat = read_electron_beam(tmp_path / "flat" / "dicom" / "RTPLAN.dcm")
+    assert (flat.angles.gantry_deg, flat.angles.couch_deg) == (0.0, 0.0)
+    assert flat.angles.collimator_deg == pytest.approx(270.0)  # X_b along the toe = inferior
+    # RTDOSE: the dose at a phantom voxel is found at its LPS point
+    back = read_rtdose(tmp_path / "dicom" / "RTDOSE.dcm")
+    step = back.scaling_gy
+    for index in ([0, 0, 0], [2, 1, 3], [1, 3, 4]):
+        lps = ELIOT_ROTATION @ grid.index_to_mm(index)
+        at = np.rint(back.grid.mm_to_index(lps)).astype(int)
+        np.testing.assert_allclose(back.grid.index_to_mm(at), lps, atol=1e-6)
+        assert back.dose_gy[tuple(at)] == pytest.approx(float(dose[tuple(index)]), abs=step)
+
+
+ELECTRON_SMALL = """
+[plan]
+name = "eliot_small"
+modality = "electron"
+[case]
+kind = "builtin_eliot"
+[case.eliot]
+spacing_mm = 4.0
+supersampling = 1
+half_width_mm = 50.0
+lung_thickness_mm = 8.0
+skin_opening_radius_mm = 40.0
+target_radius_mm = 22.0
+surface_tilt_deg = 10.0
+[electron]
+energies_mev = [12.0]
+cone_diameters_cm = [6.0]
+bevels_deg = [15.0]
+toe_direction = [1.0, 0.0, 0.0]
+optimise_pose = false
+[prescription]
+dose_gy = 21.0
+structure = "PTV_gland"
+[output]
+dicom = true
+"""
+
+
+def test_built_in_electron_plan_rtplan_axis_is_the_planned_axis(tmp_path):
+    config = tmp_path / "eliot.toml"
+    config.write_text(ELECTRON_SMALL)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(config), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    s = json.loads((out / "summary.json").read_text())
+    planned = ELIOT_ROTATION @ np.asarray(s["chosen_applicator"]["cone_axis"])
+    beam = read_electron_beam(out / "dicom" / "RTPLAN.dcm")
+    assert angle_between_deg(beam.beam_axis, planned) < 0.5
+    geometry = s["beam_geometry"]
+    assert geometry["patient_position"] == beam.patient_position == "HFS"
+    np.testing.assert_allclose(geometry["beam_axis_patient"], planned, atol=1e-9)
+    assert geometry["gantry_angle_deg"] == pytest.approx(beam.angles.gantry_deg, abs=1e-6)
+    assert geometry["collimator_angle_deg"] == pytest.approx(beam.angles.collimator_deg, abs=1e-6)
+    assert geometry["couch_angle_deg"] == pytest.approx(beam.angles.couch_deg, abs=1e-6)
+    end = ELIOT_ROTATION @ np.asarray(s["chosen_applicator"]["cone_end_mm"])
+    np.testing.assert_allclose(beam.isocenter_mm, end, atol=1e-6)
+    # the dose 10 mm deep on the axis is the same in the store and in the RTDOSE
+    root = zarr.open_group(str(out / "plan.zarr"), mode="r")
+    dose = root["dose_gy"][...]
+    grid = Grid.from_attrs(dict(root["dose_gy"].attrs)["grid"])
+    deep = np.asarray(s["chosen_applicator"]["cone_end_mm"]) + 10.0 * np.asarray(
+        s["chosen_applicator"]["cone_axis"]
+    )
+    index = np.rint(grid.mm_to_index(deep)).astype(int)
+    lps = ELIOT_ROTATION @ grid.index_to_mm(index)
+    back = read_rtdose(out / "dicom" / "RTDOSE.dcm")
+    at = np.rint(back.grid.mm_to_index(lps)).astype(int)
+    assert float(dose[tuple(index)]) > 10.0
+    assert back.dose_gy[tuple(at)] == pytest.approx(float(dose[tuple(index)]), abs=back.scaling_gy)
 
 
 def test_cli_inspect_and_import(tmp_path):

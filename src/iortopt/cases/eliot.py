@@ -35,12 +35,18 @@ averaged over a voxel's sub-samples): ``breast_tissue`` gland, ``soft_tissue`` s
 chest wall and intercostal tissue, ``bone`` ribs, ``lung``; air wherever there is no tissue
 (``EliotGeometry.is_tissue``: above the surface, the disc space, outside the modelled region).
 
+Patient frame: the phantom lies supine, head first (HFS) with its "up" (+z, where the beam
+comes from) anterior, x towards the patient's left and y superior, so that in DICOM patient
+coordinates (LPS) p_LPS = (x, -z, y). ``case.info["patient_frame"]`` records this mapping
+(:data:`PATIENT_FRAME`); DICOM exports apply it to the plan and the dose grid.
+
 The grid's voxel centres sit half a spacing off multiples of the spacing, so that the layer
 boundaries at round depths fall on voxel faces when the surface is not tilted.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 
@@ -101,6 +107,13 @@ class EliotCaseParams:
     def __post_init__(self):
         _validate_params(self)
 
+
+#: How the phantom lies on the couch: p_LPS = rotation @ p + translation_mm (module docstring).
+PATIENT_FRAME = {
+    "patient_position": "HFS",
+    "rotation": [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
+    "translation_mm": [0.0, 0.0, 0.0],
+}
 
 _INTEGERS = {"supersampling": 1}
 _NON_NEGATIVE = ("grid_margin_mm",)
@@ -379,6 +392,7 @@ def _build(params: EliotCaseParams, centroids: bool):
             "normal +z tilted about x by surface_tilt_deg; beam from the +normal side"
         ),
         "surface_normal": geometry.surface_normal.tolist(),
+        "patient_frame": copy.deepcopy(PATIENT_FRAME),
         "params": asdict(params),
     }
     samples = _samples(counts, sums, params.supersampling**3, grid) if centroids else None

@@ -6,6 +6,9 @@
     case_import.import_case(section)       -> Case        the ``[case.dicom]`` config section
     rtdose.write_rtdose / read_rtdose       32-bit dose grid with DoseGridScaling and DVHs
     rtplan.write_brachy_plan / write_electron_plan / read_brachy_dwells
+    rtplan.read_electron_beam              angles, Patient Position, isocentre, beam axis
+    beam_geometry.angles_from_axis         IEC 61217 gantry/collimator/couch of an LPS axis
+    patient_frame.PatientFrame             a case's frame -> LPS (points, dose grid)
     export.hdr_writer / electron_writer     the ``[output] dicom = true`` files of a plan
     synthetic.write_synthetic_study        a small consistent study for tests and demos
 

@@ -10,9 +10,13 @@ Time. Dwells are listed from the tip backwards.
 
 Electron (:func:`build_electron_plan`): one STATIC ELECTRON beam with an INTRAOPERATIVE circular
 applicator (cone diameter, bevel in the description), the nominal energy and the MU as beam
-meterset. The gantry angle is the beam axis projected on the transverse plane for a supine
-head-first patient; IOERT units dock at arbitrary tilts, so the beam axis and the cone end are
-also given in the beam description.
+meterset, and a patient setup with the Patient Position. The beam axis, the cone end and the
+cone's toe are given in patient coordinates (LPS); the control point carries the IEC 61217
+gantry, beam limiting device (collimator) and patient support (couch) angles of that axis for
+that position (:mod:`iortopt.dicom.beam_geometry`: X_b along the toe, couch in (-90, 90] deg),
+every rotation direction NONE, and the Isocenter Position = the centre of the cone's end face,
+where the beam axis leaves the applicator. :func:`read_electron_beam` reads them back. The beam
+axis and the cone end are also given in the beam description.
 
 Plans are written UNAPPROVED: they are for review in a clinical system, never for delivery as is.
 """
@@ -27,6 +31,12 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from iortopt.dicom.beam_geometry import (
+    BeamAngles,
+    angles_from_axis,
+    axis_from_angles,
+    collimator_x_from_angles,
+)
 from iortopt.dicom.files import ds_list, ds_text, new_file_dataset, read_dataset
 from iortopt.dicom.study import StudyRef, add_common_modules
 from iortopt.dicom.uids import RT_PLAN, RT_STRUCTURE_SET
@@ -220,13 +230,6 @@ def read_brachy_dwells(path: str | Path) -> BrachyDwells:
     )
 
 
-def gantry_angle_deg(beam_axis) -> float:
-    """IEC gantry angle of a beam travelling along ``beam_axis`` (patient LPS, supine
-    head-first): 0 = from anterior (+y), 90 = from the patient's left (-x)."""
-    ax = np.asarray(beam_axis, float)
-    return float(np.degrees(np.arctan2(-ax[0], ax[1])) % 360.0)
-
-
 def build_electron_plan(
     study: StudyRef,
     plan_uid: str,
@@ -241,10 +244,14 @@ def build_electron_plan(
     machine: str,
     prescription_gy: float,
     prescription_structure: str,
+    toe_direction=None,
+    patient_position: str = "HFS",
     n_fractions: int = 1,
     description: str = "",
 ) -> Dataset:
-    """The electron IORT RTPLAN dataset (see the module docstring)."""
+    """The electron IORT RTPLAN dataset (see the module docstring); ``cone_end_mm``,
+    ``beam_axis`` (from the source towards the patient) and ``toe_direction`` in LPS."""
+    angles = angles_from_axis(beam_axis, toe_direction, patient_position)
     ds = new_file_dataset(RT_PLAN, plan_uid)
     add_common_modules(ds, study, "RTPLAN", f"iortopt electron IORT plan {label}")
     _general_plan(ds, study, label, description)
@@ -259,8 +266,13 @@ def build_electron_plan(
     beam_ref.BeamMeterset = ds_text(mu)
     fraction.ReferencedBeamSequence = Sequence([beam_ref])
     ds.FractionGroupSequence = Sequence([fraction])
+    setup = Dataset()
+    setup.PatientSetupNumber = 1
+    setup.PatientPosition = patient_position
+    ds.PatientSetupSequence = Sequence([setup])
 
     axis = np.asarray(beam_axis, float)
+    axis = axis / np.linalg.norm(axis)
     end = np.asarray(cone_end_mm, float)
     beam = Dataset()
     beam.BeamNumber = 1
@@ -275,6 +287,7 @@ def build_electron_plan(
     beam.TreatmentMachineName = (machine or "IOERT")[:16]
     beam.PrimaryDosimeterUnit = "MU"
     beam.TreatmentDeliveryType = "TREATMENT"
+    beam.ReferencedPatientSetupNumber = 1
     half = cone_diameter_mm / 2
     devices = Sequence()
     for kind in ("X", "Y"):
@@ -301,11 +314,11 @@ def build_electron_plan(
     first, last = Dataset(), Dataset()
     first.ControlPointIndex = 0
     first.NominalBeamEnergy = ds_text(energy_mev)
-    first.GantryAngle = ds_text(gantry_angle_deg(axis))
+    first.GantryAngle = ds_text(angles.gantry_deg)
     first.GantryRotationDirection = "NONE"
-    first.BeamLimitingDeviceAngle = ds_text(0.0)
+    first.BeamLimitingDeviceAngle = ds_text(angles.collimator_deg)
     first.BeamLimitingDeviceRotationDirection = "NONE"
-    first.PatientSupportAngle = ds_text(0.0)
+    first.PatientSupportAngle = ds_text(angles.couch_deg)
     first.PatientSupportRotationDirection = "NONE"
     first.TableTopEccentricAngle = ds_text(0.0)
     first.TableTopEccentricRotationDirection = "NONE"
@@ -326,3 +339,53 @@ def build_electron_plan(
     beam.ControlPointSequence = Sequence([first, last])
     ds.BeamSequence = Sequence([beam])
     return ds
+
+
+@dataclass(frozen=True, eq=False)
+class ElectronBeamGeometry:
+    """The first beam's geometry as an RTPLAN states it: the angles, the Patient Position, the
+    Isocenter Position (mm, LPS) and the beam axis and X_b they imply (LPS)."""
+
+    angles: BeamAngles
+    patient_position: str
+    isocenter_mm: np.ndarray
+    beam_axis: np.ndarray
+    collimator_x: np.ndarray
+
+
+def read_electron_beam(path: str | Path) -> ElectronBeamGeometry:
+    """Angles, Patient Position and isocentre of the first beam of an external-beam RTPLAN.
+
+    Raises:
+        InputFileError: not an external-beam RTPLAN, a missing angle, or a Patient Position the
+            angles cannot be interpreted for.
+    """
+    path = Path(path)
+    ds = read_dataset(path)
+    if "BeamSequence" not in ds or not ds.BeamSequence:
+        raise InputFileError(f"{path}: not an external-beam RTPLAN (no Beam Sequence)")
+    beam = ds.BeamSequence[0]
+    points = beam.get("ControlPointSequence") or []
+    if not points:
+        raise InputFileError(f"{path}: beam 1 has no Control Point Sequence")
+    first = points[0]
+    values = {}
+    for keyword in ("GantryAngle", "BeamLimitingDeviceAngle", "PatientSupportAngle"):
+        if keyword not in first or first.get(keyword) in (None, ""):
+            raise InputFileError(f"{path}: control point 0 of beam 1 has no {keyword}")
+        values[keyword] = float(first.get(keyword))
+    setups = {int(s.PatientSetupNumber): s for s in ds.get("PatientSetupSequence", [])}
+    setup = setups.get(int(beam.get("ReferencedPatientSetupNumber", 1) or 1))
+    position = str(setup.get("PatientPosition", "") if setup is not None else "") or "HFS"
+    angles = BeamAngles(
+        values["GantryAngle"], values["BeamLimitingDeviceAngle"], values["PatientSupportAngle"]
+    )
+    try:
+        axis = axis_from_angles(angles.gantry_deg, angles.couch_deg, position)
+        x_b = collimator_x_from_angles(
+            angles.gantry_deg, angles.collimator_deg, angles.couch_deg, position
+        )
+    except ValueError as exc:
+        raise InputFileError(f"{path}: PatientSetupSequence PatientPosition: {exc}") from None
+    iso = np.asarray([float(v) for v in first.get("IsocenterPosition", [0.0, 0.0, 0.0])])
+    return ElectronBeamGeometry(angles, position, iso, axis, x_b)

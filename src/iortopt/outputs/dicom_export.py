@@ -140,13 +140,45 @@ def hdr_writer(
     return write
 
 
+def electron_beam_geometry(case: Case, chosen: dict) -> dict:
+    """The chosen cone's beam in the patient frame (``case.info["patient_frame"]``, else the
+    imported study's; :class:`iortopt.dicom.patient_frame.PatientFrame`): beam axis, cone end
+    (= the RTPLAN's Isocenter Position) and toe in LPS, and the IEC 61217 gantry, collimator
+    (X_b along the toe) and couch angles the RTPLAN states.
+
+    Raises:
+        ValueError: a malformed frame or an unsupported Patient Position.
+    """
+    from iortopt.dicom.beam_geometry import angles_from_axis
+    from iortopt.dicom.patient_frame import PatientFrame
+
+    frame = PatientFrame.from_info(case.info)
+    axis = frame.vectors_to_patient(chosen["cone_axis"])
+    toe = frame.vectors_to_patient(chosen["cone_toe"]) if "cone_toe" in chosen else None
+    angles = angles_from_axis(axis, toe, frame.patient_position)
+    return {
+        "patient_position": frame.patient_position,
+        "frame": "DICOM patient coordinates LPS (mm); IEC 61217 angles in degrees",
+        "case_to_patient": frame.to_dict(),
+        "beam_axis_patient": axis.tolist(),
+        "cone_end_patient_mm": frame.points_to_patient(chosen["cone_end_mm"]).tolist(),
+        "cone_toe_patient": None if toe is None else toe.tolist(),
+        "gantry_angle_deg": angles.gantry_deg,
+        "collimator_angle_deg": angles.collimator_deg,
+        "couch_angle_deg": angles.couch_deg,
+        "isocenter": "the centre of the cone's end face, on the beam axis (cone_end_patient_mm)",
+    }
+
+
 def electron_writer(
     cfg: PlanConfig, case: Case, dose_gy: np.ndarray, dvhs: dict, chosen: dict, machine: str
 ) -> Callable[[Path], None]:
-    """Writer of the electron RTPLAN (INTRAOPERATIVE applicator) and its RTDOSE (PLAN)."""
+    """Writer of the electron RTPLAN (INTRAOPERATIVE applicator) and its RTDOSE (PLAN), both in
+    the patient frame (:func:`electron_beam_geometry`; the dose grid permuted to it)."""
 
     def write(folder: Path) -> None:
         from iortopt.dicom.files import save_atomic
+        from iortopt.dicom.patient_frame import PatientFrame
         from iortopt.dicom.rtdose import write_rtdose
         from iortopt.dicom.rtplan import build_electron_plan
         from iortopt.dicom.uids import new_uid
@@ -154,6 +186,7 @@ def electron_writer(
         out = Path(folder) / SUBFOLDER
         out.mkdir(parents=True, exist_ok=True)
         study, plan_uid = study_of(case), new_uid()
+        beam = electron_beam_geometry(case, chosen)
         plan = build_electron_plan(
             study,
             plan_uid,
@@ -162,8 +195,10 @@ def electron_writer(
             cone_diameter_mm=10.0 * float(chosen["diameter_cm"]),
             bevel_deg=float(chosen["bevel_deg"]),
             mu=float(chosen["mu"]),
-            cone_end_mm=chosen["cone_end_mm"],
-            beam_axis=chosen["cone_axis"],
+            cone_end_mm=beam["cone_end_patient_mm"],
+            beam_axis=beam["beam_axis_patient"],
+            toe_direction=beam["cone_toe_patient"],
+            patient_position=beam["patient_position"],
             machine=machine,
             prescription_gy=cfg.prescription.dose_gy,
             prescription_structure=cfg.prescription.structure,
@@ -171,10 +206,13 @@ def electron_writer(
             description=cfg.plan.description,
         )
         save_atomic(plan, out / RTPLAN_NAME)
+        patient_dose, patient_grid = PatientFrame.from_info(case.info).dose_to_patient(
+            dose_gy, case.grid
+        )
         write_rtdose(
             out / RTDOSE_NAME,
-            dose_gy,
-            case.grid,
+            patient_dose,
+            patient_grid,
             study,
             plan_uid=plan_uid,
             summation_type="PLAN",

@@ -8,7 +8,9 @@
 
 ``summary.json`` carries the catalogue comparison (``catalogue_comparison``: one row per energy,
 cone and bevel), the chosen energy, cone, bevel, MU and cone placement with the reason
-(``chosen_applicator``), the disc placement (``disc``), the ``flags`` (disc covers the field plus
+(``chosen_applicator``, in the case's frame), the beam in the patient frame with its IEC 61217
+gantry, collimator and couch angles as the RTPLAN states them (``beam_geometry``), the disc
+placement (``disc``), the ``flags`` (disc covers the field plus
 margin, beam axis within reach, target covered: at least ``TARGET_COVERED_PERCENT`` of PTV_gland
 inside the prescription isodose) and the joint optimisation's outcome (``joint_optimisation``).
 """
@@ -28,7 +30,7 @@ from rich.table import Table
 from iortopt.cases.eliot import EliotCaseParams, build_eliot_case_with_samples
 from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
-from iortopt.outputs.dicom_export import electron_plan_writer
+from iortopt.outputs.dicom_export import electron_beam_geometry, electron_plan_writer
 from iortopt.outputs.plan_files import (
     check_structure_names,
     common_summary,
@@ -155,6 +157,7 @@ def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRun
         "isodose_percent": e.isodose_percent,
         "d100_gy": cfg.prescription.dose_gy / (e.isodose_percent / 100.0),
         "chosen_applicator": chosen,
+        "beam_geometry": electron_beam_geometry(case, chosen),
         "disc": disc,
         "flags": {
             "disc_covers_field": bool(chosen["disc_covers_field"]),
@@ -264,6 +267,14 @@ def print_electron_summary(result: ElectronRunResult, console: Console) -> None:
     console.print(
         f"chosen: {chosen['energy_MeV']:g} MeV, {chosen['diameter_cm']:g} cm cone, bevel "
         f"{chosen['bevel_deg']:g} deg, {chosen['mu']:.0f} MU; {chosen['reason']}",
+        highlight=False,
+    )
+    geometry = s["beam_geometry"]
+    console.print(
+        f"beam ({geometry['patient_position']}, IEC 61217): gantry "
+        f"{geometry['gantry_angle_deg']:.1f}, collimator {geometry['collimator_angle_deg']:.1f}, "
+        f"couch {geometry['couch_angle_deg']:.1f} deg; axis (LPS) "
+        f"({', '.join(f'{v:.3f}' for v in geometry['beam_axis_patient'])})",
         highlight=False,
     )
     console.print(
