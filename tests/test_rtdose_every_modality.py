@@ -18,6 +18,7 @@ import zarr
 from iortopt import pipeline
 from iortopt.cases.case import Case, Structure
 from iortopt.config import load_config, parse_config
+from iortopt.dicom.patient_frame import PatientFrame
 from iortopt.dicom.rtdose import lo_text, lt_text, read_rtdose
 from iortopt.dicom.study import StudyRef, new_study
 from iortopt.dicom.synthetic import example_config_toml, write_synthetic_study
@@ -104,7 +105,12 @@ def test_rtdose_grid_dose_and_mandatory_attributes(planned):
     assert ds.DoseSummationType == ("BRACHY" if cfg.plan.modality == "hdr_flap" else "PLAN")
     root = zarr.open_group(str(out / "plan.zarr"), mode="r")
     computed = np.asarray(root["dose_gy"][...], np.float64)
-    assert dose.grid.to_attrs() == root["dose_gy"].attrs["grid"]  # shape, spacing, origin
+    # the RTDOSE is in DICOM patient coordinates: the plan's dose mapped by the case's frame
+    # (the ELIOT phantom lies HFS with its "up" anterior; the other cases are already in LPS)
+    case = getattr(result, "case", None) or result.prepared.case
+    frame = PatientFrame.from_info(case.info)
+    computed, grid = frame.dose_to_patient(computed, Grid.from_attrs(root["dose_gy"].attrs["grid"]))
+    assert dose.grid.to_attrs() == grid.to_attrs()  # shape, spacing, origin
     assert dose.grid.shape_zyx == computed.shape
     step = float(ds.DoseGridScaling)
     assert step == dose.scaling_gy and 0 < step < computed.max() / 4e9
