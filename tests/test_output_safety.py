@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from iortopt.cli import CURRENT_RUN, app, interrupted_message
+from iortopt.cli.main import CURRENT_RUN, app, interrupted_message
 from iortopt.config import builtin_config_text
 from iortopt.errors import ConfigError
 from iortopt.io import output_dir as od
