@@ -279,6 +279,14 @@ def dicom_study(tmp_path_factory):
     )
 
 
+INT_RANGE = {
+    "US": (0, 2**16 - 1),
+    "SS": (-(2**15), 2**15 - 1),
+    "UL": (0, 2**32 - 1),
+    "SL": (-(2**31), 2**31 - 1),
+}
+
+
 def damage(path: Path, keyword: str, value) -> None:
     ds = pydicom.dcmread(path)
     if value is None:
@@ -289,8 +297,9 @@ def damage(path: Path, keyword: str, value) -> None:
         vr = pydicom.datadict.dictionary_VR(tag)
         if vr == "SQ":
             ds[tag].value = []
-        elif vr in ("US", "SS", "UL", "SL") and isinstance(value, int):
-            ds[tag] = pydicom.DataElement(tag, vr, max(0, value) if vr[0] == "U" else value)
+        elif vr in INT_RANGE and isinstance(value, int):
+            low, high = INT_RANGE[vr]
+            ds[tag] = pydicom.DataElement(tag, vr, min(max(value, low), high))
         elif vr in ("OB", "OW"):
             ds[tag].value = bytes(str(value), "ascii")[:3]
         elif vr in ("US", "SS", "UL", "SL"):
