@@ -274,10 +274,10 @@ def test_choose_chunk_size_respects_the_limit():
 
 def test_auto_chunk_size_follows_the_active_compute_settings():
     default = tg43.auto_chunk_size(100)
-    assert default == tg43.PAIRS_PER_CHUNK // 100 // 8 * 8
+    assert default == memory.PAIRS_PER_CHUNK // 100 // 8 * 8
     with memory.active_compute(memory.ActiveCompute(pairs_per_chunk=512 * 100)):
         assert tg43.auto_chunk_size(100) == 512
-        assert tg43.auto_chunk_size(100, tg43.PAIRS_PER_CHUNK) == default
+        assert tg43.auto_chunk_size(100, memory.PAIRS_PER_CHUNK) == default
     assert tg43.auto_chunk_size(100) == default
 
 
@@ -338,7 +338,7 @@ def test_builtin_plan_fits_with_the_cache_sized_chunk():
     prepared = prepare(load_config(None), jnp.float32)
     plan = plan_memory(prepared)
     assert plan.fits and plan.devices == 1
-    assert plan.chunk_size == tg43.PAIRS_PER_CHUNK // len(prepared.dwells) // 8 * 8
+    assert plan.chunk_size == memory.PAIRS_PER_CHUNK // len(prepared.dwells) // 8 * 8
     assert plan.estimate.sizes["influence"] == "matrix"
 
 
