@@ -4,6 +4,8 @@ Usage::
 
     python benchmarks/bench_plan.py                       # built-in case
     python benchmarks/bench_plan.py configs/flap_large_gpu.toml --device gpu
+    python benchmarks/bench_plan.py configs/flap_256_500_gpu.toml --case-param spacing_mm=4 \
+        --case-param supersampling=1 --max-iterations 10         # the same case, coarse (dry run)
 
 Prints a summary and writes ``benchmarks/results/plan_<name>_<device>_<utc>.json`` (via a temporary
 name), plus a markdown row for ``benchmarks/RESULTS.md``.
@@ -22,6 +24,20 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+
+
+def case_param(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` for the built-in phantom's parameters (``[case.flap]`` etc.); VALUE is a
+    TOML/JSON number, boolean or quoted string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        raise argparse.ArgumentTypeError(
+            f"{key}: {value!r} is not a number or quoted string"
+        ) from None
 
 
 def peak_rss_mib() -> float:
@@ -49,6 +65,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--max-iterations", type=int, default=None, help="override optimizer.max_iterations"
     )
+    parser.add_argument(
+        "--case-param",
+        type=case_param,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a built-in case parameter, e.g. spacing_mm=4 (repeatable)",
+    )
     args = parser.parse_args(argv)
 
     from iortopt.compute.runtime import configure, device_info
@@ -62,6 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.max_iterations is not None:
         optimizer = cfg.optimizer.model_copy(update={"max_iterations": args.max_iterations})
         cfg = cfg.model_copy(update={"optimizer": optimizer})
+    if args.case_param:
+        section = {"builtin_flap": "flap", "builtin_breast": "breast", "builtin_eliot": "eliot"}
+        name = section.get(cfg.case.kind)
+        if name is None:
+            parser.error(f"--case-param needs a built-in case, not {cfg.case.kind!r}")
+        params = {**getattr(cfg.case, name), **dict(args.case_param)}
+        cfg = cfg.model_copy(update={"case": cfg.case.model_copy(update={name: params})})
     prepared = prepare(cfg, dtype)
     case = prepared.case if hasattr(prepared, "case") else None
     with tempfile.TemporaryDirectory() as tmp:

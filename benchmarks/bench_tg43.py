@@ -14,6 +14,11 @@ if iortopt is not installed, ``../src`` next to this file is put on ``sys.path``
     python benchmarks/bench_tg43.py                         # reference + 64^3, 128^3 x 100 dwells
     python benchmarks/bench_tg43.py --sizes 128,256 --dwells 100,500 --precision float32
     python benchmarks/bench_tg43.py --reference-only --precision float64
+    python benchmarks/bench_tg43.py --device gpu --cases 256x500,512x100   # chosen pairs only
+    python benchmarks/bench_tg43.py --reference-only --save-dose ref.npy   # keep the dose
+
+``--device`` selects the JAX platform only (``jax_platforms``); the matrix-product precision is left
+at JAX's default, so the dose kernel's own explicit precision is what keeps TF32 out of a dose.
 """
 
 from __future__ import annotations
@@ -53,6 +58,18 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _case_list(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",")]
+    except ValueError:
+        pairs = []
+    if not pairs or any(len(pair) != 2 or min(pair) < 1 for pair in pairs):
+        raise argparse.ArgumentTypeError(
+            f"expected SIZExDWELLS pairs, e.g. 256x500,512x100: {text!r}"
+        )
+    return pairs
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=_int_list, default=[64, 128], help="grid edge sizes (N^3)")
@@ -62,6 +79,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reference-only", action="store_true", help="only the reference problem")
     p.add_argument("--precision", choices=("float32", "float64"), default="float32")
     p.add_argument(
+        "--cases",
+        type=_case_list,
+        default=None,
+        help="SIZExDWELLS pairs run instead of every --sizes x --dwells pair, e.g. 256x500,512x100",
+    )
+    p.add_argument("--device", choices=("cpu", "gpu"), default=None, help="JAX platform")
+    p.add_argument(
+        "--reference-spacing-mm",
+        type=float,
+        default=2.0,
+        help="voxel spacing of the reference problem (2 mm = 100^3; coarser for dry runs)",
+    )
+    p.add_argument("--save-dose", type=Path, default=None, help="save the reference dose (.npy)")
+    p.add_argument(
         "--chunk-size",
         default="0",
         help="points per chunk: 0 = automatic (default), 'none' = all points at once, or a number",
@@ -69,6 +100,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if not 0.0 < args.reference_spacing_mm <= BOX_MM:
+        p.error(f"--reference-spacing-mm must lie in (0, {BOX_MM:g}]")
     if args.chunk_size.lower() == "none":
         args.chunk_size = None
     else:
@@ -84,8 +117,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 # --------------------------------------------------------------------------- problems
 
 
-def reference_case(Grid) -> dict:
-    grid = Grid.from_bounds((-BOX_MM,) * 3, (BOX_MM,) * 3, 2.0)
+def reference_case(Grid, spacing_mm: float = 2.0) -> dict:
+    grid = Grid.from_bounds((-BOX_MM,) * 3, (BOX_MM,) * 3, spacing_mm)
     angles = np.arange(8) * (2.0 * np.pi / 8)
     catheters_xy = np.concatenate(
         [
@@ -136,7 +169,9 @@ def device_peak_mib(device) -> float | None:
     return stats["peak_bytes_in_use"] / 2**20
 
 
-def run_case(case: dict, kernel, dtype, chunk_size, repeats: int, jax, jnp, tg43) -> dict:
+def run_case(
+    case: dict, kernel, dtype, chunk_size, repeats: int, jax, jnp, tg43, save_dose=None
+) -> dict:
     grid = case["grid"]
     n_dwells = len(case["positions_mm"])
     device = jax.devices()[0]
@@ -159,6 +194,8 @@ def run_case(case: dict, kernel, dtype, chunk_size, repeats: int, jax, jnp, tg43
         start = time.perf_counter()
         dose = fn(points, positions, axes, times).block_until_ready()
         steady = min(steady, time.perf_counter() - start)
+    if save_dose is not None:
+        np.save(save_dose, np.asarray(dose), allow_pickle=False)
     pairs = grid.n_voxels * n_dwells
     effective_chunk = (
         tg43.auto_chunk_size(n_dwells) if chunk_size == 0 else chunk_size or grid.n_voxels
@@ -244,6 +281,8 @@ def main(argv=None) -> int:
 
     import jax
 
+    if args.device is not None:
+        jax.config.update("jax_platforms", {"cpu": "cpu", "gpu": "cuda"}[args.device])
     if args.precision == "float64":
         jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
@@ -270,19 +309,25 @@ def main(argv=None) -> int:
         "sk_U": REFERENCE_SK_U,
         "repeats": args.repeats,
         "chunk_size_arg": args.chunk_size,
-        "reference_problem": "100^3 voxels (-99..99 mm, 2 mm), 10 catheters x 10 dwells, 1 s",
+        "reference_problem": "100^3 voxels (-99..99 mm, 2 mm), 10 catheters x 10 dwells, 1 s"
+        if args.reference_spacing_mm == 2.0
+        else f"-99..99 mm at {args.reference_spacing_mm:g} mm, 10 catheters x 10 dwells, 1 s",
     }
     print(
         f"iortopt TG-43 benchmark: {meta['device_kind']} ({meta['platform']}), "
         f"{args.precision}, jax {meta['jax_version']}, repeats {args.repeats}"
     )
 
-    cases = [reference_case(Grid)]
+    cases = [reference_case(Grid, args.reference_spacing_mm)]
     if not args.reference_only:
-        cases += [size_case(Grid, n, d) for n in args.sizes for d in args.dwells]
+        pairs = args.cases or [(n, d) for n in args.sizes for d in args.dwells]
+        cases += [size_case(Grid, n, d) for n, d in pairs]
     results = []
-    for case in cases:
-        results.append(run_case(case, kernel, dtype, args.chunk_size, args.repeats, jax, jnp, tg43))
+    for i, case in enumerate(cases):
+        save = args.save_dose if i == 0 else None
+        results.append(
+            run_case(case, kernel, dtype, args.chunk_size, args.repeats, jax, jnp, tg43, save)
+        )
         print(
             f"  done {case['name']}: {results[-1]['steady_s']:.3f} s steady",
             file=sys.stderr,
