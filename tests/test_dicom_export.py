@@ -24,6 +24,7 @@ from iortopt.dicom.study import new_study
 from iortopt.dicom.synthetic import example_config_toml, write_synthetic_study
 from iortopt.evaluation.dvh import cumulative_dvh
 from iortopt.grid import Grid
+from iortopt.modalities.stage_settings import dicom_plan_info
 from iortopt.outputs.dicom_export import electron_writer, hdr_writer
 from iortopt.physics.sources import load_source
 
@@ -223,9 +224,10 @@ def test_builtin_flap_writer_fresh_study_no_dvh(tmp_path):
         s.name: cumulative_dvh(dose, s.occupancy, case.grid.voxel_volume_cm3)
         for s in case.structures
     }  # noqa: E501
-    hdr_writer(cfg, case, dose, dvhs, dwells, times, load_source(cfg.source.model), 40700.0)(
-        tmp_path
-    )
+    source = load_source(cfg.source.model)
+    info = dicom_plan_info(cfg)
+    step_mm = cfg.applicator.step_mm
+    hdr_writer(info, case, dose, dvhs, dwells, times, source, 40700.0, step_mm=step_mm)(tmp_path)
     plan = pydicom.dcmread(tmp_path / "dicom" / "RTPLAN.dcm")
     rtdose = pydicom.dcmread(tmp_path / "dicom" / "RTDOSE.dcm")
     assert (
@@ -257,7 +259,7 @@ def test_electron_writer(tmp_path):
     cfg = parse_config(
         {"plan": {"modality": "electron", "name": "ioert"}, "case": {"kind": "builtin_eliot"}}
     )
-    electron_writer(cfg, case, dose, {}, chosen, "generic linac")(tmp_path)
+    electron_writer(dicom_plan_info(cfg), case, dose, {}, chosen, "generic linac")(tmp_path)
     plan = pydicom.dcmread(tmp_path / "dicom" / "RTPLAN.dcm")
     assert _missing(plan, RTPLAN_MANDATORY) == []
     beam = plan.BeamSequence[0]
@@ -305,7 +307,7 @@ def test_electron_writer_in_the_patient_frame(tmp_path):
     cfg = parse_config(
         {"plan": {"modality": "electron", "name": "ioert"}, "case": {"kind": "builtin_eliot"}}
     )
-    electron_writer(cfg, case, dose, {}, chosen, "generic linac")(tmp_path)
+    electron_writer(dicom_plan_info(cfg), case, dose, {}, chosen, "generic linac")(tmp_path)
     plan = pydicom.dcmread(tmp_path / "dicom" / "RTPLAN.dcm")
     assert plan.PatientSetupSequence[0].PatientPosition == "HFS"
     point = plan.BeamSequence[0].ControlPointSequence[0]
@@ -321,7 +323,9 @@ def test_electron_writer_in_the_patient_frame(tmp_path):
     np.testing.assert_allclose(beam.isocenter_mm, [1.0, -3.0, -2.0], atol=1e-6)
     # a vertical cone: gantry 0 (from anterior) with the couch at 0
     chosen |= {"cone_axis": [0.0, -0.0, -1.0], "cone_toe": [0.0, -1.0, 0.0]}
-    electron_writer(cfg, case, dose, {}, chosen, "generic linac")(tmp_path / "flat")
+    electron_writer(dicom_plan_info(cfg), case, dose, {}, chosen, "generic linac")(
+        tmp_path / "flat"
+    )
     flat = read_electron_beam(tmp_path / "flat" / "dicom" / "RTPLAN.dcm")
     assert (flat.angles.gantry_deg, flat.angles.couch_deg) == (0.0, 0.0)
     assert flat.angles.collimator_deg == pytest.approx(270.0)  # X_b along the toe = inferior

@@ -24,6 +24,7 @@ from iortopt.dicom.study import StudyRef, new_study
 from iortopt.dicom.synthetic import example_config_toml, write_synthetic_study
 from iortopt.evaluation.dvh import cumulative_dvh
 from iortopt.grid import Grid
+from iortopt.modalities.stage_settings import dicom_plan_info
 from iortopt.outputs.dicom_export import xray_writer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -184,7 +185,17 @@ def test_xray_writer_on_a_dicom_case_adds_dvhs(tmp_path):
          "prescription": {"structure": "CTV"}}
     )  # fmt: skip
     chosen = {"diameter_cm": 3.5, "time_min": 21.25, "centre_mm": [1.0, -2.0, 0.5]}
-    xray_writer(cfg, case, dose, dvhs, chosen, "beam", "TARGIT (Zeiss V4.0)")(tmp_path)
+    xray_writer(
+        dicom_plan_info(cfg),
+        case,
+        dose,
+        dvhs,
+        chosen,
+        "beam",
+        "TARGIT (Zeiss V4.0)",
+        prescription_mode=cfg.xray.prescription_mode,
+        prescription_depth_mm=cfg.xray.prescription_depth_mm,
+    )(tmp_path)
     ds = read_rtdose(tmp_path / "dicom" / "RTDOSE.dcm").dataset
     assert ds.StudyInstanceUID == study.study_uid
     assert ds.ReferencedStructureSetSequence[0].ReferencedSOPInstanceUID == "1.2.3.4"

@@ -295,7 +295,7 @@ def test_in_plane_rotation_is_optimised_for_a_plane_rectangle():
     ]  # fmt: skip
     cfg = parse_config(doc)
     case = Case("empty", Grid((2, 2, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), ())
-    (spec,) = shl.build_specs(cfg, case, jnp.float64)
+    (spec,) = shl.build_specs(cfg.shields, case, cfg.plan.modality, jnp.float64)
     assert spec.free and spec.range_rotation_rad == pytest.approx((-1.3963, 1.3963), abs=1e-4)
     angle = np.radians(30.0)
     s = np.linspace(-60.0, 60.0, 61)  # the shadow on the plane is 60 mm long, the strip 4 mm wide

@@ -8,11 +8,15 @@ times); and its size, chosen from the catalogue by trying every size (:func:`cho
 The distance constraint (every point of the shield at least ``min_target_distance_mm`` from the
 target) is a smooth penalty on the target's distance map sampled at the centre and rim of the
 patch.
+
+This stage never sees the plan config: :func:`build_specs` gets the ``[[shields]]`` entries, the
+modality and, for the case-defined surfaces, the built-in phantom's parameters.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jax
@@ -21,7 +25,6 @@ import numpy as np
 from scipy import ndimage
 
 from iortopt.cases.case import Case
-from iortopt.config import PlanConfig, ShieldConfig, case_params
 from iortopt.errors import ConfigError, SourceDataError
 from iortopt.physics import shield as sh
 from iortopt.physics.shield_materials import SPECTRUM_OF_MODALITY, load_shield_materials
@@ -35,7 +38,7 @@ ENVELOPE_MARGIN_MM = 2.0
 
 @dataclass(frozen=True)
 class ShieldSpec:
-    """One shield ready for optimisation (numpy arrays; see :class:`ShieldConfig`)."""
+    """One shield ready for optimisation (numpy arrays; see ``iortopt.config.ShieldConfig``)."""
 
     name: str
     material: str
@@ -72,25 +75,25 @@ def _unit(v, what: str) -> np.ndarray:
     return arr / norm
 
 
-def _named_surface(cfg: PlanConfig, s: ShieldConfig):
+def _named_surface(s, flap, breast):
     """(surface, origin, axis_u, axis_w, radius) of a case-defined surface."""
     if s.surface == "behind_flap":
-        from iortopt.cases.flap import FlapCaseParams
-
-        p = case_params(FlapCaseParams, cfg.case.flap, "flap")
+        if flap is None:
+            raise ConfigError(f"shields {s.name!r}: surface 'behind_flap' needs the built-in flap")
+        p = flap
         radius = p.surface_radius_mm - p.flap_thickness_mm - 0.5 * s.thickness_mm
         origin = (0.0, 0.0, p.surface_radius_mm)
         return "cylinder", origin, (1.0, 0.0, 0.0), (0.0, 0.0, -1.0), radius
     if s.surface == "chest_wall":
-        from iortopt.cases.breast import BreastCaseParams
-
-        p = case_params(BreastCaseParams, cfg.case.breast, "breast")
+        if breast is None:
+            raise ConfigError(f"shields {s.name!r}: surface 'chest_wall' needs the built-in breast")
+        p = breast
         z = -(p.cavity_radius_mm + p.chest_wall_distance_mm) + 0.5 * s.thickness_mm
         return "plane", (0.0, 0.0, z), (1.0, 0.0, 0.0), (0.0, 0.0, 1.0), 0.0
     raise AssertionError(s.surface)
 
 
-def _explicit_surface(s: ShieldConfig, where: str):
+def _explicit_surface(s, where: str):
     axis_u = _unit(s.axis_u, f"{where}.axis_u")
     axis_w = _unit(s.normal, f"{where}.normal")
     if abs(float(axis_u @ axis_w)) > 1e-6:
@@ -101,19 +104,33 @@ def _explicit_surface(s: ShieldConfig, where: str):
     return s.surface, tuple(s.origin_mm), tuple(axis_u), tuple(axis_w), radius
 
 
-def build_specs(cfg: PlanConfig, case: Case, dtype=jnp.float32) -> list[ShieldSpec]:
+def build_specs(
+    shields: Sequence,
+    case: Case,
+    modality: str,
+    dtype=jnp.float32,
+    *,
+    flap=None,
+    breast=None,
+) -> list[ShieldSpec]:
     """Resolve every ``[[shields]]`` entry: surface, catalogue, material table, checks.
+
+    Args:
+        shields: the ``[[shields]]`` entries (``iortopt.config.ShieldConfig`` values).
+        modality: the plan's modality (chooses the photon spectrum).
+        flap: the built-in flap's parameters (``FlapCaseParams``), for ``behind_flap`` surfaces.
+        breast: the built-in breast's parameters (``BreastCaseParams``), for ``chest_wall``.
 
     Raises:
         ConfigError / SourceDataError: naming ``shields.<i>`` and the field at fault.
     """
     specs = []
-    spectrum = SPECTRUM_OF_MODALITY.get(cfg.plan.modality)
+    spectrum = SPECTRUM_OF_MODALITY.get(modality)
     names = {st.name for st in case.structures}
-    for i, s in enumerate(cfg.shields):
+    for i, s in enumerate(shields):
         where = f"shields.{i} ({s.name})"
         if spectrum is None:
-            raise ConfigError(f"{where}: no photon spectrum for modality {cfg.plan.modality!r}")
+            raise ConfigError(f"{where}: no photon spectrum for modality {modality!r}")
         try:
             materials = load_shield_materials(s.materials_file)
             table = materials.table(s.material, spectrum, dtype)
@@ -129,7 +146,7 @@ def build_specs(cfg: PlanConfig, case: Case, dtype=jnp.float32) -> list[ShieldSp
         if s.surface in ("plane", "cylinder"):
             surface, origin, axis_u, axis_w, radius = _explicit_surface(s, where)
         else:
-            surface, origin, axis_u, axis_w, radius = _named_surface(cfg, s)
+            surface, origin, axis_u, axis_w, radius = _named_surface(s, flap, breast)
         if s.shape == "disc":
             half = np.array([[d[0] / 2, d[0] / 2] for d in s.sizes_mm])
         else:

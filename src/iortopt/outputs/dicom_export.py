@@ -11,19 +11,20 @@
 The writers returned here are called by ``write_plan_outputs`` on its temporary folder before it
 is renamed, so the DICOM files are part of the same atomic write as the other outputs. Patient,
 study and frame of reference come from the imported CT (``case.info["dicom"]``); a built-in
-phantom gets a fresh study, no RTSTRUCT reference and therefore no DVH sequence.
+phantom gets a fresh study, no RTSTRUCT reference and therefore no DVH sequence. The plan's
+names and prescription come as a :class:`DicomPlanInfo` (this stage never sees the plan config).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from iortopt.cases.case import Case
-from iortopt.config import PlanConfig
 
 # pydicom-based modules are imported inside the writers: plans without DICOM output never load
 # them.
@@ -31,6 +32,17 @@ from iortopt.config import PlanConfig
 SUBFOLDER = "dicom"
 RTPLAN_NAME = "RTPLAN.dcm"
 RTDOSE_NAME = "RTDOSE.dcm"
+
+
+@dataclass(frozen=True)
+class DicomPlanInfo:
+    """The plan's label, description and prescription as the DICOM files state them."""
+
+    plan_name: str
+    description: str
+    prescription_gy: float
+    prescription_structure: str
+    n_fractions: int
 
 
 def study_of(case: Case):
@@ -70,7 +82,7 @@ def _as_datetime(value) -> dt.datetime:
 
 
 def hdr_writer(
-    cfg: PlanConfig,
+    plan_info: DicomPlanInfo,
     case: Case,
     dose_gy: np.ndarray,
     dvhs: dict,
@@ -78,11 +90,16 @@ def hdr_writer(
     times_s: np.ndarray,
     source,
     air_kerma_strength_U: float,
+    *,
+    step_mm: float,
+    calibration=None,
+    calibration_air_kerma_strength_U: float | None = None,
 ) -> Callable[[Path], None]:
     """Writer of the brachy RTPLAN (HAM_FLAB setup) and its RTDOSE (summation BRACHY).
 
-    The source's reference air kerma rate is the configured S_K at the calibration date when
-    ``source.calibration`` is given, else the S_K used (at treatment) dated now.
+    The source's reference air kerma rate is ``calibration_air_kerma_strength_U`` (the configured
+    S_K) at the ``calibration`` date (``source.calibration``) when given, else the S_K used
+    (``air_kerma_strength_U``, at treatment) dated now. ``step_mm``: the dwell step.
     """
 
     def write(folder: Path) -> None:
@@ -94,9 +111,9 @@ def hdr_writer(
         out = Path(folder) / SUBFOLDER
         out.mkdir(parents=True, exist_ok=True)
         study, plan_uid = study_of(case), new_uid()
-        if cfg.source.calibration is not None:
-            reference_U = cfg.source.air_kerma_strength_U
-            reference_time = _as_datetime(cfg.source.calibration)
+        if calibration is not None:
+            reference_U = calibration_air_kerma_strength_U
+            reference_time = _as_datetime(calibration)
         else:
             reference_U, reference_time = air_kerma_strength_U, dt.datetime.now()
         brachy_source = BrachySource(
@@ -117,12 +134,12 @@ def hdr_writer(
             plan_dwells,
             brachy_source,
             air_kerma_strength_U=air_kerma_strength_U,
-            step_mm=cfg.applicator.step_mm,
-            label=cfg.plan.name,
-            prescription_gy=cfg.prescription.dose_gy,
-            prescription_structure=cfg.prescription.structure,
-            n_fractions=cfg.prescription.n_fractions,
-            description=cfg.plan.description,
+            step_mm=step_mm,
+            label=plan_info.plan_name,
+            prescription_gy=plan_info.prescription_gy,
+            prescription_structure=plan_info.prescription_structure,
+            n_fractions=plan_info.n_fractions,
+            description=plan_info.description,
         )
         save_atomic(plan, out / RTPLAN_NAME)
         write_rtdose(
@@ -134,7 +151,7 @@ def hdr_writer(
             summation_type="BRACHY",
             brachy_setup_number=1,
             dvhs=dvh_entries(case, dose_gy, dvhs, study),
-            description=f"iortopt dose {cfg.plan.name}",
+            description=f"iortopt dose {plan_info.plan_name}",
         )
 
     return write
@@ -171,7 +188,12 @@ def electron_beam_geometry(case: Case, chosen: dict) -> dict:
 
 
 def electron_writer(
-    cfg: PlanConfig, case: Case, dose_gy: np.ndarray, dvhs: dict, chosen: dict, machine: str
+    plan_info: DicomPlanInfo,
+    case: Case,
+    dose_gy: np.ndarray,
+    dvhs: dict,
+    chosen: dict,
+    machine: str,
 ) -> Callable[[Path], None]:
     """Writer of the electron RTPLAN (INTRAOPERATIVE applicator) and its RTDOSE (PLAN), both in
     the patient frame (:func:`electron_beam_geometry`; the dose grid permuted to it)."""
@@ -190,7 +212,7 @@ def electron_writer(
         plan = build_electron_plan(
             study,
             plan_uid,
-            label=cfg.plan.name,
+            label=plan_info.plan_name,
             energy_mev=float(chosen["energy_MeV"]),
             cone_diameter_mm=10.0 * float(chosen["diameter_cm"]),
             bevel_deg=float(chosen["bevel_deg"]),
@@ -200,10 +222,10 @@ def electron_writer(
             toe_direction=beam["cone_toe_patient"],
             patient_position=beam["patient_position"],
             machine=machine,
-            prescription_gy=cfg.prescription.dose_gy,
-            prescription_structure=cfg.prescription.structure,
-            n_fractions=cfg.prescription.n_fractions,
-            description=cfg.plan.description,
+            prescription_gy=plan_info.prescription_gy,
+            prescription_structure=plan_info.prescription_structure,
+            n_fractions=plan_info.n_fractions,
+            description=plan_info.description,
         )
         save_atomic(plan, out / RTPLAN_NAME)
         patient_dose, patient_grid = PatientFrame.from_info(case.info).dose_to_patient(
@@ -217,34 +239,10 @@ def electron_writer(
             plan_uid=plan_uid,
             summation_type="PLAN",
             dvhs=dvh_entries(case, dose_gy, dvhs, study),
-            description=f"iortopt dose {cfg.plan.name}",
+            description=f"iortopt dose {plan_info.plan_name}",
         )
 
     return write
-
-
-def hdr_plan_writer(prepared, dose_gy: np.ndarray, evaluation: dict, times_s):
-    """:func:`hdr_writer` for an HDR ``PreparedPlan`` when ``[output] dicom = true``, else None."""
-    cfg = prepared.config
-    if not cfg.output.dicom:
-        return None
-    return hdr_writer(
-        cfg,
-        prepared.case,
-        dose_gy,
-        evaluation["dvhs"],
-        prepared.dwells,
-        times_s,
-        prepared.source,
-        prepared.sk_U,
-    )
-
-
-def electron_plan_writer(cfg: PlanConfig, case: Case, dose_gy, evaluation: dict, chosen, machine):
-    """:func:`electron_writer` when ``[output] dicom = true``, else None."""
-    if not cfg.output.dicom:
-        return None
-    return electron_writer(cfg, case, dose_gy, evaluation["dvhs"], chosen, machine)
 
 
 #: In summary notes and the README: why an X-ray plan has an RTDOSE but no RTPLAN.
@@ -256,47 +254,66 @@ XRAY_NO_RTPLAN_NOTE = (
 )
 
 
-def _prescription_text(cfg: PlanConfig) -> str:
-    x, rx = cfg.xray, cfg.prescription
+def _prescription_text(
+    plan_info: DicomPlanInfo, prescription_mode: str, prescription_depth_mm: float
+) -> str:
     where = (
         "the applicator surface"
-        if x.prescription_mode == "surface"
-        else f"{x.prescription_depth_mm:g} mm depth"
+        if prescription_mode == "surface"
+        else f"{prescription_depth_mm:g} mm depth"
     )
-    fractions = "fraction" if rx.n_fractions == 1 else "fractions"
-    return f"{rx.dose_gy:g} Gy at {where} ({rx.structure}, {rx.n_fractions} {fractions})"
+    n = plan_info.n_fractions
+    fractions = "fraction" if n == 1 else "fractions"
+    return (
+        f"{plan_info.prescription_gy:g} Gy at {where} "
+        f"({plan_info.prescription_structure}, {n} {fractions})"
+    )
 
 
-def xray_dose_text(cfg: PlanConfig, chosen: dict, beam_name: str, formalism: str) -> dict:
+def xray_dose_text(
+    plan_info: DicomPlanInfo,
+    chosen: dict,
+    beam_name: str,
+    formalism: str,
+    prescription_mode: str,
+    prescription_depth_mm: float,
+) -> dict:
     """The RTDOSE description fields of an X-ray plan: ``description`` (Series Description),
     ``dose_comment`` (Dose Comment, 64 characters) and ``image_comments`` (Image Comments, one
-    ``key: value`` line per field, with the keys of summary.json)."""
+    ``key: value`` line per field, with the keys of summary.json). ``prescription_mode``:
+    ``surface`` or ``depth`` (at ``prescription_depth_mm``)."""
     diameter_cm, time_min = float(chosen["diameter_cm"]), float(chosen["time_min"])
     centre = ", ".join(f"{float(v):.2f}" for v in chosen["centre_mm"])
     lines = [
-        f"iortopt 50 kV X-ray sphere plan {cfg.plan.name} (no RTPLAN: applicator parameters here)",
+        f"iortopt 50 kV X-ray sphere plan {plan_info.plan_name} "
+        "(no RTPLAN: applicator parameters here)",
         f"applicator: {diameter_cm:g} cm sphere (radius {5.0 * diameter_cm:g} mm), "
         f"beam {beam_name}",
         f"centre_mm: {centre}",
         f"time_min: {time_min:.3f}",
         f"formalism: {formalism}",
-        f"prescription: {_prescription_text(cfg)}",
+        f"prescription: {_prescription_text(plan_info, prescription_mode, prescription_depth_mm)}",
     ]
     return {
-        "description": f"iortopt X-ray {diameter_cm:g} cm {time_min:.1f} min {cfg.plan.name}",
+        "description": (
+            f"iortopt X-ray {diameter_cm:g} cm {time_min:.1f} min {plan_info.plan_name}"
+        ),
         "dose_comment": f"{diameter_cm:g} cm sphere, {time_min:.2f} min, at ({centre}) mm",
         "image_comments": "\n".join(lines),
     }
 
 
 def xray_writer(
-    cfg: PlanConfig,
+    plan_info: DicomPlanInfo,
     case: Case,
     dose_gy: np.ndarray,
     dvhs: dict,
     chosen: dict,
     beam_name: str,
     formalism: str,
+    *,
+    prescription_mode: str,
+    prescription_depth_mm: float,
 ) -> Callable[[Path], None]:
     """Writer of the X-ray RTDOSE (summation PLAN, no RTPLAN; see the module docstring)."""
 
@@ -315,16 +332,9 @@ def xray_writer(
             plan_uid=new_uid(),
             summation_type="PLAN",
             dvhs=dvh_entries(case, dose_gy, dvhs, study),
-            **xray_dose_text(cfg, chosen, beam_name, formalism),
+            **xray_dose_text(
+                plan_info, chosen, beam_name, formalism, prescription_mode, prescription_depth_mm
+            ),
         )
 
     return write
-
-
-def xray_plan_writer(
-    cfg: PlanConfig, case: Case, dose_gy, evaluation: dict, chosen, beam_name, formalism
-):
-    """:func:`xray_writer` when ``[output] dicom = true``, else None."""
-    if not cfg.output.dicom:
-        return None
-    return xray_writer(cfg, case, dose_gy, evaluation["dvhs"], chosen, beam_name, formalism)

@@ -1,8 +1,11 @@
 """What every plan produces, whatever the modality: metrics, goals, files and the terminal report.
 
-    evaluate_plan(config, case, dose)  -> DVHs, metrics per structure, indices, goals, BED/EQD2
-    write_plan_outputs(...)            -> plan.zarr, summary.json, dvh.png, dose_slices.png
-    print_report(summary, case, ...)   -> metrics and goals tables on the terminal
+    evaluate_plan(settings, case, dose) -> DVHs, metrics per structure, indices, goals, BED/EQD2
+    write_plan_outputs(...)             -> plan.zarr, summary.json, dvh.png, dose_slices.png
+    print_report(summary, case, ...)    -> metrics and goals tables on the terminal
+
+This stage never sees the plan config: the modality passes :class:`EvaluationSettings` and
+:class:`OutputSettings` built from it (:mod:`iortopt.modalities.stage_settings`).
 
 Outputs are written into a temporary folder beside the target and then swapped or merged into
 place by :func:`iortopt.io.output_dir.publish_folder`: files iortopt did not write are never
@@ -15,8 +18,10 @@ import datetime as dt
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 from rich.console import Console
@@ -25,36 +30,66 @@ from rich.table import Table
 from iortopt import __version__
 from iortopt.cases.case import Case
 from iortopt.compute.runtime import device_info
-from iortopt.config import PlanConfig
 from iortopt.errors import ConfigError
 from iortopt.outputs.result_checks import check_dose_finite, check_result_finite
 
 
-def check_structure_names(cfg: PlanConfig, case: Case) -> None:
-    """Every structure and metric the config names exists (ConfigError naming the field)."""
+class GoalSpec(NamedTuple):
+    """A clinical goal: ``metric`` of ``structure`` ``op`` (``>=`` or ``<=``) ``value``."""
+
+    structure: str
+    metric: str
+    op: str
+    value: float
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What :func:`evaluate_plan` needs: the prescription, the goals and the LQ parameters."""
+
+    prescription_gy: float
+    prescription_structure: str
+    n_fractions: int
+    goals: tuple[GoalSpec, ...] = ()
+    alpha_beta_gy: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    """What the writers need: names, prescription, isodose lines and the config to store."""
+
+    plan_name: str
+    modality: str
+    prescription_gy: float
+    prescription_structure: str
+    isodose_percent: tuple[float, ...]
+    config_json: dict[str, Any]  # the plan config as JSON values, stored in plan.zarr
+
+
+def check_structure_names(
+    case: Case, references: Sequence[tuple[str, str]], goal_metrics: Sequence[tuple[str, str]]
+) -> None:
+    """Every structure and metric the config names exists (ConfigError naming the field).
+
+    Args:
+        references: (field path, structure name), e.g. ``("goals[0].structure", "CTV")``,
+            checked in order.
+        goal_metrics: (field path, metric name), e.g. ``("goals[0].metric", "D90_gy")``.
+    """
     names = [s.name for s in case.structures]
-    refs = [("prescription.structure", cfg.prescription.structure)]
-    refs += [
-        (f"objectives[{k}].structure", o.structure)
-        for k, o in enumerate(cfg.objectives)
-        if o.structure
-    ]
-    refs += [(f"goals[{k}].structure", g.structure) for k, g in enumerate(cfg.goals)]
-    refs += [(f"radiobiology.alpha_beta_gy.{n}", n) for n in cfg.radiobiology.alpha_beta_gy]
-    for where, name in refs:
+    for where, name in references:
         if name not in names:
             raise ConfigError(f"{where}: unknown structure {name!r}; the case has {names}")
     from iortopt.evaluation.dvh import METRIC_KEYS
 
-    for k, goal in enumerate(cfg.goals):
-        if goal.metric not in METRIC_KEYS:
+    for where, metric in goal_metrics:
+        if metric not in METRIC_KEYS:
             raise ConfigError(
-                f"goals[{k}].metric: unknown metric {goal.metric!r}; "
-                f"expected one of {list(METRIC_KEYS)}"
+                f"{where}: unknown metric {metric!r}; expected one of {list(METRIC_KEYS)}"
             )
 
 
-def evaluate_plan(cfg: PlanConfig, case: Case, dose: np.ndarray) -> dict:
+def evaluate_plan(settings: EvaluationSettings, case: Case, dose: np.ndarray) -> dict:
     """DVHs, metrics per structure, plan indices, goals and BED/EQD2 for a full-grid dose (Gy).
 
     Raises:
@@ -63,18 +98,18 @@ def evaluate_plan(cfg: PlanConfig, case: Case, dose: np.ndarray) -> dict:
     check_dose_finite(dose)
     from iortopt.evaluation import dvh, radiobiology
 
-    rx = cfg.prescription.dose_gy
+    rx = settings.prescription_gy
     vv = case.grid.voxel_volume_cm3
     metrics, dvhs = {}, {}
     for s in case.structures:
         metrics[s.name] = dvh.structure_metrics(dose, s.occupancy, vv, rx)
         dvhs[s.name] = dvh.cumulative_dvh(dose, s.occupancy, vv)
-    target = case.structure(cfg.prescription.structure)
+    target = case.structure(settings.prescription_structure)
     indices = dvh.plan_indices(
         dose, target.occupancy, {s.name: s.occupancy for s in case.oars}, rx, vv
     )
     goals = []
-    for g in cfg.goals:
+    for g in settings.goals:
         value = metrics[g.structure][g.metric]
         met = bool(np.isfinite(value) and (value >= g.value if g.op == ">=" else value <= g.value))
         goals.append(
@@ -88,12 +123,12 @@ def evaluate_plan(cfg: PlanConfig, case: Case, dose: np.ndarray) -> dict:
             }
         )
     bio = {}
-    n = cfg.prescription.n_fractions
+    n = settings.n_fractions
 
     def lq(fn, dose_gy: float, ab: float) -> float:
         return float(fn(dose_gy, n, ab)) if np.isfinite(dose_gy) else float("nan")
 
-    for name, ab in cfg.radiobiology.alpha_beta_gy.items():
+    for name, ab in settings.alpha_beta_gy.items():
         m = metrics[name]
         bio[name] = {
             "model": radiobiology.MODEL_NAME,
@@ -112,14 +147,14 @@ def evaluate_plan(cfg: PlanConfig, case: Case, dose: np.ndarray) -> dict:
     }
 
 
-def common_summary(cfg: PlanConfig, case: Case, evaluation: dict, dtype) -> dict:
+def common_summary(settings: OutputSettings, case: Case, evaluation: dict, dtype) -> dict:
     """Summary fields shared by every modality (the modality adds its own)."""
     return {
-        "plan": cfg.plan.name,
-        "modality": cfg.plan.modality,
+        "plan": settings.plan_name,
+        "modality": settings.modality,
         "iortopt_version": __version__,
-        "prescription_gy": cfg.prescription.dose_gy,
-        "prescription_structure": cfg.prescription.structure,
+        "prescription_gy": settings.prescription_gy,
+        "prescription_structure": settings.prescription_structure,
         "grid_shape_zyx": list(case.grid.shape_zyx),
         "metrics": evaluation["metrics"],
         "plan_indices": evaluation["indices"],
@@ -131,11 +166,11 @@ def common_summary(cfg: PlanConfig, case: Case, evaluation: dict, dtype) -> dict
     }
 
 
-def provenance(cfg: PlanConfig, case: Case, dtype, **extra) -> dict:
+def provenance(modality: str, case: Case, dtype, **extra) -> dict:
     """Version, device, precision, time and the physics data used (``extra``)."""
     return {
         "iortopt_version": __version__,
-        "modality": cfg.plan.modality,
+        "modality": modality,
         **extra,
         "device": device_info(),
         "precision": np.dtype(dtype).name,
@@ -145,7 +180,7 @@ def provenance(cfg: PlanConfig, case: Case, dtype, **extra) -> dict:
 
 
 def write_plan_outputs(
-    cfg: PlanConfig,
+    settings: OutputSettings,
     case: Case,
     dose: np.ndarray,
     evaluation: dict,
@@ -188,7 +223,7 @@ def write_plan_outputs(
                 "groups": applicator,
                 "dvhs": evaluation["dvhs"],
                 "attrs": {
-                    "config": cfg.model_dump(mode="json"),
+                    "config": settings.config_json,
                     "provenance": provenance_attrs,
                     "metrics": evaluation["metrics"],
                     "summary": summary,
@@ -196,24 +231,24 @@ def write_plan_outputs(
             },
         )
         (tmp / "summary.json").write_text(json.dumps(_to_jsonable(summary), indent=2))
-        rx = cfg.prescription.dose_gy
+        rx = settings.prescription_gy
         clinical = {s.name for s in case.structures if s.role != "other"}
         dvhs = {k: v for k, v in evaluation["dvhs"].items() if k in clinical}
-        report.plot_dvh(dvhs, tmp / "dvh.png", prescription_gy=rx, title=cfg.plan.name)
+        report.plot_dvh(dvhs, tmp / "dvh.png", prescription_gy=rx, title=settings.plan_name)
         report.plot_dose_slices(
             dose,
             case.grid,
             case.structures,
             tmp / "dose_slices.png",
-            [rx * p / 100 for p in cfg.output.isodose_percent],
+            [rx * p / 100 for p in settings.isodose_percent],
             dwell_positions_mm=markers_mm,
             markers_label=markers_label,
             shield_points_mm=shield_points_mm,
-            title=f"{cfg.plan.name}: dose (Gy)",
+            title=f"{settings.plan_name}: dose (Gy)",
         )
         if extra_writer is not None:
             extra_writer(tmp)
-        publish_folder(tmp, out_dir, cfg.plan.name, cfg.plan.modality)
+        publish_folder(tmp, out_dir, settings.plan_name, settings.modality)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

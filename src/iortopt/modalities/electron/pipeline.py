@@ -30,9 +30,9 @@ from rich.table import Table
 from iortopt.cases.eliot import EliotCaseParams, build_eliot_case_with_samples
 from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
-from iortopt.outputs.dicom_export import electron_beam_geometry, electron_plan_writer
+from iortopt.modalities import stage_settings
+from iortopt.outputs.dicom_export import electron_beam_geometry, electron_writer
 from iortopt.outputs.plan_files import (
-    check_structure_names,
     common_summary,
     evaluate_plan,
     print_report,
@@ -110,7 +110,7 @@ def prepare_electron(cfg: PlanConfig, dtype=jnp.float32) -> PreparedElectron:
             f"electron.toe_direction: {list(e.toe_direction)} has no component along the gland "
             "surface (it must not be parallel to the surface normal)"
         )
-    check_structure_names(cfg, case)
+    stage_settings.check_config_names(cfg, case)
     return PreparedElectron(cfg, params, beam, built, dtype, time.perf_counter() - t0)
 
 
@@ -148,9 +148,10 @@ def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRun
     except ValueError as exc:
         raise ConfigError(f"electron: {exc}") from None
     case, dose = result.case, np.asarray(result.dose_gy, np.float32)
-    evaluation = evaluate_plan(cfg, case, dose)
+    evaluation = evaluate_plan(stage_settings.evaluation_settings(cfg), case, dose)
     chosen, disc = result.chosen, result.disc
-    summary = common_summary(cfg, case, evaluation, prepared.dtype)
+    settings = stage_settings.output_settings(cfg)
+    summary = common_summary(settings, case, evaluation, prepared.dtype)
     summary |= {
         "beam": result.beam_name,
         "machine": prepared.beam.machine,
@@ -174,7 +175,7 @@ def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRun
     cone_end = np.asarray(chosen["cone_end_mm"], float)
     disc_centre = np.asarray(disc["centre_mm"], float)
     write_plan_outputs(
-        cfg,
+        settings,
         case,
         dose,
         evaluation,
@@ -198,12 +199,21 @@ def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRun
             },
         },
         provenance_attrs=provenance(
-            cfg, case, prepared.dtype, beam=result.beam_name, disc=disc["material"]
+            cfg.plan.modality, case, prepared.dtype, beam=result.beam_name, disc=disc["material"]
         ),
         markers_mm=np.stack([cone_end, disc_centre]),
         markers_label="cone end, disc centre",
-        extra_writer=electron_plan_writer(
-            cfg, case, dose, evaluation, chosen, prepared.beam.machine
+        extra_writer=(
+            electron_writer(
+                stage_settings.dicom_plan_info(cfg),
+                case,
+                dose,
+                evaluation["dvhs"],
+                chosen,
+                prepared.beam.machine,
+            )
+            if cfg.output.dicom
+            else None
         ),
     )
     summary["wall_times_s"]["write_s"] = time.perf_counter() - t0

@@ -30,10 +30,10 @@ from iortopt.cases.flap import FlapCaseParams, build_flap_case
 from iortopt.compute.progress import DelayedProgress
 from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
+from iortopt.modalities import stage_settings
 from iortopt.optimisation import objectives
-from iortopt.outputs.dicom_export import hdr_plan_writer
+from iortopt.outputs.dicom_export import hdr_writer
 from iortopt.outputs.plan_files import (
-    check_structure_names,
     common_summary,
     evaluate_plan,
     print_report,
@@ -181,7 +181,7 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
     """
     t0 = time.perf_counter()
     case, applicator = _case_from_config(cfg)
-    check_structure_names(cfg, case)
+    stage_settings.check_config_names(cfg, case)
     all_dwells = applicator.dwells(cfg.applicator.step_mm)
     active = _active_mask(cfg, case, all_dwells, min(case.grid.spacing_xyz_mm))
     dwells = all_dwells.subset(active)
@@ -211,7 +211,10 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
     if cfg.shields:
         from iortopt.optimisation.shield_placement import build_specs
 
-        shield_specs = build_specs(cfg, case, dtype)
+        flap = None
+        if cfg.case.kind == "builtin_flap":
+            flap = case_params(FlapCaseParams, cfg.case.flap, "flap")
+        shield_specs = build_specs(cfg.shields, case, cfg.plan.modality, dtype, flap=flap)
     return PreparedPlan(
         cfg,
         case,
@@ -501,8 +504,9 @@ def optimise_and_write(
     )
     term_values = objectives.evaluate(terms, dose_opt, times_final)
 
-    evaluation = evaluate_plan(cfg, case, dose)
-    summary = common_summary(cfg, case, evaluation, dtype)
+    evaluation = evaluate_plan(stage_settings.evaluation_settings(cfg), case, dose)
+    settings = stage_settings.output_settings(cfg)
+    summary = common_summary(settings, case, evaluation, dtype)
     summary |= {
         "source": prepared.source.key,
         "air_kerma_strength_U": prepared.sk_U,
@@ -526,7 +530,7 @@ def optimise_and_write(
     summary["wall_times_s"] = timings
     d = dwells
     write_plan_outputs(
-        cfg,
+        settings,
         case,
         dose,
         evaluation,
@@ -547,7 +551,7 @@ def optimise_and_write(
             else shl.store_groups(stage.specs, stage.placed, stage.optimum.size_index)
         ),
         provenance_attrs=provenance(
-            cfg,
+            cfg.plan.modality,
             case,
             dtype,
             source=prepared.source.key,
@@ -556,7 +560,7 @@ def optimise_and_write(
             air_kerma_strength_U=prepared.sk_U,
         ),
         markers_mm=d.positions_mm,
-        extra_writer=hdr_plan_writer(prepared, dose, evaluation, times_s),
+        extra_writer=_dicom_writer(prepared, dose, evaluation, times_s),
         shield_points_mm=None if stage is None else shl.figure_points(stage.specs, stage.placed),
     )
     timings["write_s"] = time.perf_counter() - t0
@@ -567,6 +571,26 @@ def optimise_and_write(
             path.unlink(missing_ok=True)
     return PlanResult(
         prepared, times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir
+    )
+
+
+def _dicom_writer(prepared: PreparedPlan, dose_gy: np.ndarray, evaluation: dict, times_s):
+    """:func:`iortopt.outputs.dicom_export.hdr_writer` when ``[output] dicom = true``, else None."""
+    cfg = prepared.config
+    if not cfg.output.dicom:
+        return None
+    return hdr_writer(
+        stage_settings.dicom_plan_info(cfg),
+        prepared.case,
+        dose_gy,
+        evaluation["dvhs"],
+        prepared.dwells,
+        times_s,
+        prepared.source,
+        prepared.sk_U,
+        step_mm=cfg.applicator.step_mm,
+        calibration=cfg.source.calibration,
+        calibration_air_kerma_strength_U=cfg.source.air_kerma_strength_U,
     )
 
 

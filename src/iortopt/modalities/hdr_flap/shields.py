@@ -440,6 +440,7 @@ def shield_summary(prepared, stage: ShieldStage, evaluation, unshielded_times_s)
     """Summary fields: the placed shields, the optimisation, and protected-OAR and target metrics
     of (1) this plan, (2) the plan optimised without shields, (3) this plan's dwell times with the
     shields removed."""
+    from iortopt.modalities import stage_settings
     from iortopt.outputs.plan_files import evaluate_plan
 
     cfg, case = prepared.config, prepared.case
@@ -452,8 +453,12 @@ def shield_summary(prepared, stage: ShieldStage, evaluation, unshielded_times_s)
         )
     ]
     target = cfg.prescription.structure
-    unshielded = evaluate_plan(cfg, case, full_dose_gy(prepared, unshielded_times_s))["metrics"]
-    removed = evaluate_plan(cfg, case, full_dose_gy(prepared, opt.times_s))["metrics"]
+    settings = stage_settings.evaluation_settings(cfg)
+
+    def metrics_of(times_s):
+        return evaluate_plan(settings, case, full_dose_gy(prepared, times_s))["metrics"]
+
+    unshielded, removed = metrics_of(unshielded_times_s), metrics_of(opt.times_s)
     comparison = {
         label: shl.comparison_metrics(metrics, stage.specs, target, TARGET_METRICS)
         for label, metrics in (

@@ -26,9 +26,9 @@ from rich.table import Table
 from iortopt.cases.breast import BreastCaseParams, build_breast_case
 from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
-from iortopt.outputs.dicom_export import XRAY_NO_RTPLAN_NOTE, xray_plan_writer
+from iortopt.modalities import stage_settings
+from iortopt.outputs.dicom_export import XRAY_NO_RTPLAN_NOTE, xray_writer
 from iortopt.outputs.plan_files import (
-    check_structure_names,
     common_summary,
     evaluate_plan,
     print_report,
@@ -77,12 +77,12 @@ def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
             )
     # Structure names do not depend on the applicator size: check them on a centred sphere.
     case, _ = build_breast_case(params)
-    check_structure_names(cfg, case)
+    stage_settings.check_config_names(cfg, case)
     shield_specs = []
     if cfg.shields:
         from iortopt.optimisation.shield_placement import build_specs
 
-        shield_specs = build_specs(cfg, case, dtype)
+        shield_specs = build_specs(cfg.shields, case, cfg.plan.modality, dtype, breast=params)
     return PreparedXray(cfg, params, beam, dtype, time.perf_counter() - t0, shield_specs)
 
 
@@ -108,9 +108,10 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
     except ValueError as exc:
         raise ConfigError(f"xray: {exc}") from None
     case, dose = result.case, np.asarray(result.dose_gy, np.float32)
-    evaluation = evaluate_plan(cfg, case, dose)
+    evaluation = evaluate_plan(stage_settings.evaluation_settings(cfg), case, dose)
     chosen = result.chosen
-    summary = common_summary(cfg, case, evaluation, prepared.dtype)
+    settings = stage_settings.output_settings(cfg)
+    summary = common_summary(settings, case, evaluation, prepared.dtype)
     summary |= {
         "beam": result.beam_name,
         "dosimetry_formalism": result.formalism,
@@ -135,7 +136,7 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
     t0 = time.perf_counter()
     centre = np.asarray(chosen["centre_mm"], float)
     write_plan_outputs(
-        cfg,
+        settings,
         case,
         dose,
         evaluation,
@@ -150,7 +151,7 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
         }
         | groups,
         provenance_attrs=provenance(
-            cfg,
+            cfg.plan.modality,
             case,
             prepared.dtype,
             beam=result.beam_name,
@@ -159,8 +160,20 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
         markers_mm=centre[None, :],
         markers_label="applicator centre",
         shield_points_mm=shield_points,
-        extra_writer=xray_plan_writer(
-            cfg, case, dose, evaluation, chosen, result.beam_name, result.formalism
+        extra_writer=(
+            xray_writer(
+                stage_settings.dicom_plan_info(cfg),
+                case,
+                dose,
+                evaluation["dvhs"],
+                chosen,
+                result.beam_name,
+                result.formalism,
+                prescription_mode=x.prescription_mode,
+                prescription_depth_mm=x.prescription_depth_mm,
+            )
+            if cfg.output.dicom
+            else None
         ),
     )
     summary["wall_times_s"]["write_s"] = time.perf_counter() - t0

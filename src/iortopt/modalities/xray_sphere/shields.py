@@ -139,6 +139,7 @@ def shield_report(cfg, specs, result, evaluation):
     """Summary fields, zarr groups and figure points of an X-ray plan's shields: placements,
     size trials, and protected-OAR / target metrics with the shields and with them removed
     (same applicator and time)."""
+    from iortopt.modalities.stage_settings import evaluation_settings
     from iortopt.outputs.plan_files import evaluate_plan
 
     case = result.case
@@ -149,7 +150,8 @@ def shield_report(cfg, specs, result, evaluation):
         rim = np.asarray(sh.patch_points_mm(shield, spec.shape, spec.surface, n_per_side=16))
         distance = float(np.min(np.linalg.norm(rim - centre, axis=-1)) - reach)
         placed_info.append(shl.describe(spec, shield, int(k), distance))
-    removed = evaluate_plan(cfg, case, np.asarray(result.dose_without_shields_gy))["metrics"]
+    settings = evaluation_settings(cfg)
+    removed = evaluate_plan(settings, case, np.asarray(result.dose_without_shields_gy))["metrics"]
     target = cfg.prescription.structure
 
     def pick(metrics):
