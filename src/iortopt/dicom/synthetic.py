@@ -18,16 +18,19 @@ image columns run towards -x and the slices are numbered from the head.
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 
-from iortopt.dicom.files import ds_list, new_file_dataset, save_atomic
-from iortopt.dicom.uids import CT_IMAGE, RT_STRUCTURE_SET, new_uid
+from iortopt.dicom.files import save_atomic
+from iortopt.dicom.phantom_study import (
+    Patient,
+    StudyIds,
+    ct_slice_dataset,
+    write_rtstruct,
+)
+from iortopt.dicom.uids import new_uid
 
 SPHERE_RADIUS_MM = 12.0
 CYLINDER_RADIUS_MM = 4.0
@@ -40,6 +43,7 @@ RING_Z_MM = (-10.0, 10.0)
 BODY_SEMI_AXES_MM = (46.0, 38.0)
 HU = {"air": -1000.0, "water": 0.0, "GTV": 40.0, "Sacrum": 700.0}
 CONTOUR_POINTS = 180
+PATIENT = Patient()
 
 
 @dataclass(frozen=True)
@@ -113,23 +117,6 @@ def _hu_plane(x: np.ndarray, y: np.ndarray, z: float) -> np.ndarray:
     return hu
 
 
-def _patient_study(ds: Dataset, study_uid: str, frame_uid: str, date: str) -> None:
-    ds.PatientName = "Synthetic^Phantom"
-    ds.PatientID = "IORTOPT-SYNTH-001"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    ds.StudyInstanceUID = study_uid
-    ds.StudyDate = date
-    ds.StudyTime = "090000"
-    ds.StudyID = "1"
-    ds.AccessionNumber = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyDescription = "iortopt synthetic study"
-    ds.FrameOfReferenceUID = frame_uid
-    ds.PositionReferenceIndicator = ""
-    ds.Manufacturer = "iortopt synthetic"
-
-
 def write_synthetic_study(
     folder: str | Path,
     *,
@@ -143,8 +130,7 @@ def write_synthetic_study(
     folder = Path(folder)
     ct_folder = folder / "CT"
     ct_folder.mkdir(parents=True, exist_ok=True)
-    study_uid, frame_uid, series_uid = new_uid(), new_uid(), new_uid()
-    date = dt.date.today().strftime("%Y%m%d")
+    ids = StudyIds()
     x = (np.arange(n_pixels) - (n_pixels - 1) / 2) * pixel_mm
     y = x.copy()
     z_slices = (np.arange(n_slices) - (n_slices - 1) / 2) * slice_mm
@@ -154,38 +140,27 @@ def write_synthetic_study(
     for k, z in enumerate(z_slices):
         uid = new_uid()
         slice_uids.append(uid)
-        ds = new_file_dataset(CT_IMAGE, uid)
-        _patient_study(ds, study_uid, frame_uid, date)
-        ds.Modality = "CT"
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = 1
-        ds.SeriesDescription = f"synthetic CT {position}"
-        ds.PatientPosition = position
-        ds.InstanceNumber = (n_slices - k) if feet_first else (k + 1)
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         plane = _hu_plane(x, y, z)
         first_x = x[-1] if feet_first else x[0]
         if feet_first:
             plane = plane[:, ::-1]
-        ds.ImagePositionPatient = ds_list([first_x, y[0], z])
-        ds.ImageOrientationPatient = orientation
-        ds.PixelSpacing = ds_list([pixel_mm, pixel_mm])
-        ds.SliceThickness = slice_mm
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = ds.Columns = n_pixels
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept = -1024
-        ds.RescaleSlope = 1
-        ds.RescaleType = "HU"
-        ds.PixelData = np.ascontiguousarray(plane + 1024, dtype=np.uint16).tobytes()
+        ds = ct_slice_dataset(
+            plane,
+            ids,
+            PATIENT,
+            sop_uid=uid,
+            instance_number=(n_slices - k) if feet_first else (k + 1),
+            position_mm=[first_x, y[0], z],
+            orientation=orientation,
+            pixel_mm=(pixel_mm, pixel_mm),
+            slice_mm=slice_mm,
+            patient_position=position,
+            description=f"synthetic CT {position}",
+        )
         save_atomic(ds, ct_folder / f"CT_{k:03d}.dcm")
     rtstruct = folder / "RS.dcm"
     roles = dict(GTV="PTV", Ureter="ORGAN", Sacrum="ORGAN", Ring="ORGAN", BODY="EXTERNAL")
-    uids = (slice_uids, study_uid, frame_uid, series_uid)
-    _write_rtstruct(rtstruct, _contours(z_slices), roles, z_slices, uids, date)
+    write_rtstruct(rtstruct, _contours(z_slices), roles, z_slices, slice_uids, ids, PATIENT)
     return SyntheticStudy(
         folder=folder,
         ct_folder=ct_folder,
@@ -193,8 +168,8 @@ def write_synthetic_study(
         exact_volumes_cm3=exact_volumes_cm3(n_slices * slice_mm),
         catheters_mm=catheters_mm(),
         roles=roles,
-        study_uid=study_uid,
-        frame_of_reference_uid=frame_uid,
+        study_uid=ids.study_uid,
+        frame_of_reference_uid=ids.frame_uid,
     )
 
 
@@ -202,74 +177,6 @@ def catheters_mm() -> list[list[list[float]]]:
     """Five straight catheters along x, 10 mm apart in z, 5 mm anterior of the sphere."""
     y = -SPHERE_RADIUS_MM - 5.0
     return [[[-30.0, y, z], [30.0, y, z]] for z in (-20.0, -10.0, 0.0, 10.0, 20.0)]
-
-
-def _write_rtstruct(path, contours, roles, z_slices, uids, date) -> None:
-    slice_uids, study_uid, frame_uid, ct_series_uid = uids
-    ds = new_file_dataset(RT_STRUCTURE_SET, new_uid())
-    _patient_study(ds, study_uid, frame_uid, date)
-    del ds.FrameOfReferenceUID  # not part of the RT Structure Set IOD
-    ds.Modality = "RTSTRUCT"
-    ds.SeriesInstanceUID = new_uid()
-    ds.SeriesNumber = 2
-    ds.InstanceNumber = 1
-    ds.OperatorsName = ""
-    ds.StructureSetLabel = "synthetic"
-    ds.StructureSetDate = date
-    ds.StructureSetTime = "090000"
-    images = Sequence()
-    for uid in slice_uids:
-        item = Dataset()
-        item.ReferencedSOPClassUID = CT_IMAGE
-        item.ReferencedSOPInstanceUID = uid
-        images.append(item)
-    series = Dataset()
-    series.SeriesInstanceUID = ct_series_uid
-    series.ContourImageSequence = images
-    study = Dataset()
-    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"  # Detached Study Management
-    study.ReferencedSOPInstanceUID = study_uid
-    study.RTReferencedSeriesSequence = Sequence([series])
-    frame = Dataset()
-    frame.FrameOfReferenceUID = frame_uid
-    frame.RTReferencedStudySequence = Sequence([study])
-    ds.ReferencedFrameOfReferenceSequence = Sequence([frame])
-    rois, roi_contours, observations = Sequence(), Sequence(), Sequence()
-    slice_of = {round(float(z), 3): uid for z, uid in zip(z_slices, slice_uids, strict=True)}
-    colours = ([255, 0, 0], [255, 255, 0], [200, 200, 200], [0, 255, 0], [0, 128, 255])
-    for number, (name, polygons) in enumerate(contours.items(), start=1):
-        roi = Dataset()
-        roi.ROINumber = number
-        roi.ReferencedFrameOfReferenceUID = frame_uid
-        roi.ROIName = name
-        roi.ROIGenerationAlgorithm = "MANUAL"
-        rois.append(roi)
-        items = Sequence()
-        for polygon in polygons:
-            item = Dataset()
-            image = Dataset()
-            image.ReferencedSOPClassUID = CT_IMAGE
-            image.ReferencedSOPInstanceUID = slice_of[round(float(polygon[0, 2]), 3)]
-            item.ContourImageSequence = Sequence([image])
-            item.ContourGeometricType = "CLOSED_PLANAR"
-            item.NumberOfContourPoints = len(polygon)
-            item.ContourData = ds_list(polygon.ravel())
-            items.append(item)
-        roi_contour = Dataset()
-        roi_contour.ROIDisplayColor = colours[(number - 1) % len(colours)]
-        roi_contour.ContourSequence = items
-        roi_contour.ReferencedROINumber = number
-        roi_contours.append(roi_contour)
-        observation = Dataset()
-        observation.ObservationNumber = number
-        observation.ReferencedROINumber = number
-        observation.RTROIInterpretedType = roles[name]
-        observation.ROIInterpreter = ""
-        observations.append(observation)
-    ds.StructureSetROISequence = rois
-    ds.ROIContourSequence = roi_contours
-    ds.RTROIObservationsSequence = observations
-    save_atomic(ds, path)
 
 
 def example_config_toml(study: SyntheticStudy, name: str = "dicom_flap_example") -> str:
