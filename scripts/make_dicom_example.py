@@ -1,10 +1,18 @@
-"""Write a synthetic DICOM study (CT series + RTSTRUCT) and a plan config that uses it.
+"""Write example DICOM studies (CT series + RTSTRUCT) and plan configs that use them.
 
     python scripts/make_dicom_example.py [FOLDER]      # default ./dicom-example
     iortopt dicom inspect FOLDER/study
     iortopt run FOLDER/dicom_flap_example.toml --out FOLDER/out
+    iortopt run FOLDER/flap/flap_from_dicom.toml --out FOLDER/flap/out
 
-The study is made up (analytic shapes, no patient data); see ``iortopt.dicom.synthetic``.
+``FOLDER/study``: a synthetic study of analytic shapes (``iortopt.dicom.synthetic``), planned by
+``FOLDER/dicom_flap_example.toml``. ``FOLDER/flap``, ``FOLDER/breast``, ``FOLDER/eliot``: the
+built-in phantoms written as CT (the HU of their materials) + RTSTRUCT (their structures as
+contours; ``iortopt.dicom.phantom_study``); ``flap/flap_from_dicom.toml`` is the built-in HDR
+flap plan (configs/flap_default.toml) on that study, with the phantom's catheters. The breast
+and ELIOT studies are for import only until X-ray and electron plans can run on DICOM cases; the
+ELIOT study is written in the phantom's declared patient frame (supine, beam from anterior).
+None of this is patient data.
 """
 
 from __future__ import annotations
@@ -12,7 +20,113 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from iortopt.cases.breast import build_breast_case
+from iortopt.cases.eliot import build_eliot_case
+from iortopt.cases.flap import FlapCaseParams, build_flap_case
+from iortopt.config import builtin_config_text, case_params, load_config
+from iortopt.dicom.phantom_study import Patient, PhantomStudy, write_phantom_study
 from iortopt.dicom.synthetic import example_config_toml, write_synthetic_study
+
+README = """\
+Example DICOM studies written by scripts/make_dicom_example.py (made up; no patient data).
+
+study/, dicom_flap_example.toml   synthetic analytic study and an HDR flap plan on it
+flap/, flap/flap_from_dicom.toml  the built-in flap phantom as CT + RTSTRUCT, and the built-in
+                                  HDR flap plan on it (the phantom's catheters)
+breast/, eliot/                   the breast and ELIOT phantoms as CT + RTSTRUCT: for import
+                                  (iortopt dicom inspect / import) until X-ray and electron
+                                  plans from DICOM exist; eliot/ is in the phantom's patient
+                                  frame (HFS, beam from anterior)
+"""
+
+
+def _structures(case):
+    return [(s.name, s.role, s.occupancy) for s in case.structures]
+
+
+def _float(v: float) -> str:
+    return repr(float(v))
+
+
+def _catheters_toml(catheters) -> str:
+    rows = []
+    for polyline in catheters:
+        points = ", ".join(f"[{_float(x)}, {_float(y)}, {_float(z)}]" for x, y, z in polyline)
+        rows.append(f"    [{points}],")
+    return "catheters_mm = [               # the phantom's catheters, patient mm, tip first\n" + (
+        "\n".join(rows) + "\n]\n"
+    )
+
+
+def flap_config_toml(study: PhantomStudy, catheters, source_to_surface_mm: float) -> str:
+    """The built-in flap plan (objectives, goals, prescription) on a written flap study.
+
+    The dose grid is the CT grid uncropped (``spacing_mm = "ct"``, ``crop = false``), i.e. the
+    phantom's grid, so that plans on the study and on the phantom compare voxel by voxel.
+    """
+    text = builtin_config_text()
+    case_at, source_at = text.index("[case]\n"), text.index("[source]\n")
+    mapping = "\n".join(
+        f'{name} = {{ roi = "{name}", role = "{role}" }}' for name, role in study.roles.items()
+    )
+    case = f"""[case]
+kind = "dicom"                 # the flap phantom written by scripts/make_dicom_example.py
+[case.dicom]
+ct_folder = "{study.ct_folder.as_posix()}"
+rtstruct = "{study.rtstruct.as_posix()}"
+spacing_mm = "ct"              # the CT voxels = the phantom's grid
+crop = false
+[case.dicom.structures]        # planning name = {{ roi = RTSTRUCT ROI name, role }}
+{mapping}
+
+"""
+    text = text[:case_at] + case + text[source_at:]
+    applicator = (
+        "[applicator]\n"
+        f"source_to_surface_mm = {_float(source_to_surface_mm)}  # catheter to tissue\n"
+        + _catheters_toml(catheters)
+    )
+    text = text.replace("[applicator]\n", applicator, 1)
+    text = text.replace('name = "flap_default"', 'name = "flap_from_dicom"', 1)
+    return "# The built-in flap plan on the flap phantom's DICOM study.\n" + text
+
+
+def write_flap_study(folder: Path, params: FlapCaseParams | None = None) -> Path:
+    """``folder``: the flap phantom's study and ``flap_from_dicom.toml``; returns the config.
+
+    ``params``: the phantom (default: that of the built-in plan, its ``[case.flap]``).
+    """
+    if params is None:
+        params = case_params(FlapCaseParams, load_config().case.flap, "flap")
+    case, applicator = build_flap_case(params)
+    patient = Patient("Phantom^Flap", "IORTOPT-PHANTOM-FLAP", "iortopt flap phantom")
+    study = write_phantom_study(folder, case.grid, case.hu, _structures(case), patient=patient)
+    config = folder / "flap_from_dicom.toml"
+    config.write_text(flap_config_toml(study, applicator.catheters, params.source_to_surface_mm))
+    return config
+
+
+def write_import_studies(root: Path) -> list[PhantomStudy]:
+    """``root/breast`` and ``root/eliot``: the breast and ELIOT phantoms as CT + RTSTRUCT."""
+    breast, _ = build_breast_case()
+    eliot, _ = build_eliot_case()
+    return [
+        write_phantom_study(
+            root / "breast",
+            breast.grid,
+            breast.hu,
+            _structures(breast),
+            patient=Patient("Phantom^Breast", "IORTOPT-PHANTOM-BREAST", "iortopt breast phantom"),
+        ),
+        write_phantom_study(
+            root / "eliot",
+            eliot.grid,
+            eliot.hu,
+            _structures(eliot),
+            patient_frame=eliot.info["patient_frame"],
+            patient=Patient("Phantom^Eliot", "IORTOPT-PHANTOM-ELIOT", "iortopt ELIOT phantom"),
+        ),
+    ]
 
 
 def main(folder: str = "dicom-example") -> None:
@@ -22,7 +136,13 @@ def main(folder: str = "dicom-example") -> None:
     config.write_text(example_config_toml(study))
     print(f"wrote {study.ct_folder} ({len(list(study.ct_folder.iterdir()))} CT slices), ")
     print(f"      {study.rtstruct} and {config}")
+    flap_config = write_flap_study(root / "flap")
+    studies = write_import_studies(root)
+    (root / "README.txt").write_text(README)
+    print(f"wrote {root / 'flap'} (flap phantom) and {flap_config}")
+    print(f"wrote {', '.join(str(s.folder) for s in studies)} (for import)")
     print(f"next: iortopt run {config} --out {root / 'out'}")
+    print(f"      iortopt run {flap_config} --out {root / 'flap' / 'out'}")
 
 
 if __name__ == "__main__":

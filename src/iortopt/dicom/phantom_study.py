@@ -8,11 +8,13 @@ the RTSTRUCT (:func:`write_rtstruct`).
 
 The CT has one axial slice per z-plane of the grid, the pixel centres at the voxel centres, the
 HU rounded to integers (stored unsigned with Rescale Intercept -1024). Each structure becomes one
-ROI named like it: on every slice, the closed polygons of the 0.5-isoline of its occupancy
-(bilinear between voxel centres, ``contourpy``); nested polygons are holes by the even-odd rule,
-as :func:`iortopt.dicom.rtstruct.rasterise_roi` reads them. A structure thinner than about half a
-voxel on a slice has no contour there, so thin or z-partial structures come back with a somewhat
-different volume.
+ROI named like it: on every slice, the closed polygons of an isoline of its occupancy (bilinear
+between voxel centres, ``contourpy``) whose level is chosen per slice so that the polygons hold
+the slice's share of the structure's volume (:func:`plane_contours`; the 0.5-isoline alone
+would drop thin layers and slices the structure only partly fills in z); nested polygons are
+holes by the even-odd rule, as :func:`iortopt.dicom.rtstruct.rasterise_roi` reads them. A
+structure that fills a slice only partly in z but all over in x and y (a flat plateau of
+occupancy) cannot shrink to its share and comes back larger there.
 
 The grid axes are taken as patient LPS, unless ``patient_frame`` (see
 :class:`iortopt.dicom.patient_frame.PatientFrame`) declares how the phantom lies: then the arrays
@@ -45,6 +47,9 @@ INTERPRETED_TYPES = {
 }
 CT_INTERCEPT = -1024
 ISO_LEVEL = 0.5
+#: Bounds of the per-plane isoline level (:func:`plane_contours`) and its bisection steps.
+MIN_LEVEL, MAX_LEVEL = 0.02, 0.98
+LEVEL_BISECTIONS = 14
 
 
 @dataclass(frozen=True)
@@ -220,28 +225,61 @@ def _referenced_frame(slice_uids: list[str], ids: StudyIds) -> Dataset:
     return frame
 
 
-def plane_contours(
-    occupancy_yx: np.ndarray, x_mm: np.ndarray, y_mm: np.ndarray, z_mm: float
-) -> list[np.ndarray]:
-    """Closed (K, 3) polygons of the ``ISO_LEVEL`` isoline of one (ny, nx) occupancy plane.
-
-    The plane is padded with a ring of zeros a voxel outside, so that every isoline closes.
-    """
-    if not np.any(occupancy_yx > ISO_LEVEL):
-        return []
-    padded = np.pad(np.asarray(occupancy_yx, np.float64), 1)
-    dx, dy = x_mm[1] - x_mm[0], y_mm[1] - y_mm[0]
-    xs = np.concatenate([[x_mm[0] - dx], x_mm, [x_mm[-1] + dx]])
-    ys = np.concatenate([[y_mm[0] - dy], y_mm, [y_mm[-1] + dy]])
-    generator = contourpy.contour_generator(xs, ys, padded, line_type=contourpy.LineType.Separate)
+def _polygons(generator, level: float, z_mm: float) -> list[np.ndarray]:
     out = []
-    for line in generator.lines(ISO_LEVEL):
+    for line in generator.lines(level):
         points = np.asarray(line, np.float64)
         if len(points) > 1 and np.allclose(points[0], points[-1]):
             points = points[:-1]
         if len(points) >= 3:
             out.append(np.column_stack([points, np.full(len(points), z_mm)]))
     return out
+
+
+def polygons_area_mm2(polygons: list[np.ndarray]) -> float:
+    """Area inside ``polygons`` (x, y of each), holes subtracted: contourpy orients the
+    isolines of one level consistently, so the signed (shoelace) areas add up."""
+    total = 0.0
+    for p in polygons:
+        x, y = p[:, 0], p[:, 1]
+        total += 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+    return abs(total)
+
+
+def plane_contours(
+    occupancy_yx: np.ndarray, x_mm: np.ndarray, y_mm: np.ndarray, z_mm: float
+) -> list[np.ndarray]:
+    """Closed (K, 3) polygons of one (ny, nx) occupancy plane (see the module docstring).
+
+    The isoline level is chosen in [``MIN_LEVEL``, ``MAX_LEVEL``] by bisection so that the area
+    inside equals the plane's occupied area (sum of the occupancy times the voxel area): at 0.5
+    alone, a thin layer or a plane the structure covers only partly in z would lose its volume.
+    The plane is padded with a ring of zeros a voxel outside, so that every isoline closes.
+    """
+    occupancy = np.asarray(occupancy_yx, np.float64)
+    if not np.any(occupancy > MIN_LEVEL):
+        return []
+    dx, dy = x_mm[1] - x_mm[0], y_mm[1] - y_mm[0]
+    xs = np.concatenate([[x_mm[0] - dx], x_mm, [x_mm[-1] + dx]])
+    ys = np.concatenate([[y_mm[0] - dy], y_mm, [y_mm[-1] + dy]])
+    generator = contourpy.contour_generator(
+        xs, ys, np.pad(occupancy, 1), line_type=contourpy.LineType.Separate
+    )
+    wanted = float(occupancy.sum()) * abs(dx * dy)
+    low, high = MIN_LEVEL, min(MAX_LEVEL, float(occupancy.max()) - 1e-6)
+    best = _polygons(generator, ISO_LEVEL if low < ISO_LEVEL < high else low, z_mm)
+    best_error = abs(polygons_area_mm2(best) - wanted)
+    for _ in range(LEVEL_BISECTIONS):
+        level = 0.5 * (low + high)
+        polygons = _polygons(generator, level, z_mm)
+        area = polygons_area_mm2(polygons)
+        if abs(area - wanted) < best_error:
+            best, best_error = polygons, abs(area - wanted)
+        if area > wanted:
+            low = level
+        else:
+            high = level
+    return best
 
 
 def structure_contours(occupancy_zyx: np.ndarray, grid: Grid) -> list[np.ndarray]:
