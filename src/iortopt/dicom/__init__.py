@@ -11,6 +11,7 @@
     patient_frame.PatientFrame             a case's frame -> LPS (points, dose grid)
     export.hdr_writer / electron_writer     the ``[output] dicom = true`` files of a plan
     synthetic.write_synthetic_study        a small consistent study for tests and demos
+    phantom_study.write_phantom_study      a voxel phantom (grid, HU, occupancies) as CT + RTSTRUCT
 
 Only axial image orientations are supported (head-first or feet-first, supine or prone); oblique,
 sagittal and coronal series are rejected with a message saying so.
