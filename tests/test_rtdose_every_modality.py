@@ -26,22 +26,9 @@ from iortopt.evaluation.dvh import cumulative_dvh
 from iortopt.grid import Grid
 from iortopt.modalities.stage_settings import dicom_plan_info
 from iortopt.outputs.dicom_export import xray_writer
+from test_dicom_export import RTDOSE_MANDATORY  # the RT Dose IOD attribute list, kept once
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-COMMON = [
-    "SOPClassUID", "SOPInstanceUID", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
-    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-    "AccessionNumber", "Modality", "SeriesInstanceUID", "SeriesNumber", "OperatorsName",
-    "FrameOfReferenceUID", "PositionReferenceIndicator", "Manufacturer",
-]  # fmt: skip
-RTDOSE_MANDATORY = COMMON + [
-    "InstanceNumber", "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient",
-    "SliceThickness", "SamplesPerPixel", "PhotometricInterpretation", "Rows", "Columns",
-    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "PixelData",
-    "NumberOfFrames", "FrameIncrementPointer", "DoseUnits", "DoseType", "DoseSummationType",
-    "GridFrameOffsetVector", "DoseGridScaling", "ReferencedRTPlanSequence",
-]  # fmt: skip
 
 
 def _with_dicom(doc: dict) -> dict:
