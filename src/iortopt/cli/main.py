@@ -1,7 +1,8 @@
 """The ``iortopt`` command line: thin wrappers that parse, call the library and print.
 
-Exit codes: 0 success; 1 a check failed (``iortopt check``) or an unexpected error; 2 invalid input
-(config, source data or input file: the message names the file and field).
+Exit codes: 0 success; 1 a check failed (``iortopt check``), a plan's result was not finite, or an
+unexpected error; 2 invalid input (config, source data, input file or output path: the message
+names the file and field; nothing is written); 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
