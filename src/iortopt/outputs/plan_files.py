@@ -310,3 +310,17 @@ def print_report(summary: dict, case: Case, console: Console) -> None:
         ),
         highlight=False,
     )
+
+
+def print_notes_and_times(summary: dict, out_dir, console: Console) -> None:
+    """The plan's notes, its wall times (s) and where the outputs went (the last lines printed)."""
+    from rich.markup import escape
+
+    for note in summary["notes"]:
+        console.print(f"[yellow]note:[/] {escape(str(note))}", highlight=False)
+    times = summary["wall_times_s"]
+    console.print(
+        ", ".join(f"{k} {v:.2f}" for k, v in times.items()) + f"; outputs in {out_dir}",
+        highlight=False,
+        markup=False,
+    )

@@ -35,6 +35,7 @@ from iortopt.outputs.dicom_export import electron_beam_geometry, electron_writer
 from iortopt.outputs.plan_files import (
     common_summary,
     evaluate_plan,
+    print_notes_and_times,
     print_report,
     provenance,
     rewrite_summary,
@@ -302,13 +303,7 @@ def print_electron_summary(result: ElectronRunResult, console: Console) -> None:
             f"{opt['score_optimised']:.2f} ({'kept' if opt['accepted'] else 'nominal kept'})",
             highlight=False,
         )
-    for note in s["notes"]:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    w = s["wall_times_s"]
-    console.print(
-        ", ".join(f"{k} {v:.2f}" for k, v in w.items()) + f"; outputs in {result.out_dir}",
-        highlight=False,
-    )
+    print_notes_and_times(s, result.out_dir, console)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from iortopt.outputs.dicom_export import XRAY_NO_RTPLAN_NOTE, xray_writer
 from iortopt.outputs.plan_files import (
     common_summary,
     evaluate_plan,
+    print_notes_and_times,
     print_report,
     provenance,
     rewrite_summary,
@@ -232,13 +233,7 @@ def print_xray_summary(result: XrayRunResult, console: Console) -> None:
         f"continuous optimum: radius {cont['radius_mm']:.1f} mm, {cont['time_min']:.1f} min",
         highlight=False,
     )
-    for note in s["notes"]:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    w = s["wall_times_s"]
-    console.print(
-        ", ".join(f"{k} {v:.2f}" for k, v in w.items()) + f"; outputs in {result.out_dir}",
-        highlight=False,
-    )
+    print_notes_and_times(s, result.out_dir, console)
 
 
 # ----------------------------------------------------------------------------------------------
