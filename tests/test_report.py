@@ -50,6 +50,26 @@ def test_plot_dose_slices(tmp_path, small_case):
     assert_png(out)
 
 
+def _mean_grey(path) -> float:
+    from matplotlib.image import imread
+
+    return float(imread(path)[..., :3].mean())
+
+
+def test_dose_slices_draw_the_ct_underneath(tmp_path, small_case):
+    """Where the dose wash is transparent the CT shows: a CT of air (-1000 HU, black in the
+    window) darkens the panels against the plain white of the figure without HU; a CT of the
+    wrong shape is refused."""
+    grid, dose, structures = small_case
+    plain = report.plot_dose_slices(dose, grid, structures, tmp_path / "a" / "p.png", [5.0])
+    air = np.full(grid.shape_zyx, -1000.0, np.float32)
+    path = tmp_path / "b" / "p.png"
+    with_ct = report.plot_dose_slices(dose, grid, structures, path, [5.0], hu=air)
+    assert _mean_grey(with_ct) < _mean_grey(plain) - 0.05
+    with pytest.raises(ValueError, match="hu shape"):
+        report.plot_dose_slices(dose, grid, structures, tmp_path / "c.png", [5.0], hu=air[1:])
+
+
 def test_plot_overwrites_and_failure_leaves_nothing(tmp_path, small_case, monkeypatch):
     grid, dose, structures = small_case
     path = tmp_path / "slices.png"

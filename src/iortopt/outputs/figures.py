@@ -7,7 +7,9 @@ renamed over the final name, so a crash never leaves a half-written PNG under th
 
 Slice display follows the usual radiological orientation for DICOM patient coordinates (LPS):
 axial with x to the right and y downwards, coronal with x to the right and z upwards, sagittal
-with y to the right and z upwards; axes in mm with equal aspect.
+with y to the right and z upwards; axes in mm with equal aspect. With the case's HU given, each
+dose slice is drawn over the CT (grey, window ``CT_WINDOW_HU``), so the isodoses can be read
+against the anatomy.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ _STRUCTURE_COLOURS = (
 )  # fmt: skip
 _DWELL_MARKER = dict(marker="o", ms=4.5, mfc="white", mec="k", mew=1.0)
 _SHIELD_MARKER = dict(marker="s", ms=2.0, mfc="dimgray", mec="none")
+#: Grey-scale window of the CT under the dose slices (HU): wide enough to show air, lung, fat,
+#: soft tissue and bone apart.
+CT_WINDOW_HU = (-1000.0, 1000.0)
 
 
 def _new_figure(figsize):
@@ -123,6 +128,7 @@ def plot_dose_slices(
     dose_max_gy=None,
     markers_label: str = "dwell positions",
     shield_points_mm=None,
+    hu=None,
 ) -> Path:
     """Axial, coronal and sagittal dose slices through one point, saved as a PNG.
 
@@ -141,6 +147,7 @@ def plot_dose_slices(
             near a source is far higher than any level of interest), else the max dose.
         shield_points_mm: optional (k, 3) points sampling shield surfaces; those within half a
             voxel of a slice are drawn on it (the shield's cut through the slice).
+        hu: optional (nz, ny, nx) HU on ``grid`` (the case's CT): drawn in grey under the dose.
 
     Returns:
         The output path.
@@ -156,6 +163,9 @@ def plot_dose_slices(
         dose_max_gy = 1.25 * levels[-1] if levels.size else float(np.nanmax(dose))
     dose_max_gy = float(dose_max_gy) if dose_max_gy > 0 else 1.0
     wash_floor_gy = 0.5 * levels[0] if levels.size else 0.0
+    ct = None if hu is None else np.asarray(hu, dtype=np.float32)
+    if ct is not None and ct.shape != grid.shape_zyx:
+        raise ValueError(f"hu shape {ct.shape} does not match grid shape {grid.shape_zyx}")
 
     centre = (
         _default_centre_xyz_mm(grid, structures)
@@ -190,6 +200,16 @@ def plot_dose_slices(
         # Each 2-D slice has rows along the vertical axis, columns along the horizontal one.
         h_mm, v_mm = grid.axis_mm(h), grid.axis_mm(v)
         plane = dose[sl]
+        if ct is not None:
+            ax.imshow(
+                ct[sl],
+                origin="lower",
+                extent=(*_extent_mm(grid, h), *_extent_mm(grid, v)),
+                cmap="gray",
+                vmin=CT_WINDOW_HU[0],
+                vmax=CT_WINDOW_HU[1],
+                interpolation="nearest",
+            )
         image = ax.imshow(
             np.ma.masked_less(plane, wash_floor_gy),
             origin="lower",

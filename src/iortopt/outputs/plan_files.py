@@ -245,6 +245,7 @@ def write_plan_outputs(
             markers_label=markers_label,
             shield_points_mm=shield_points_mm,
             title=f"{settings.plan_name}: dose (Gy)",
+            hu=case.hu,
         )
         if extra_writer is not None:
             extra_writer(tmp)
