@@ -683,18 +683,24 @@ def _trilinear(medium: VoxelMedium, points_mm) -> jnp.ndarray:
     low = jnp.clip(jnp.floor(index), 0.0, jnp.maximum(upper - 1.0, 0.0))
     frac = index - low
     low = low.astype(jnp.int32)
-    out = 0.0
-    for dz in (0, 1):
-        for dy in (0, 1):
-            for dx in (0, 1):
-                ix = jnp.minimum(low[..., 0] + dx, shape_xyz[0] - 1)
-                iy = jnp.minimum(low[..., 1] + dy, shape_xyz[1] - 1)
-                iz = jnp.minimum(low[..., 2] + dz, shape_xyz[2] - 1)
-                wx = frac[..., 0] if dx else 1.0 - frac[..., 0]
-                wy = frac[..., 1] if dy else 1.0 - frac[..., 1]
-                wz = frac[..., 2] if dz else 1.0 - frac[..., 2]
-                out = out + (wx * wy * wz)[..., None] * values[iz, iy, ix]
-    return out
+    # the 8 corners as one gather from the flattened (voxel, 2) table
+    corners = np.array([(dx, dy, dz) for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
+    index = jnp.minimum(low[..., None, :] + corners, jnp.asarray(shape_xyz, jnp.int32) - 1)
+    flat = (index[..., 2] * shape_xyz[1] + index[..., 1]) * shape_xyz[0] + index[..., 0]
+    fx, fy, fz = frac[..., 0], frac[..., 1], frac[..., 2]
+    gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+    weights = jnp.stack(
+        [gx * gy * gz, fx * gy * gz, gx * fy * gz, fx * fy * gz]
+        + [gx * gy * fz, fx * gy * fz, gx * fy * fz, fx * fy * fz],
+        axis=-1,
+    )
+    picked = values.reshape(-1, 2)[flat]
+    return jnp.stack([_dot8(weights, picked[..., 0]), _dot8(weights, picked[..., 1])], axis=-1)
+
+
+def _dot8(a, b):
+    """Sum over the last axis of length 8 of a * b, written out (cheaper than a reduction)."""
+    return sum(a[..., k] * b[..., k] for k in range(8))
 
 
 def voxel_ray_depths_mm(medium: VoxelMedium, points_mm, axis, limit_mm):
@@ -1068,11 +1074,7 @@ def reference_dose_per_mu_gy(cone: Cone, beam: ElectronBeam, surface) -> jnp.nda
     axis = unit(jnp.asarray(cone.axis, dtype))
     end = jnp.asarray(cone.end_mm, dtype)
     if isinstance(surface, VoxelMedium):
-        # the water-equivalent depth of the normalisation point depends on the densities:
-        # evaluate the engine itself there (open beam, MU = 1).
-        point = reference_point_mm(cone, beam, surface).astype(dtype)
-        open_cone = cone._replace(mu=jnp.asarray(1.0, dtype))
-        return cone_dose_gy(point[None, :], open_cone, beam, surface)[0]
+        return _voxel_reference_dose_per_mu_gy(cone, beam, surface, dtype)
     e = cone.energy_index
     vsd = jnp.asarray(beam.vsd_mm, dtype)[e]
     dmax = jnp.asarray(beam.dmax_mm, dtype)[e]
@@ -1085,6 +1087,15 @@ def reference_dose_per_mu_gy(cone: Cone, beam: ElectronBeam, surface) -> jnp.nda
     output = output_gy_per_mu(e, cone.bevel_index, diameter, beam, dtype)
     pdd = _interp_depth(_row(beam.pdd, e, dtype), dmax, beam)
     return output * pdd * inverse_square_factor(dmax, z, vsd) * lateral / reference
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _voxel_reference_dose_per_mu_gy(cone: Cone, beam: ElectronBeam, medium: VoxelMedium, dtype):
+    """The engine at the normalisation point (open beam, MU = 1): its water-equivalent depth
+    depends on the densities there."""
+    point = reference_point_mm(cone, beam, medium).astype(dtype)
+    open_cone = cone._replace(mu=jnp.asarray(1.0, dtype))
+    return cone_dose_gy(point[None, :], open_cone, beam, medium)[0]
 
 
 def mu_for_dose(dose_gy: float, cone: Cone, beam: ElectronBeam, surface) -> float:

@@ -148,7 +148,8 @@ def _sample(case: Case, volume: np.ndarray, points_mm) -> np.ndarray:
 
 def deepest_boundary_mm(case: Case, occupancy, start_mm, axis) -> float | None:
     """Distance (mm) along ``axis`` from ``start_mm`` to where the occupancy (trilinear) last
-    falls below 0.5 going deeper (None if the line never reaches 0.5 inside the grid)."""
+    falls below 0.5 going deeper (None if that does not happen inside the grid, more than half
+    a voxel from the start)."""
     grid = case.grid
     step = BOUNDARY_STEP_FRACTION * min(grid.spacing_xyz_mm)
     extent = np.asarray(grid.spacing_xyz_mm) * np.asarray(grid.shape_zyx[::-1])
@@ -159,6 +160,8 @@ def deepest_boundary_mm(case: Case, occupancy, start_mm, axis) -> float | None:
     inside_grid = np.all((points >= lo) & (points <= hi), axis=1)
     occ = np.where(inside_grid, _sample(case, occupancy, points), 0.0)
     leaving = np.flatnonzero((occ[:-1] >= 0.5) & (occ[1:] < 0.5))
+    # a crossing within half a voxel of the start is the start touching the target's edge
+    leaving = leaving[s[leaving] >= 0.5 * min(grid.spacing_xyz_mm)]
     if leaving.size == 0:
         return None
     k = leaving[-1]
