@@ -96,6 +96,9 @@ def test_missing_cone_end_is_a_named_error(study_config):
     del doc["electron"]["cone_end_mm"]
     with pytest.raises(ConfigError, match="electron.cone_end_mm"):
         parse_config(doc)
+    doc = _dicom_doc(study_config, cone_axis=(0.0, 0.0, 0.0))
+    with pytest.raises(ConfigError, match="electron.cone_axis"):
+        parse_config(doc)
 
 
 def test_cone_end_outside_the_ct_is_a_named_error(study_config):

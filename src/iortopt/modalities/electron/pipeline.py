@@ -340,7 +340,8 @@ def print_electron_summary(result: ElectronRunResult, console: Console) -> None:
         table.add_row(*cells, style="bold green" if _same(row, chosen) else None)
     console.print(table)
     console.print(
-        f"cm: cone diameter; bevel: deg; cover: PTV_gland % at >= {s['prescription_gy']:g} Gy "
+        f"cm: cone diameter; bevel: deg; cover: {s['prescription_structure']} % at >= "
+        f"{s['prescription_gy']:g} Gy "
         f"(the {s['isodose_percent']:g} % isodose, 100 % = {s['d100_gy']:.2f} Gy); max: Gy; "
         "beyond: max Gy beyond the disc; lung: mean Gy; rib: D2cc Gy; skin: max Gy; disc: mm of "
         f"disc radius left over the field (! = under the {disc['required_margin_mm']:g} mm "
