@@ -2,6 +2,7 @@
 planned from its CT + RTSTRUCT matches the plan on the phantom, the DICOM outputs carry the CT's
 UIDs and the planned axis, and bad input gets named errors."""
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -9,13 +10,18 @@ import numpy as np
 import pydicom
 import pytest
 
+from iortopt.cases.case import Case, Structure
 from iortopt.cases.eliot import EliotCaseParams
 from iortopt.config import load_config, parse_config
 from iortopt.dicom.beam_geometry import angle_between_deg
 from iortopt.dicom.ct import read_ct_series
 from iortopt.dicom.rtplan import read_electron_beam
+from iortopt.dicom.study import new_study
 from iortopt.errors import ConfigError
+from iortopt.grid import Grid
 from iortopt.modalities.electron.pipeline import prepare_electron, run_electron
+from iortopt.modalities.stage_settings import dicom_plan_info
+from iortopt.outputs.dicom_export import electron_writer
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_dicom_example.py"
@@ -121,3 +127,37 @@ def test_builtin_case_refuses_patient_cone_geometry():
     doc["electron"]["cone_end_mm"] = (0.0, 0.0, 0.0)
     with pytest.raises(ConfigError, match="electron.cone_end_mm: for case.kind 'dicom' only"):
         prepare_electron(parse_config(doc))
+
+
+@pytest.mark.parametrize("position", ["HFS", "HFP", "FFS", "FFP"])
+def test_rtplan_of_a_dicom_case_reproduces_the_planned_axis(tmp_path, position):
+    """A DICOM case is planned in LPS with the CT's Patient Position: the RTPLAN's gantry,
+    collimator and couch angles give back the planned oblique axis (and toe) within 0.5 deg, in
+    the CT's study, for supine and prone, head and feet first."""
+    grid = Grid((3, 4, 5), (2.0, 2.0, 2.0), (-4.0, -3.0, -2.0))
+    study = dataclasses.replace(new_study("ct"), patient_position=position)
+    target = Structure("PTV", "target", np.ones(grid.shape_zyx, np.float32))
+    case = Case("dicom_case", grid, (target,), {"dicom": study.to_dict()})
+    axis = np.array([0.3, 0.8, -0.4])
+    axis /= np.linalg.norm(axis)
+    toe = np.cross(axis, [1.0, 0.0, 0.0])
+    toe /= np.linalg.norm(toe)
+    chosen = {
+        "energy_MeV": 9.0,
+        "diameter_cm": 5.0,
+        "bevel_deg": 15.0,
+        "mu": 1000.0,
+        "cone_end_mm": [1.0, -2.0, 3.0],
+        "cone_axis": axis.tolist(),
+        "cone_toe": toe.tolist(),
+    }
+    cfg = parse_config({"plan": {"modality": "electron"}, "case": {"kind": "builtin_eliot"}})
+    dose = np.zeros(grid.shape_zyx, np.float32)
+    electron_writer(dicom_plan_info(cfg), case, dose, {}, chosen, "linac")(tmp_path)
+    beam = read_electron_beam(tmp_path / "dicom" / "RTPLAN.dcm")
+    assert beam.patient_position == position
+    assert angle_between_deg(beam.beam_axis, axis) < 0.5
+    assert angle_between_deg(beam.collimator_x, toe) < 0.5
+    np.testing.assert_allclose(beam.isocenter_mm, chosen["cone_end_mm"], atol=1e-6)
+    plan = pydicom.dcmread(tmp_path / "dicom" / "RTPLAN.dcm")
+    assert plan.StudyInstanceUID == study.study_uid
