@@ -53,12 +53,12 @@ from iortopt.modalities.electron.choice import (
     D2CC_CM3,
     ILLUSTRATIVE_NOTE,
     ElectronPlanResult,
-    _choose,
-    _disc_fit,
-    _EvalPoints,
-    _score,
-    _stack_cones,
-    _stack_discs,
+    EvalPoints,
+    choose_row,
+    disc_fit,
+    row_score,
+    stack_cones,
+    stack_discs,
 )
 from iortopt.physics.disc import Disc
 from iortopt.physics.electron import (
@@ -96,7 +96,7 @@ class GenericElectronProblem:
     disc_normal: np.ndarray
     disc_rule: str
     vertical: np.ndarray  # the gantry-0 beam direction in the case frame
-    ev: _EvalPoints
+    ev: EvalPoints
     beyond_disc: np.ndarray  # (P,) bool: OAR points beyond the disc plane
     tissue_fraction: np.ndarray  # (nz, ny, nx) the case's body mask
     density: np.ndarray  # (nz, ny, nx) relative electron density
@@ -106,7 +106,7 @@ class GenericElectronProblem:
 class _Context:
     """What every evaluation of a plan needs (the fields :mod:`choice`'s helpers read)."""
 
-    ev: _EvalPoints
+    ev: EvalPoints
     beam: ElectronBeam
     surface: VoxelMedium
     prescription_gy: float
@@ -169,7 +169,7 @@ def deepest_boundary_mm(case: Case, occupancy, start_mm, axis) -> float | None:
     return float(s[k] + f * step)
 
 
-def _eval_points(case: Case) -> _EvalPoints:
+def _eval_points(case: Case) -> EvalPoints:
     """One point per voxel of each scored structure (its centre), weighted by its volume."""
     points, weights, groups, n = [], [], {}, 0
     centres = case.grid.points_mm()
@@ -183,7 +183,7 @@ def _eval_points(case: Case) -> _EvalPoints:
         weights.append(occ[has].astype(np.float64) * v)
         groups[s.name] = slice(n, n + has.size)
         n += has.size
-    return _EvalPoints(np.concatenate(points), np.concatenate(weights), groups)
+    return EvalPoints(np.concatenate(points), np.concatenate(weights), groups)
 
 
 def build_problem(
@@ -296,7 +296,7 @@ def _axis_crossing(end_mm, axis, problem: GenericElectronProblem) -> np.ndarray:
     return end_mm - ((end_mm - problem.disc_point_mm) @ n) / (axis @ n) * axis
 
 
-def _nan_if_absent(ev: _EvalPoints, name: str, fn) -> float:
+def _nan_if_absent(ev: EvalPoints, name: str, fn) -> float:
     part = ev.groups.get(name)
     return float("nan") if part is None else fn(part)
 
@@ -341,12 +341,12 @@ def _row(ctx: _Context, dose, cone: dict, disc: dict, mu: float, d_per_mu: float
         "d100_gy": float(mu * d_per_mu),
     }
     row |= _metrics(ctx, np.asarray(dose, np.float64))
-    row |= _disc_fit(ctx, cone, disc)
+    row |= disc_fit(ctx, cone, disc)
     cos = float(np.clip(np.asarray(cone["axis"]) @ ctx.vertical, -1.0, 1.0))
     tilt = float(np.degrees(np.arccos(cos)))
     row["axis_tilt_deg"] = tilt
     row["axis_tilt_ok"] = bool(tilt <= ctx.max_axis_tilt_deg + 1e-9)
-    row["score"] = _score(row, ctx.prescription_gy, ctx.oar_weight)
+    row["score"] = row_score(row, ctx.prescription_gy, ctx.oar_weight)
     return row
 
 
@@ -378,7 +378,7 @@ def _evaluate(ctx: _Context, cones: list[dict], discs: list[dict]) -> list[dict]
         poses.setdefault(c["bevel_index"], []).append(k)
     rows: list[dict | None] = [None] * len(cones)
     for members in poses.values():
-        first = _stack_cones([cones[members[0]]], [1.0], ctx.dtype)
+        first = stack_cones([cones[members[0]]], [1.0], ctx.dtype)
         depths = depths_of(points, Cone(*(leaf[0] for leaf in first)))
         chunk = min(CHUNK, len(members))
         for start in range(0, len(members), chunk):
@@ -387,8 +387,8 @@ def _evaluate(ctx: _Context, cones: list[dict], discs: list[dict]) -> list[dict]
             pad = part + [part[-1]] * (chunk - n)
             dose, per_mu = batch(
                 points,
-                _stack_cones([cones[k] for k in pad], np.ones(chunk), ctx.dtype),
-                _stack_discs(ctx, [discs[k] for k in pad], ctx.dtype),
+                stack_cones([cones[k] for k in pad], np.ones(chunk), ctx.dtype),
+                stack_discs(ctx, [discs[k] for k in pad], ctx.dtype),
                 depths,
             )
             dose, per_mu = np.asarray(dose, np.float64), np.asarray(per_mu, np.float64)
@@ -514,13 +514,13 @@ def plan_generic_case(
 
     t0 = time.perf_counter()
     rows = _evaluate(ctx, cones, discs)
-    best, reason, warnings = _choose(rows, ctx)
+    best, reason, warnings = choose_row(rows, ctx)
     catalogue_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     chosen_row, chosen_cone, chosen_disc = rows[best], cones[best], discs[best]
-    cone_final = Cone(*(leaf[0] for leaf in _stack_cones([chosen_cone], [chosen_row["mu"]], dtype)))
-    disc_final = Disc(*(leaf[0] for leaf in _stack_discs(ctx, [chosen_disc], dtype)))
+    cone_final = Cone(*(leaf[0] for leaf in stack_cones([chosen_cone], [chosen_row["mu"]], dtype)))
+    disc_final = Disc(*(leaf[0] for leaf in stack_discs(ctx, [chosen_disc], dtype)))
     dose = full_grid_dose_gy(ctx, problem, cone_final, disc_final)
     full_dose_s = time.perf_counter() - t0
 
