@@ -4,15 +4,17 @@
     iortopt dicom inspect FOLDER/study
     iortopt run FOLDER/dicom_flap_example.toml --out FOLDER/out
     iortopt run FOLDER/flap/flap_from_dicom.toml --out FOLDER/flap/out
+    iortopt run FOLDER/eliot/eliot_from_dicom.toml --out FOLDER/eliot/out
 
 ``FOLDER/study``: a synthetic study of analytic shapes (``iortopt.dicom.synthetic``), planned by
 ``FOLDER/dicom_flap_example.toml``. ``FOLDER/flap``, ``FOLDER/breast``, ``FOLDER/eliot``: the
 built-in phantoms written as CT (the HU of their materials) + RTSTRUCT (their structures as
 contours; ``iortopt.dicom.phantom_study``); ``flap/flap_from_dicom.toml`` is the built-in HDR
-flap plan (configs/flap_default.toml) on that study, with the phantom's catheters. The breast
-and ELIOT studies are for import only until X-ray and electron plans can run on DICOM cases; the
-ELIOT study is written in the phantom's declared patient frame (supine, beam from anterior).
-None of this is patient data.
+flap plan (configs/flap_default.toml) on that study, with the phantom's catheters. The ELIOT
+study is written in the phantom's declared patient frame (supine, beam from anterior);
+``eliot/eliot_from_dicom.toml`` is the electron plan of configs/breast_electron.toml on it, the
+cone where the phantom puts it (end and axis in patient LPS mm). The breast study is for import
+only until X-ray plans can run on DICOM cases. None of this is patient data.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import sys
 from pathlib import Path
 
 from iortopt.cases.breast import build_breast_case
-from iortopt.cases.eliot import build_eliot_case
+from iortopt.cases.eliot import EliotCaseParams, build_eliot_case
 from iortopt.cases.flap import FlapCaseParams, build_flap_case
 from iortopt.config import builtin_config_text, case_params, load_config
+from iortopt.dicom.patient_frame import PatientFrame
 from iortopt.dicom.phantom_study import Patient, PhantomStudy, write_phantom_study
 from iortopt.dicom.synthetic import example_config_toml, write_synthetic_study
 
@@ -33,10 +36,11 @@ Example DICOM studies written by scripts/make_dicom_example.py (made up; no pati
 study/, dicom_flap_example.toml   synthetic analytic study and an HDR flap plan on it
 flap/, flap/flap_from_dicom.toml  the built-in flap phantom as CT + RTSTRUCT, and the built-in
                                   HDR flap plan on it (the phantom's catheters)
-breast/, eliot/                   the breast and ELIOT phantoms as CT + RTSTRUCT: for import
-                                  (iortopt dicom inspect / import) until X-ray and electron
-                                  plans from DICOM exist; eliot/ is in the phantom's patient
-                                  frame (HFS, beam from anterior)
+breast/                           the breast phantom as CT + RTSTRUCT: for import
+                                  (iortopt dicom inspect / import) until X-ray plans from
+                                  DICOM exist
+eliot/, eliot/eliot_from_dicom.toml  the ELIOT phantom as CT + RTSTRUCT in its patient frame
+                                  (HFS, beam from anterior) and the electron plan on it
 """
 
 
@@ -107,9 +111,8 @@ def write_flap_study(folder: Path, params: FlapCaseParams | None = None) -> Path
 
 
 def write_import_studies(root: Path) -> list[PhantomStudy]:
-    """``root/breast`` and ``root/eliot``: the breast and ELIOT phantoms as CT + RTSTRUCT."""
+    """``root/breast``: the breast phantom as CT + RTSTRUCT."""
     breast, _ = build_breast_case()
-    eliot, _ = build_eliot_case()
     return [
         write_phantom_study(
             root / "breast",
@@ -118,15 +121,102 @@ def write_import_studies(root: Path) -> list[PhantomStudy]:
             _structures(breast),
             patient=Patient("Phantom^Breast", "IORTOPT-PHANTOM-BREAST", "iortopt breast phantom"),
         ),
-        write_phantom_study(
-            root / "eliot",
-            eliot.grid,
-            eliot.hu,
-            _structures(eliot),
-            patient_frame=eliot.info["patient_frame"],
-            patient=Patient("Phantom^Eliot", "IORTOPT-PHANTOM-ELIOT", "iortopt ELIOT phantom"),
-        ),
     ]
+
+
+def _vector(v) -> str:
+    return "[" + ", ".join(_float(round(float(x), 9) + 0.0) for x in v) + "]"
+
+
+def eliot_config_toml(study: PhantomStudy, case, geometry) -> str:
+    """The electron plan of configs/breast_electron.toml on a written ELIOT study: the flat
+    cone's end on the gland surface at the bed axis, its axis the surface's inward normal, the
+    toe direction of the built-in plan, all mapped to patient LPS mm (``case.info``'s frame).
+    The dose grid is the CT grid uncropped (the phantom's grid, permuted to LPS)."""
+    frame = PatientFrame.from_info(case.info)
+    end = frame.points_to_patient(geometry.surface_point_mm)
+    axis = frame.vectors_to_patient(-geometry.surface_normal)
+    toe = frame.vectors_to_patient([0.0, -1.0, 0.0])
+    mapping = "\n".join(
+        f'{name} = {{ roi = "{name}", role = "{role}" }}' for name, role in study.roles.items()
+    )
+    return f"""# The ELIOT-type electron plan (configs/breast_electron.toml) on the ELIOT phantom's
+# DICOM study (scripts/make_dicom_example.py). GENERIC, ILLUSTRATIVE beam data: NOT FOR
+# CLINICAL USE.
+
+[plan]
+name = "eliot_from_dicom"
+modality = "electron"
+description = "ELIOT-type breast phantom from CT + RTSTRUCT"
+
+[case]
+kind = "dicom"
+[case.dicom]
+ct_folder = "{study.ct_folder.as_posix()}"
+rtstruct = "{study.rtstruct.as_posix()}"
+spacing_mm = "ct"              # the CT voxels = the phantom's grid
+crop = false
+[case.dicom.structures]        # planning name = {{ roi = RTSTRUCT ROI name, role }}
+{mapping}
+
+[electron]
+beam = "generic_IOERT"
+isodose_percent = 90.0
+cone_end_mm = {_vector(end)}   # flat cone's end-face centre, patient LPS mm
+cone_axis = {_vector(axis)}    # its beam direction into the patient (LPS): posterior
+toe_direction = {_vector(toe)} # a bevel's toe (LPS): inferior
+# disc: by default across the axis at the deepest PTV_gland boundary on it (the gland's bottom)
+disc = "Al2_Pb4"
+disc_radius_mm = 45.0
+disc_margin_mm = 5.0
+max_axis_tilt_deg = 30.0
+optimise_pose = false          # DICOM cases: the catalogue at the given cone pose
+
+[prescription]
+dose_gy = 21.0
+structure = "PTV_gland"
+n_fractions = 1
+
+[[goals]]
+structure = "PTV_gland"
+metric = "V100_percent"
+op = ">="
+value = 95.0
+
+[[goals]]
+structure = "chest_wall"
+metric = "max_gy"
+op = "<="
+value = 2.0
+
+[[goals]]
+structure = "skin"
+metric = "max_gy"
+op = "<="
+value = 5.0
+
+[output]
+isodose_percent = [10.0, 50.0, 100.0, 111.1]
+dicom = true
+"""
+
+
+def write_eliot_study(folder: Path, params: EliotCaseParams | None = None) -> Path:
+    """``folder``: the ELIOT phantom's study (in its patient frame) and
+    ``eliot_from_dicom.toml``; returns the config. ``params``: the phantom (default: the
+    built-in one, as configs/breast_electron.toml uses it)."""
+    case, geometry = build_eliot_case(params or EliotCaseParams())
+    study = write_phantom_study(
+        folder,
+        case.grid,
+        case.hu,
+        _structures(case),
+        patient_frame=case.info["patient_frame"],
+        patient=Patient("Phantom^Eliot", "IORTOPT-PHANTOM-ELIOT", "iortopt ELIOT phantom"),
+    )
+    config = folder / "eliot_from_dicom.toml"
+    config.write_text(eliot_config_toml(study, case, geometry))
+    return config
 
 
 def main(folder: str = "dicom-example") -> None:
@@ -138,11 +228,14 @@ def main(folder: str = "dicom-example") -> None:
     print(f"      {study.rtstruct} and {config}")
     flap_config = write_flap_study(root / "flap")
     studies = write_import_studies(root)
+    eliot_config = write_eliot_study(root / "eliot")
     (root / "README.txt").write_text(README)
     print(f"wrote {root / 'flap'} (flap phantom) and {flap_config}")
+    print(f"wrote {root / 'eliot'} (ELIOT phantom) and {eliot_config}")
     print(f"wrote {', '.join(str(s.folder) for s in studies)} (for import)")
     print(f"next: iortopt run {config} --out {root / 'out'}")
     print(f"      iortopt run {flap_config} --out {root / 'flap' / 'out'}")
+    print(f"      iortopt run {eliot_config} --out {root / 'eliot' / 'out'}")
 
 
 if __name__ == "__main__":

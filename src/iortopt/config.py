@@ -228,7 +228,14 @@ class XraySection(_Model):
 class ElectronSection(_Model):
     """Electron IORT with cones and a protective disc (modality ``electron``); see
     ``iortopt.modalities.electron.choice``. Catalogue lists default to everything in the beam
-    file."""
+    file.
+
+    On ``case.kind = "dicom"`` (``iortopt.modalities.electron.generic_case``): ``cone_end_mm``
+    (the flat cone's end-face centre) and ``cone_axis`` (its beam direction, into the patient)
+    in patient mm are required; ``disc_centre_mm`` / ``disc_normal`` place the disc's plane
+    (default: across the axis at the target's deepest boundary on it). Built-in cases refuse
+    them (their cone sits on the phantom's surface).
+    """
 
     beam: str = "generic_IOERT"
     isodose_percent: Annotated[float, Field(allow_inf_nan=False, gt=0, le=100)] = 90.0
@@ -249,6 +256,17 @@ class ElectronSection(_Model):
     max_disc_shift_mm: NonNegativeFloat = 5.0
     max_disc_tilt_deg: Annotated[float, Field(allow_inf_nan=False, ge=0, lt=45)] = 10.0
     iterations: Annotated[int, Field(ge=1, le=10000)] = 100
+    cone_end_mm: tuple[FiniteFloat, FiniteFloat, FiniteFloat] | None = None
+    cone_axis: tuple[FiniteFloat, FiniteFloat, FiniteFloat] | None = None
+    disc_centre_mm: tuple[FiniteFloat, FiniteFloat, FiniteFloat] | None = None
+    disc_normal: tuple[FiniteFloat, FiniteFloat, FiniteFloat] | None = None
+
+    @field_validator("cone_axis", "disc_normal")
+    @classmethod
+    def _direction(cls, value):
+        if value is not None and sum(v * v for v in value) < 1e-12:
+            raise ValueError("a direction must not be the zero vector")
+        return value
 
 
 Vec3 = tuple[FiniteFloat, FiniteFloat, FiniteFloat]
@@ -385,6 +403,14 @@ class PlanConfig(_Model):
             if not self.applicator.catheters_mm:
                 raise ValueError(
                     'case.kind "dicom" needs applicator.catheters_mm (catheter polylines, mm)'
+                )
+            return self
+        if self.case.kind == "dicom" and self.plan.modality == "electron":
+            missing = [k for k in ("cone_end_mm", "cone_axis") if getattr(self.electron, k) is None]
+            if missing:
+                raise ValueError(
+                    f'case.kind "dicom" with plan.modality "electron" needs electron.'
+                    f"{' and electron.'.join(missing)} (the cone in patient mm)"
                 )
             return self
         if self.case.kind != expected:

@@ -106,7 +106,30 @@ Surfaces
 The tissue surface is a pytree given with the case: :class:`PlaneSurface` (point, outward normal
 toward the source side), :class:`SphereSurface` (a convex mound: tissue inside the sphere), or any
 function ``depth(points (P, 3), axis (3,)) -> (P,)`` wrapped in :class:`SurfaceFunction` that
-returns the distance from each point back along -axis to the surface (negative in air).
+returns the distance from each point back along -axis to the surface (negative in air). For these
+the depth is in water: the water-equivalent depth equals the geometric one.
+
+A :class:`VoxelMedium` (a CT's tissue fraction and relative electron density on a regular grid,
+:func:`voxel_medium`) also gives the water-equivalent depth. For each point p the ray back along
+-axis, from p to the cone's end face, is sampled every ``step_mm`` (at most half the smallest voxel
+spacing; a static number of steps covering the grid's diagonal), values trilinear between voxel
+centres:
+
+- the entry point is the outermost place on that segment where the tissue fraction crosses 0.5
+  going outward (linear between samples), i.e. where the ray first enters the patient coming from
+  the cone; if the tissue reaches the end face, the end face (cone pressed in). t = its distance
+  from p is the geometric depth: the real entry point, so the real air gap (z_eff = z - t).
+  A point with no tissue between it and the cone is in air (no dose).
+- the water-equivalent depth is the integral from the entry to p of rho / max(f, 0.5), rho the
+  relative electron density and f the tissue fraction: in a voxel cut by the skin (an air-tissue
+  mix, rho ~ f) this is the tissue's own density, so the partial-volume ramp of the interpolation
+  does not shorten the depth; inside the patient (f = 1) it is rho. Internal gas (f = 1, rho ~ 0)
+  adds nothing: a low-density insert moves the dose deeper by its water-equivalent deficit.
+
+The dose then uses the water-equivalent depth for the PDD and the penumbra, the geometric depth and
+z for the inverse square, the air gap and the air ramp. The normalisation point of a voxel medium
+is dmax (geometric) beyond the entry on the central axis, its dose per MU the engine's own value
+there (:func:`reference_dose_per_mu_gy`).
 """
 
 from __future__ import annotations
@@ -559,6 +582,194 @@ class SurfaceFunction:
 jax.tree_util.register_dataclass(SurfaceFunction, data_fields=[], meta_fields=["fn"])
 
 
+#: Tissue fraction at which the ray enters the patient.
+ENTRY_FRACTION = 0.5
+
+
+@dataclass(frozen=True, eq=False)
+class VoxelMedium:
+    """A tissue surface and density from voxels (a JAX pytree; see "Surfaces" above).
+
+    Array leaves: ``origin_xyz_mm`` (3,) the first voxel centre, ``spacing_xyz_mm`` (3,),
+    ``values`` (nz, ny, nx, 2): the tissue fraction in [0, 1] and the relative electron density
+    (to water). Static: ``step_mm`` (ray sampling step) and ``n_steps`` (samples per ray, enough
+    for the grid's diagonal). Build it with :func:`voxel_medium`.
+    """
+
+    origin_xyz_mm: np.ndarray
+    spacing_xyz_mm: np.ndarray
+    values: np.ndarray
+    step_mm: float
+    n_steps: int
+
+
+jax.tree_util.register_dataclass(
+    VoxelMedium,
+    data_fields=["origin_xyz_mm", "spacing_xyz_mm", "values"],
+    meta_fields=["step_mm", "n_steps"],
+)
+
+
+def voxel_medium(
+    origin_xyz_mm,
+    spacing_xyz_mm,
+    tissue_fraction,
+    relative_electron_density,
+    step_mm=None,
+    max_ray_mm=None,
+) -> VoxelMedium:
+    """A :class:`VoxelMedium` from (nz, ny, nx) arrays on a regular grid (first voxel centre
+    ``origin_xyz_mm``, ``spacing_xyz_mm``, mm). ``step_mm``: ray sampling step (default and
+    maximum: half the smallest spacing). ``max_ray_mm``: the longest ray (point to end face) to
+    be sampled (default: the grid's diagonal); a caller that knows the cone poses passes a
+    tighter bound (:func:`longest_ray_mm`) to save steps. Longer rays are cut there.
+
+    Raises:
+        ValueError: arrays of different shapes, a non-finite or out-of-range value, a bad step.
+    """
+    body = np.asarray(tissue_fraction, np.float64)
+    rho = np.asarray(relative_electron_density, np.float64)
+    spacing = np.asarray(spacing_xyz_mm, np.float64)
+    origin = np.asarray(origin_xyz_mm, np.float64)
+    if body.ndim != 3 or body.shape != rho.shape:
+        raise ValueError(
+            f"tissue fraction {body.shape} and density {rho.shape} must be the same 3-D shape"
+        )
+    if spacing.shape != (3,) or origin.shape != (3,) or not np.all(spacing > 0):
+        raise ValueError("origin_xyz_mm and spacing_xyz_mm must be 3 values, spacing > 0")
+    if not (np.all(np.isfinite(body)) and np.all(np.isfinite(rho)) and np.all(np.isfinite(origin))):
+        raise ValueError("voxel medium: nan or inf in the tissue fraction, density or origin")
+    if np.any(body < 0) or np.any(body > 1) or np.any(rho < 0):
+        raise ValueError("voxel medium: tissue fraction must lie in [0, 1], density be >= 0")
+    half = 0.5 * float(spacing.min())
+    step = half if step_mm is None else float(step_mm)
+    if not 0 < step <= half + 1e-12:
+        raise ValueError(f"step_mm must lie in (0, {half:g}] (half a voxel), got {step_mm}")
+    extent = spacing * (np.asarray(body.shape[::-1]) - 1)
+    longest = float(np.linalg.norm(extent)) if max_ray_mm is None else float(max_ray_mm)
+    if not (np.isfinite(longest) and longest >= 0):
+        raise ValueError(f"max_ray_mm must be a finite length >= 0, got {max_ray_mm}")
+    n_steps = int(math.ceil(longest / step)) + 2
+    return VoxelMedium(origin, spacing, np.stack([body, rho], axis=-1), step, n_steps)
+
+
+def longest_ray_mm(corners_mm, end_mm, axis, toe, bevel_deg: float) -> float:
+    """The longest ray from any point of a box (its corners (8, 3) mm) back along -axis to the
+    end face of a cone (``end_mm``, unit ``axis``, ``toe``, bevel): z - z_end is linear in the
+    point, so its maximum over the box is at a corner (numpy)."""
+    corners = np.asarray(corners_mm, np.float64)
+    axis = np.asarray(axis, np.float64)
+    rel = corners - np.asarray(end_mm, np.float64)
+    z = rel @ axis
+    rho = rel - z[:, None] * axis
+    toe = np.asarray(toe, np.float64)
+    toe = toe - (toe @ axis) * axis
+    norm = np.linalg.norm(toe)
+    toe = toe / norm if norm > _TINY else np.zeros(3)
+    return float(max(np.max(z - math.tan(math.radians(bevel_deg)) * (rho @ toe)), 0.0))
+
+
+def _trilinear(medium: VoxelMedium, points_mm) -> jnp.ndarray:
+    """(..., 2) tissue fraction and density at points (..., 3) mm, trilinear between voxel
+    centres (the edge voxels' values beyond them)."""
+    dtype = points_mm.dtype
+    values = jnp.asarray(medium.values, dtype)
+    shape_xyz = values.shape[:3][::-1]
+    index = (points_mm - jnp.asarray(medium.origin_xyz_mm, dtype)) / jnp.asarray(
+        medium.spacing_xyz_mm, dtype
+    )
+    upper = jnp.asarray([n - 1 for n in shape_xyz], dtype)
+    index = jnp.clip(index, 0.0, upper)
+    low = jnp.clip(jnp.floor(index), 0.0, jnp.maximum(upper - 1.0, 0.0))
+    frac = index - low
+    low = low.astype(jnp.int32)
+    # the 8 corners as one gather from the flattened (voxel, 2) table
+    corners = np.array([(dx, dy, dz) for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)])
+    index = jnp.minimum(low[..., None, :] + corners, jnp.asarray(shape_xyz, jnp.int32) - 1)
+    flat = (index[..., 2] * shape_xyz[1] + index[..., 1]) * shape_xyz[0] + index[..., 0]
+    fx, fy, fz = frac[..., 0], frac[..., 1], frac[..., 2]
+    gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+    weights = jnp.stack(
+        [gx * gy * gz, fx * gy * gz, gx * fy * gz, fx * fy * gz]
+        + [gx * gy * fz, fx * gy * fz, gx * fy * fz, fx * fy * fz],
+        axis=-1,
+    )
+    picked = values.reshape(-1, 2)[flat]
+    return jnp.stack([_dot8(weights, picked[..., 0]), _dot8(weights, picked[..., 1])], axis=-1)
+
+
+def _dot8(a, b):
+    """Sum over the last axis of length 8 of a * b, written out (cheaper than a reduction)."""
+    return sum(a[..., k] * b[..., k] for k in range(8))
+
+
+def voxel_ray_depths_mm(medium: VoxelMedium, points_mm, axis, limit_mm):
+    """Geometric and water-equivalent depth (P,) of each point below the entry point of its ray
+    (module docstring, "Surfaces"): the ray runs from the point back along -axis for
+    ``limit_mm`` (P,) (to the cone's end face). Points with no tissue on that segment get
+    geometric depth -1 mm (in air) and water-equivalent depth 0."""
+    dtype = points_mm.dtype
+    step = jnp.asarray(medium.step_mm, dtype)
+    limit = jnp.maximum(limit_mm, 0.0)
+
+    def sample(s):
+        v = _trilinear(medium, points_mm - s[:, None] * axis)
+        body = v[..., 0]
+        return body, v[..., 1] / jnp.maximum(body, ENTRY_FRACTION)
+
+    body0, rho0 = sample(jnp.zeros_like(limit))
+    zero = jnp.zeros_like(limit)
+    init = (zero, body0, rho0, zero, -jnp.ones_like(limit), zero)
+
+    def advance(carry, k):
+        s_prev, body_prev, rho_prev, wet_prev, t_entry, wet_entry = carry
+        s = jnp.minimum(k * step, limit)
+        body, rho = sample(s)
+        ds = s - s_prev
+        outward = (body_prev >= ENTRY_FRACTION) & (body < ENTRY_FRACTION)
+        f = (body_prev - ENTRY_FRACTION) / jnp.where(outward, body_prev - body, 1.0)
+        t_entry = jnp.where(outward, s_prev + f * ds, t_entry)
+        wet_entry = jnp.where(outward, wet_prev + f * ds * rho_prev, wet_entry)
+        wet = wet_prev + 0.5 * ds * (rho_prev + rho)
+        return (s, body, rho, wet, t_entry, wet_entry), None
+
+    steps = jnp.arange(1, medium.n_steps + 1, dtype=dtype)
+    (_, body_end, _, wet_end, t_entry, wet_entry), _ = jax.lax.scan(advance, init, steps)
+    at_end = body_end >= ENTRY_FRACTION  # tissue up to the end face: the cone is pressed in
+    return jnp.where(at_end, limit, t_entry), jnp.where(at_end, wet_end, wet_entry)
+
+
+class RayDepths(NamedTuple):
+    """Per-point depths (P,) mm precomputed on a :class:`VoxelMedium` by :func:`ray_depths` for
+    given points and one cone pose (end, axis, toe, bevel): ``depth_mm`` the geometric distance
+    back to the entry point, ``water_depth_mm`` the water-equivalent depth. Used as a surface,
+    it saves marching the rays again for cones of other energies and diameters with the same
+    pose; it is valid only for those points and that pose (and not differentiable in it)."""
+
+    depth_mm: jnp.ndarray
+    water_depth_mm: jnp.ndarray
+
+
+def ray_depths(points_mm, cone: Cone, beam: ElectronBeam, medium: VoxelMedium) -> RayDepths:
+    """:class:`RayDepths` of the points for ``cone``'s pose on ``medium``."""
+    g = beam_geometry(jnp.asarray(points_mm), cone, beam, medium)
+    return RayDepths(g["depth"], g["water_depth"])
+
+
+def voxel_entry_gap_mm(medium: VoxelMedium, start_mm, axis) -> jnp.ndarray:
+    """Distance (scalar, mm) from ``start_mm`` (3,) along +axis to where the tissue fraction
+    first reaches 0.5 (0 if it starts in tissue; the grid's diagonal if never)."""
+    dtype = start_mm.dtype
+    s = jnp.arange(medium.n_steps + 1, dtype=dtype) * medium.step_mm
+    body = _trilinear(medium, start_mm[None, :] + s[:, None] * axis)[:, 0]
+    inside = body >= ENTRY_FRACTION
+    k = jnp.argmax(inside)
+    prev = jnp.maximum(k - 1, 0)
+    f = (ENTRY_FRACTION - body[prev]) / jnp.where(k > 0, body[k] - body[prev], 1.0)
+    gap = jnp.where(k > 0, s[prev] + f * medium.step_mm, 0.0)
+    return jnp.where(jnp.any(inside), gap, s[-1])
+
+
 def depth_below_surface_mm(surface, points_mm, axis) -> jnp.ndarray:
     """Distance (P,) in mm from each point back along -axis to the tissue surface.
 
@@ -714,7 +925,8 @@ def beam_geometry(points_mm, cone: Cone, beam: ElectronBeam, surface):
     Returns:
         dict with ``z`` (along-axis from the end face's centre), ``r`` (lateral distance from the
         axis), ``rho`` (P, 3) (lateral offset vector), ``depth`` (along the axis below the tissue
-        surface), ``air_gap`` (z_eff - z_end), and the unit ``axis`` (3,).
+        surface), ``water_depth`` (its water-equivalent length: the same array for analytic
+        surfaces), ``air_gap`` (z_eff - z_end), and the unit ``axis`` (3,).
     """
     dtype = points_mm.dtype
     axis = unit(jnp.asarray(cone.axis, dtype))
@@ -727,13 +939,24 @@ def beam_geometry(points_mm, cone: Cone, beam: ElectronBeam, surface):
     toe = _safe_unit(toe - dot3(toe, axis) * axis, jnp.zeros(3, dtype))
     bevel = jnp.deg2rad(jnp.asarray(beam.bevels_deg, dtype)[cone.bevel_index])
     z_end = jnp.tan(bevel) * dot3(rho, toe)
-    z_surface = z - depth_below_surface_mm(surface, points_mm, axis)
-    z_eff = jnp.maximum(z_surface, z_end)
+    if isinstance(surface, (VoxelMedium, RayDepths)):
+        if isinstance(surface, RayDepths):
+            t, wet = (jnp.asarray(v, dtype) for v in surface)
+        else:
+            t, wet = voxel_ray_depths_mm(surface, points_mm, axis, z - z_end)
+        z_eff = jnp.maximum(z - t, z_end)
+        depth = z - z_eff
+        wet = jnp.where(depth > 0, wet, depth)
+    else:
+        z_surface = z - depth_below_surface_mm(surface, points_mm, axis)
+        z_eff = jnp.maximum(z_surface, z_end)
+        depth = wet = z - z_eff
     return {
         "z": z,
         "r": r,
         "rho": rho,
-        "depth": z - z_eff,
+        "depth": depth,
+        "water_depth": wet,
         "air_gap": z_eff - z_end,
         "axis": axis,
     }
@@ -770,8 +993,9 @@ def cone_dose_gy(
         points_mm: (P, 3) points (x, y, z) in mm.
         cone: :class:`Cone` (energy and bevel as catalogue indices).
         beam: :class:`ElectronBeam` tables.
-        surface: the tissue surface (:class:`PlaneSurface`, :class:`SphereSurface` or
-            :class:`SurfaceFunction`).
+        surface: the tissue surface (:class:`PlaneSurface`, :class:`SphereSurface`,
+            :class:`SurfaceFunction` or :class:`VoxelMedium`; or :class:`RayDepths` of these
+            points for this cone's pose).
         disc: optional protective disc (:class:`iortopt.physics.disc.Disc`); its material is
             ``beam.discs[disc_index]``.
         disc_edge_mm: width of the disc's soft edges (static; 0 = hard edges).
@@ -786,19 +1010,19 @@ def cone_dose_gy(
     e = cone.energy_index
     vsd = jnp.asarray(beam.vsd_mm, dtype)[e]
     dmax = jnp.asarray(beam.dmax_mm, dtype)[e]
-    depth = g["depth"]
+    depth, water_depth = g["depth"], g["water_depth"]
     pdd_row = _row(beam.pdd, e, dtype)
     sigma_row = _row(beam.sigma_mm, e, dtype)
     diameter = jnp.asarray(cone.diameter_mm, dtype)
     radius = field_radius_mm(diameter, vsd, g["z"])
-    lateral = lateral_profile(g["r"], radius, _interp_depth(sigma_row, depth, beam))
+    lateral = lateral_profile(g["r"], radius, _interp_depth(sigma_row, water_depth, beam))
     reference = lateral_profile(
         0.0, field_radius_mm(diameter, vsd, dmax), _interp_depth(sigma_row, dmax, beam)
     )
     dose = (
         jnp.asarray(cone.mu, dtype)
         * output_gy_per_mu(e, cone.bevel_index, diameter, beam, dtype)
-        * _interp_depth(pdd_row, depth, beam)
+        * _interp_depth(pdd_row, water_depth, beam)
         * inverse_square_factor(depth, g["z"], vsd)
         * lateral
         / reference
@@ -827,9 +1051,15 @@ def reference_point_mm(cone: Cone, beam: ElectronBeam, surface) -> jnp.ndarray:
     point: the 100 % level of the open beam)."""
     axis = unit(jnp.asarray(cone.axis))
     end = jnp.asarray(cone.end_mm)
-    z_surface = -depth_below_surface_mm(surface, end[None, :], axis)[0]
-    z_eff = jnp.maximum(z_surface, 0.0)
+    z_eff = _central_axis_gap_mm(surface, end, axis)
     return end + (z_eff + jnp.asarray(beam.dmax_mm)[cone.energy_index]) * axis
+
+
+def _central_axis_gap_mm(surface, end_mm, axis) -> jnp.ndarray:
+    """Air gap (scalar, mm, >= 0) on the central axis from the end face to the tissue."""
+    if isinstance(surface, VoxelMedium):
+        return voxel_entry_gap_mm(surface, end_mm, axis)
+    return jnp.maximum(-depth_below_surface_mm(surface, end_mm[None, :], axis)[0], 0.0)
 
 
 def reference_dose_per_mu_gy(cone: Cone, beam: ElectronBeam, surface) -> jnp.ndarray:
@@ -838,11 +1068,13 @@ def reference_dose_per_mu_gy(cone: Cone, beam: ElectronBeam, surface) -> jnp.nda
 
     The engine's formula evaluated on the axis (r = 0, depth = dmax, z = air gap + dmax), written
     out so that it is cheap inside an optimiser; equal to :func:`cone_dose_gy` with MU = 1 at
-    that point.
+    that point. For a :class:`VoxelMedium` it is that engine evaluation.
     """
     dtype = _float_dtype(cone.end_mm, cone.axis, cone.diameter_mm)
     axis = unit(jnp.asarray(cone.axis, dtype))
     end = jnp.asarray(cone.end_mm, dtype)
+    if isinstance(surface, VoxelMedium):
+        return _voxel_reference_dose_per_mu_gy(cone, beam, surface, dtype)
     e = cone.energy_index
     vsd = jnp.asarray(beam.vsd_mm, dtype)[e]
     dmax = jnp.asarray(beam.dmax_mm, dtype)[e]
@@ -855,6 +1087,15 @@ def reference_dose_per_mu_gy(cone: Cone, beam: ElectronBeam, surface) -> jnp.nda
     output = output_gy_per_mu(e, cone.bevel_index, diameter, beam, dtype)
     pdd = _interp_depth(_row(beam.pdd, e, dtype), dmax, beam)
     return output * pdd * inverse_square_factor(dmax, z, vsd) * lateral / reference
+
+
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _voxel_reference_dose_per_mu_gy(cone: Cone, beam: ElectronBeam, medium: VoxelMedium, dtype):
+    """The engine at the normalisation point (open beam, MU = 1): its water-equivalent depth
+    depends on the densities there."""
+    point = reference_point_mm(cone, beam, medium).astype(dtype)
+    open_cone = cone._replace(mu=jnp.asarray(1.0, dtype))
+    return cone_dose_gy(point[None, :], open_cone, beam, medium)[0]
 
 
 def mu_for_dose(dose_gy: float, cone: Cone, beam: ElectronBeam, surface) -> float:

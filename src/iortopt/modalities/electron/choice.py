@@ -134,7 +134,7 @@ class ElectronPlanResult:
 
 
 @dataclass(frozen=True)
-class _EvalPoints:
+class EvalPoints:
     """Sample points (P, 3) mm, weights (P,) cm^3 and, per structure, its (contiguous) slice of
     them: slices rather than index arrays keep gathers (and their slow-to-compile transposes) out
     of the optimiser."""
@@ -148,7 +148,7 @@ class _EvalPoints:
 class _Context:
     """What every evaluation of a plan needs."""
 
-    ev: _EvalPoints
+    ev: EvalPoints
     geometry: EliotGeometry
     beam: ElectronBeam
     surface: PlaneSurface
@@ -165,7 +165,7 @@ class _Context:
     dtype: object
 
 
-def _eval_points(samples: dict) -> _EvalPoints:
+def _eval_points(samples: dict) -> EvalPoints:
     points, weights, groups, n = [], [], {}, 0
     for name in TISSUE_GROUPS:
         pts, w = samples[name]
@@ -173,7 +173,7 @@ def _eval_points(samples: dict) -> _EvalPoints:
         weights.append(w)
         groups[name] = slice(n, n + len(pts))
         n += len(pts)
-    return _EvalPoints(np.concatenate(points), np.concatenate(weights), groups)
+    return EvalPoints(np.concatenate(points), np.concatenate(weights), groups)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -207,8 +207,10 @@ def _axis_tilt_deg(axis) -> float:
 # ----------------------------------------------------------------------------------------------
 
 
-def _disc_fit(ctx: _Context, cone: dict, disc: dict) -> dict:
-    """Field radius where the central axis crosses the disc, the margin left, covers or not."""
+def disc_fit(ctx: _Context, cone: dict, disc: dict) -> dict:
+    """Field radius where the central axis crosses the disc, the margin left, covers or not
+    (``ctx``: any context with ``beam``, ``disc_radius_mm`` and ``disc_margin_mm``; the DICOM
+    case's too)."""
     beam = ctx.beam
     end, axis = np.asarray(cone["end_mm"]), np.asarray(cone["axis"])
     centre, normal = np.asarray(disc["centre_mm"]), np.asarray(disc["normal"])
@@ -253,7 +255,7 @@ def _metrics(ctx: _Context, dose: np.ndarray) -> dict:
     }
 
 
-def _score(row: dict, rx: float, oar_weight: float) -> float:
+def row_score(row: dict, rx: float, oar_weight: float) -> float:
     oar = sum(
         float(np.nan_to_num(row[k]))
         for k in ("beyond_disc_max_gy", "rib_D2cc_gy", "lung_mean_gy", "skin_max_gy")
@@ -271,16 +273,18 @@ def _row(ctx: _Context, dose, cone: dict, disc: dict, mu: float, d_per_mu: float
         "d100_gy": float(mu * d_per_mu),
     }
     row |= _metrics(ctx, np.asarray(dose, np.float64))
-    row |= _disc_fit(ctx, cone, disc)
+    row |= disc_fit(ctx, cone, disc)
     tilt = _axis_tilt_deg(cone["axis"])
     row["axis_tilt_deg"] = tilt
     row["axis_tilt_ok"] = bool(tilt <= ctx.max_axis_tilt_deg + 1e-9)
-    row["score"] = _score(row, ctx.prescription_gy, ctx.oar_weight)
+    row["score"] = row_score(row, ctx.prescription_gy, ctx.oar_weight)
     return row
 
 
-def _choose(rows: list[dict], ctx: _Context) -> tuple[int, str, list[str]]:
-    """Index of the chosen row, the reason and warnings (rule in the module docstring)."""
+def choose_row(rows: list[dict], ctx: _Context) -> tuple[int, str, list[str]]:
+    """Index of the chosen row, the reason and warnings (rule in the module docstring; ``ctx``:
+    any context with ``disc_margin_mm``, ``max_axis_tilt_deg``, ``disc_radius_mm`` and
+    ``prescription_gy``)."""
     warnings = []
     pool = [k for k, r in enumerate(rows) if r["disc_covers_field"] and r["axis_tilt_ok"]]
     rule = (
@@ -327,7 +331,7 @@ def _label(row: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _stack_cones(cones: list[dict], mus, dtype) -> Cone:
+def stack_cones(cones: list[dict], mus, dtype) -> Cone:
     return Cone(
         energy_index=jnp.asarray([c["energy_index"] for c in cones], jnp.int32),
         bevel_index=jnp.asarray([c["bevel_index"] for c in cones], jnp.int32),
@@ -339,7 +343,7 @@ def _stack_cones(cones: list[dict], mus, dtype) -> Cone:
     )
 
 
-def _stack_discs(ctx: _Context, discs: list[dict], dtype) -> Disc:
+def stack_discs(ctx: _Context, discs: list[dict], dtype) -> Disc:
     k = len(discs)
     return Disc(
         centre_mm=jnp.asarray(np.stack([d["centre_mm"] for d in discs]), dtype),
@@ -376,7 +380,7 @@ def _evaluate(ctx: _Context, batch, cones: list[dict], discs: list[dict]) -> lis
         n = len(part_c)
         pad_c, pad_d = part_c + [part_c[-1]] * (CHUNK - n), part_d + [part_d[-1]] * (CHUNK - n)
         dose, per_mu = batch(
-            points, _stack_cones(pad_c, np.ones(CHUNK), dtype), _stack_discs(ctx, pad_d, dtype)
+            points, stack_cones(pad_c, np.ones(CHUNK), dtype), stack_discs(ctx, pad_d, dtype)
         )
         dose, per_mu = np.asarray(dose, np.float64), np.asarray(per_mu, np.float64)
         for k in range(n):
@@ -749,7 +753,7 @@ def optimise_electron(
                 )
     batch = _batch_function(ctx)
     rows = _evaluate(ctx, batch, cones, discs)
-    best, reason, warnings = _choose(rows, ctx)
+    best, reason, warnings = choose_row(rows, ctx)
     catalogue_s = time.perf_counter() - t0
 
     # 3. joint optimisation of the chosen row.
@@ -795,9 +799,9 @@ def optimise_electron(
 
     # 4. full-grid dose.
     t0 = time.perf_counter()
-    cone_final = _stack_cones([chosen_cone], [chosen_row["mu"]], dtype)
+    cone_final = stack_cones([chosen_cone], [chosen_row["mu"]], dtype)
     cone_final = Cone(*(leaf[0] for leaf in cone_final))
-    disc_final = Disc(*(leaf[0] for leaf in _stack_discs(ctx, [chosen_disc], dtype)))
+    disc_final = Disc(*(leaf[0] for leaf in stack_discs(ctx, [chosen_disc], dtype)))
     dose = full_grid_dose_gy(ctx, case, cone_final, disc_final, params.supersampling)
     full_dose_s = time.perf_counter() - t0
 

@@ -1,10 +1,15 @@
 """One electron IORT plan from config to outputs (modality ``electron``).
 
-    prepare_electron(config)        -> PreparedElectron   ELIOT-type case, beam, validated names
+    prepare_electron(config)        -> PreparedElectron   the case (ELIOT-type phantom, or a CT +
+                                                          RTSTRUCT), beam, validated names
     run_electron(prepared, out_dir) -> ElectronRunResult  catalogue comparison + joint cone/disc
                                                           placement
-                                                          (:func:`iortopt.modalities.electron.choice.optimise_electron`),
-                                                          metrics/goals, the standard outputs
+                                                          (:func:`iortopt.modalities.electron.choice.optimise_electron`;
+                                                          on a DICOM case
+                                                          :func:`iortopt.modalities.electron.generic_case.plan_generic_case`:
+                                                          nominal placement, no joint
+                                                          optimisation), metrics/goals, the
+                                                          standard outputs
 
 ``summary.json`` carries the catalogue comparison (``catalogue_comparison``: one row per energy,
 cone and bevel), the chosen energy, cone, bevel, MU and cone placement with the reason
@@ -31,6 +36,7 @@ from iortopt.cases.eliot import EliotCaseParams, build_eliot_case_with_samples
 from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
 from iortopt.modalities import stage_settings
+from iortopt.modalities.electron.generic_case import GenericElectronProblem
 from iortopt.outputs.dicom_export import electron_beam_geometry, electron_writer
 from iortopt.outputs.plan_files import (
     common_summary,
@@ -52,11 +58,12 @@ TARGET_COVERED_PERCENT = 95.0
 @dataclass
 class PreparedElectron:
     config: PlanConfig
-    params: EliotCaseParams
+    params: EliotCaseParams | None  # the phantom's (None on a DICOM case)
     beam: ElectronBeam
-    built_case: tuple
+    built_case: tuple | None  # (case, geometry, samples) of the phantom
     dtype: object
     setup_s: float
+    problem: GenericElectronProblem | None = None  # a DICOM case's cone, disc plane and points
 
 
 @dataclass
@@ -88,7 +95,6 @@ def prepare_electron(cfg: PlanConfig, dtype=jnp.float32) -> PreparedElectron:
     """
     t0 = time.perf_counter()
     e = cfg.electron
-    params = case_params(EliotCaseParams, cfg.case.eliot, "eliot")
     beam = load_electron_beam(e.beam)
     _check_catalogue(e.energies_mev, beam.energies_mev, "energies_mev", "MeV", beam.name)
     _check_catalogue(e.cone_diameters_cm, beam.diameters_cm, "cone_diameters_cm", "cm", beam.name)
@@ -96,6 +102,15 @@ def prepare_electron(cfg: PlanConfig, dtype=jnp.float32) -> PreparedElectron:
     names = [d.name for d in beam.discs]
     if e.disc not in names:
         raise ConfigError(f"electron.disc: {e.disc!r} is not in beam {beam.name!r} (has {names})")
+    if cfg.case.kind == "dicom":
+        return _prepare_dicom(cfg, beam, dtype, t0)
+    given = [k for k in PATIENT_GEOMETRY if getattr(e, k) is not None]
+    if given:
+        raise ConfigError(
+            f"electron.{', electron.'.join(given)}: for case.kind 'dicom' only (the built-in "
+            "case places the cone on its own surface); remove them"
+        )
+    params = case_params(EliotCaseParams, cfg.case.eliot, "eliot")
     thickness = beam.discs[names.index(e.disc)].thickness_mm
     if thickness > params.disc_gap_mm + 1e-9:
         raise ConfigError(
@@ -115,14 +130,49 @@ def prepare_electron(cfg: PlanConfig, dtype=jnp.float32) -> PreparedElectron:
     return PreparedElectron(cfg, params, beam, built, dtype, time.perf_counter() - t0)
 
 
-def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRunResult:
-    """Choose energy, cone and bevel, place cone and disc; evaluate and write every output."""
+#: [electron] fields that place the cone and disc in patient mm (DICOM cases).
+PATIENT_GEOMETRY = ("cone_end_mm", "cone_axis", "disc_centre_mm", "disc_normal")
+
+
+def _prepare_dicom(cfg: PlanConfig, beam: ElectronBeam, dtype, t0: float) -> PreparedElectron:
+    """The CT + RTSTRUCT case (its grid also covering the cone end) and the plan's geometry."""
+    from iortopt.cases.dicom_case import import_case
+    from iortopt.modalities.electron.generic_case import build_problem
+
+    e = cfg.electron
+    if e.optimise_pose:
+        raise ConfigError(
+            "electron.optimise_pose: the joint cone/disc optimisation runs on case.kind "
+            "'builtin_eliot' only; set optimise_pose = false for a DICOM case (the catalogue is "
+            "compared at the cone pose given by electron.cone_end_mm / cone_axis)"
+        )
+    case = import_case(cfg.case.dicom, cfg.plan.name, np.asarray([e.cone_end_mm], float))
+    stage_settings.check_config_names(cfg, case)
+    try:
+        problem = build_problem(
+            case,
+            cfg.prescription.structure,
+            e.cone_end_mm,
+            e.cone_axis,
+            e.toe_direction,
+            e.disc_centre_mm,
+            e.disc_normal,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return PreparedElectron(cfg, None, beam, None, dtype, time.perf_counter() - t0, problem=problem)
+
+
+def _optimise(prepared: PreparedElectron):
+    """The plan of the prepared case (phantom: catalogue + joint optimisation; DICOM case:
+    catalogue at the given pose)."""
     from iortopt.modalities.electron.choice import optimise_electron
+    from iortopt.modalities.electron.generic_case import plan_generic_case
 
     cfg, e = prepared.config, prepared.config.electron
-    try:
-        result = optimise_electron(
-            prepared.params,
+    if prepared.problem is not None:
+        return plan_generic_case(
+            prepared.problem,
             prepared.beam,
             prescription_gy=cfg.prescription.dose_gy,
             isodose_percent=e.isodose_percent,
@@ -132,20 +182,43 @@ def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRun
             disc=e.disc,
             disc_radius_mm=e.disc_radius_mm,
             disc_margin_mm=e.disc_margin_mm,
-            optimise_pose=e.optimise_pose,
             dtype=prepared.dtype,
-            toe_direction=e.toe_direction,
             max_axis_tilt_deg=e.max_axis_tilt_deg,
             oar_weight=e.oar_weight,
             disc_edge_mm=e.disc_edge_mm,
-            max_shift_mm=e.max_shift_mm,
-            max_air_gap_mm=e.max_air_gap_mm,
-            max_tilt_deg=e.max_tilt_deg,
-            max_disc_shift_mm=e.max_disc_shift_mm,
-            max_disc_tilt_deg=e.max_disc_tilt_deg,
-            iterations=e.iterations,
-            built_case=prepared.built_case,
         )
+    return optimise_electron(
+        prepared.params,
+        prepared.beam,
+        prescription_gy=cfg.prescription.dose_gy,
+        isodose_percent=e.isodose_percent,
+        energies_mev=e.energies_mev,
+        diameters_cm=e.cone_diameters_cm,
+        bevels_deg=e.bevels_deg,
+        disc=e.disc,
+        disc_radius_mm=e.disc_radius_mm,
+        disc_margin_mm=e.disc_margin_mm,
+        optimise_pose=e.optimise_pose,
+        dtype=prepared.dtype,
+        toe_direction=e.toe_direction,
+        max_axis_tilt_deg=e.max_axis_tilt_deg,
+        oar_weight=e.oar_weight,
+        disc_edge_mm=e.disc_edge_mm,
+        max_shift_mm=e.max_shift_mm,
+        max_air_gap_mm=e.max_air_gap_mm,
+        max_tilt_deg=e.max_tilt_deg,
+        max_disc_shift_mm=e.max_disc_shift_mm,
+        max_disc_tilt_deg=e.max_disc_tilt_deg,
+        iterations=e.iterations,
+        built_case=prepared.built_case,
+    )
+
+
+def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRunResult:
+    """Choose energy, cone and bevel, place cone and disc; evaluate and write every output."""
+    cfg, e = prepared.config, prepared.config.electron
+    try:
+        result = _optimise(prepared)
     except ValueError as exc:
         raise ConfigError(f"electron: {exc}") from None
     case, dose = result.case, np.asarray(result.dose_gy, np.float32)
@@ -267,7 +340,8 @@ def print_electron_summary(result: ElectronRunResult, console: Console) -> None:
         table.add_row(*cells, style="bold green" if _same(row, chosen) else None)
     console.print(table)
     console.print(
-        f"cm: cone diameter; bevel: deg; cover: PTV_gland % at >= {s['prescription_gy']:g} Gy "
+        f"cm: cone diameter; bevel: deg; cover: {s['prescription_structure']} % at >= "
+        f"{s['prescription_gy']:g} Gy "
         f"(the {s['isodose_percent']:g} % isodose, 100 % = {s['d100_gy']:.2f} Gy); max: Gy; "
         "beyond: max Gy beyond the disc; lung: mean Gy; rib: D2cc Gy; skin: max Gy; disc: mm of "
         f"disc radius left over the field (! = under the {disc['required_margin_mm']:g} mm "
@@ -327,6 +401,16 @@ def run(prepared: PreparedElectron, out_dir: str | Path, console: Console | None
 def memory_sizes(prepared: PreparedElectron) -> dict:
     from iortopt.modalities.electron.choice import CHUNK
 
+    if prepared.problem is not None:
+        case = prepared.problem.case
+        return {
+            "n_voxels": case.grid.n_voxels,
+            "n_points": len(prepared.problem.ev.weights_cm3),
+            "n_rows": CHUNK,
+            "n_structures": len(case.structures),
+            "supersampling": 1,
+            "spacing_mm": min(case.grid.spacing_xyz_mm),
+        }
     case, _, samples = prepared.built_case
     return {
         "n_voxels": case.grid.n_voxels,
