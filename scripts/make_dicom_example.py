@@ -11,9 +11,10 @@
 built-in phantoms written as CT (the HU of their materials) + RTSTRUCT (their structures as
 contours; ``iortopt.dicom.phantom_study``); ``flap/flap_from_dicom.toml`` is the built-in HDR
 flap plan (configs/flap_default.toml) on that study, with the phantom's catheters. The breast
-study also has the cavity (ROI ``cavity``, role cavity), and ``breast/breast_xray_from_dicom.toml``
-is the 50 kV sphere plan of configs/breast_xray.toml on it. The ELIOT study is for import only
-until electron plans can run on DICOM cases; it is written in the phantom's declared patient frame (supine, beam from anterior).
+study also has the cavity (ROI ``cavity``, role cavity), and
+``breast/breast_xray_from_dicom.toml`` is the 50 kV sphere plan of configs/breast_xray.toml on
+it. The ELIOT study is for import only until electron plans can run on DICOM cases; it is
+written in the phantom's declared patient frame (supine, beam from anterior).
 None of this is patient data.
 """
 
@@ -159,9 +160,7 @@ def write_breast_study(
     if params is None:
         params = case_params(BreastCaseParams, load_config(XRAY_CONFIG).case.breast, "breast")
     breast, _ = build_breast_case(params)
-    structures = _structures(breast) + [
-        ("cavity", "cavity", cavity_occupancy(params, breast.grid))
-    ]
+    structures = _structures(breast) + [("cavity", "cavity", cavity_occupancy(params, breast.grid))]
     study = write_phantom_study(
         folder,
         breast.grid,

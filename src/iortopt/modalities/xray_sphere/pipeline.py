@@ -89,7 +89,7 @@ def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
     phantom_only = sorted(DICOM_FIELDS & cfg.xray.model_fields_set)
     if phantom_only:
         raise ConfigError(
-            f"xray.{phantom_only[0]}: for case.kind \"dicom\" only; the breast phantom's cavity, "
+            f'xray.{phantom_only[0]}: for case.kind "dicom" only; the breast phantom\'s cavity, '
             "target thickness and fit tolerance are [case.breast] fields"
         )
     params = case_params(BreastCaseParams, cfg.case.breast, "breast")
@@ -107,7 +107,9 @@ def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
 
 
 #: [xray] fields read only on DICOM cases.
-DICOM_FIELDS = frozenset({"centre_mm", "cavity_radius_mm", "target_thickness_mm", "fit_tolerance_mm"})
+DICOM_FIELDS = frozenset(
+    {"centre_mm", "cavity_radius_mm", "target_thickness_mm", "fit_tolerance_mm"}
+)
 
 
 def _prepare_dicom(cfg: PlanConfig, beam: XrayBeam, dtype, t0: float) -> PreparedXray:
@@ -243,14 +245,16 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
     return XrayRunResult(prepared, case, dose, summary, out_dir)
 
 
+WALL_STATS = {"min": np.min, "mean": np.mean, "max": np.max}
+
+
 def _cavity_summary(problem) -> dict:
     """The cavity of a DICOM case as summary.json states it (mm, patient coordinates)."""
     g = problem.geometry
     wall = np.linalg.norm(g.cavity_wall_mm - g.cavity_centre_mm, axis=-1)
     return {
         "centre_mm": np.asarray(g.cavity_centre_mm, float).tolist(),
-        "wall_radius_mm": {"min": float(wall.min()), "mean": float(wall.mean()),
-                           "max": float(wall.max())},  # fmt: skip
+        "wall_radius_mm": {k: float(f(wall)) for k, f in WALL_STATS.items()},
         "fit_tolerance_mm": g.fit_tolerance_mm,
         "target": problem.options.target_name,
         "target_is_roi": problem.target_is_roi,

@@ -145,8 +145,11 @@ def wall_from_occupancy(case: Case, occupancy: np.ndarray, centre_mm, where: str
     grid = case.grid
     centre = np.asarray(centre_mm, np.float64)
     step = 0.25 * float(min(grid.spacing_xyz_mm))
-    extent = np.asarray(grid.shape_zyx[::-1]) * np.asarray(grid.spacing_xyz_mm)
-    radii = np.arange(0.0, float(np.linalg.norm(extent)) + step, step)
+    # Rays need reach no further than the farthest corner of the cavity's bounding box.
+    k, j, i = np.nonzero(occupancy > 0)
+    corners = grid.index_to_mm(np.array([[k.min(), j.min(), i.min()], [k.max(), j.max(), i.max()]]))
+    reach = np.linalg.norm(np.abs(corners - centre).max(axis=0)) + 2.0 * max(grid.spacing_xyz_mm)
+    radii = np.arange(0.0, float(reach) + step, step)
     directions = sphere_directions(N_WALL_DIRECTIONS)
     points = centre + directions[:, None, :] * radii[None, :, None]  # (N, R, 3)
     index = grid.mm_to_index(points.reshape(-1, 3))
@@ -330,7 +333,7 @@ def sphere_problem(case: Case, options: SphereOptions) -> SphereProblem:
     if target is not None and target.role != "target":
         raise ConfigError(
             f"prescription.structure {options.target_name!r} is the ROI of role {target.role!r}; "
-            "map it with role \"target\" or name the tissue-shell target differently"
+            'map it with role "target" or name the tissue-shell target differently'
         )
     target_is_roi = target is not None
     body = case.body_mask()
@@ -441,7 +444,8 @@ def grid_metrics(problem: SphereProblem, case: Case, dose: np.ndarray, coverage_
 
 
 def sphere_setting(problem: SphereProblem) -> SphereSetting:
-    """``problem`` as the case side of :func:`iortopt.modalities.xray_sphere.choice.plan_spheres`."""
+    """``problem`` as the case side of
+    :func:`iortopt.modalities.xray_sphere.choice.plan_spheres`."""
 
     def final_case(radius_mm, centre_mm, time_min, beam, shaft_axis, anisotropy, dtype):
         case = problem.case_for(radius_mm, centre_mm)
