@@ -86,7 +86,11 @@ def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
             )
     if cfg.case.kind == "dicom":
         return _prepare_dicom(cfg, beam, dtype, t0)
-    phantom_only = sorted(DICOM_FIELDS & cfg.xray.model_fields_set)
+    # Differing from the default counts as given (a config dumped with every default loads).
+    fields = type(cfg.xray).model_fields
+    phantom_only = sorted(
+        name for name in DICOM_FIELDS if getattr(cfg.xray, name) != fields[name].default
+    )
     if phantom_only:
         raise ConfigError(
             f'xray.{phantom_only[0]}: for case.kind "dicom" only; the breast phantom\'s cavity, '
