@@ -35,7 +35,8 @@ centred at c:
 - Evaluation points (catalogue comparison and relaxation): voxel centres. The tissue group: body
   voxels within reach of the cavity (max radius + target thickness + max shift + one voxel
   diagonal), weighted by body fraction x voxel volume (or the target ROI's voxels, weighted by
-  its occupancy); each OAR: its voxels weighted by occupancy x voxel volume.
+  its occupancy), less those within 1 mm of the centre (inside every sphere); each OAR: its
+  voxels weighted by occupancy x voxel volume.
 - Dose: the sphere engine on the voxel centres (tissue sub-sample mean in voxels cut by the
   applicator surface, as for the phantom), 0 in the ball and 0 where the body fraction is 0 (air
   outside the patient). Partly-tissue voxels at the skin keep the full dose: their tissue part is
@@ -69,6 +70,9 @@ SURFACE_LEVEL = 0.5
 #: Body surface points further than this beyond the reach of the cavity are left out of the
 #: traced (relaxation) skin distance; the catalogue's skin distance uses every point.
 SKIN_SEARCH_MARGIN_MM = 30.0
+#: Tissue evaluation points this close to the cavity centre are left out (see
+#: :func:`evaluation_points`); every catalogue sphere is larger.
+CENTRE_EXCLUSION_MM = 1.0
 
 
 @dataclass(frozen=True)
@@ -384,9 +388,13 @@ def evaluation_points(problem: SphereProblem, max_radius_mm: float, max_shift_mm
     grid = case.grid
     pts = grid.points_mm()
     voxel_cm3 = grid.voxel_volume_cm3
+    distance = np.linalg.norm(pts - g.cavity_centre_mm, axis=-1)
+    # Points next to the centre are inside every sphere, and the relaxation's soft target
+    # membership (a distance to the centre) has no gradient at the centre itself.
+    off_centre = distance > CENTRE_EXCLUSION_MM
     if problem.target_is_roi:
         w = case.structure(problem.options.target_name).occupancy.reshape(-1)
-        tissue = np.flatnonzero(w > 0)
+        tissue = np.flatnonzero((w > 0) & off_centre)
     else:
         w = problem.body.reshape(-1)
         reach = (
@@ -395,8 +403,7 @@ def evaluation_points(problem: SphereProblem, max_radius_mm: float, max_shift_mm
             + max_shift_mm
             + float(np.linalg.norm(grid.spacing_xyz_mm))
         )
-        near = np.linalg.norm(pts - g.cavity_centre_mm, axis=-1) <= reach
-        tissue = np.flatnonzero((w > 0) & near)
+        tissue = np.flatnonzero((w > 0) & (distance <= reach) & off_centre)
     points, weights = [pts[tissue]], [w[tissue] * voxel_cm3]
     groups = {"breast": np.arange(len(tissue))}
     n = len(tissue)
