@@ -208,3 +208,70 @@ def test_dicom_only_fields_refused_on_the_phantom_and_shields_on_dicom(slab):
     doc = _slab_doc(slab, centre_mm=[0.0, 0.0, 0.0], cavity_radius_mm=20.0) | shield
     with pytest.raises(ConfigError, match="shields: .*DICOM cases are not supported yet"):
         pipeline.prepare(parse_config(doc), jnp.float32)
+
+
+def test_prescription_roi_of_role_target_is_the_target(round_trip, tmp_path):
+    """PTV_shell mapped as an ROI (role target): planned as drawn, not rebuilt."""
+    _, dicom, study, _ = round_trip
+    doc = load_config(study.folder / "breast_xray_from_dicom.toml").model_dump(
+        mode="python", exclude_unset=True
+    )
+    doc["case"]["dicom"]["structures"]["PTV_shell"] = {"roi": "PTV_shell", "role": "target"}
+    doc["xray"].update(XRAY)
+    summary = _plan(doc, tmp_path / "out")
+    assert summary["cavity"]["target_is_roi"]
+    assert summary["chosen_applicator"]["diameter_cm"] == 4.0
+    assert summary["metrics"]["PTV_shell"]["D90_gy"] == pytest.approx(
+        dicom["metrics"]["PTV_shell"]["D90_gy"], rel=0.02
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# The rules on small hand-made cases (no plan)
+# ----------------------------------------------------------------------------------------------
+
+
+def _ball_case(radius_mm: float, body=None, hu=None):
+    from iortopt.cases.case import Case, Structure
+
+    grid = Grid.from_bounds((-30.0, -30.0, -30.0), (30.0, 30.0, 30.0), 2.0)
+    offsets = (np.arange(4) + 0.5) / 4 - 0.5
+    pts = grid.points_mm()
+    inside = np.zeros(len(pts))
+    for o in np.stack(np.meshgrid(offsets, offsets, offsets), -1).reshape(-1, 3):
+        inside += np.linalg.norm(pts + 2.0 * o - [1.0, -2.0, 0.5], axis=-1) < radius_mm
+    cavity = (inside / 64).reshape(grid.shape_zyx).astype(np.float32)
+    structures = [Structure("cavity", "cavity", cavity)]
+    if body is not None:
+        structures.append(Structure("body", "body", body(pts).reshape(grid.shape_zyx)))
+    return Case("ball", grid, tuple(structures), hu=hu)
+
+
+def test_cavity_wall_is_the_rois_half_isosurface_and_the_fit_rule_uses_it():
+    from iortopt.modalities.xray_sphere.sphere_problem import SphereOptions, sphere_problem
+
+    problem = sphere_problem(_ball_case(12.0), SphereOptions())
+    g = problem.geometry
+    np.testing.assert_allclose(g.cavity_centre_mm, [1.0, -2.0, 0.5], atol=0.05)
+    wall = np.linalg.norm(g.cavity_wall_mm - [1.0, -2.0, 0.5], axis=-1)
+    assert wall.min() > 11.7 and wall.max() < 12.3
+    assert g.wall_gap_mm(12.0, g.cavity_centre_mm) < 0.3
+    assert g.wall_gap_mm(17.5, g.cavity_centre_mm) == pytest.approx(5.5, abs=0.3)  # no fit
+
+
+def test_skin_distance_to_a_body_roi_and_errors_of_the_centre():
+    from iortopt.modalities.xray_sphere.sphere_problem import SphereOptions, sphere_problem
+
+    def body(p):  # tissue below z = 21 mm (halfway between voxel centres 20 and 22)
+        return (p[:, 2] < 21.0).astype(np.float32)
+
+    case = _ball_case(12.0, body)
+    problem = sphere_problem(case, SphereOptions())
+    # the surface is sampled on the lines between voxel centres: 8.52 here
+    assert problem.geometry.skin_distance_mm(12.0, [1.0, -2.0, 0.5]) == pytest.approx(8.5, abs=0.05)
+    with pytest.raises(ConfigError, match="not inside the cavity"):
+        sphere_problem(case, SphereOptions(centre_mm=(25.0, 0.0, 0.0)))
+    with pytest.raises(ConfigError, match="xray.cavity_radius_mm: the cavity is the ROI"):
+        sphere_problem(case, SphereOptions(cavity_radius_mm=10.0))
+    with pytest.raises(ConfigError, match="prescription.structure 'body'"):
+        sphere_problem(case, SphereOptions(target_name="body"))
