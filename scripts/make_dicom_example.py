@@ -4,17 +4,20 @@
     iortopt dicom inspect FOLDER/study
     iortopt run FOLDER/dicom_flap_example.toml --out FOLDER/out
     iortopt run FOLDER/flap/flap_from_dicom.toml --out FOLDER/flap/out
+    iortopt run FOLDER/breast/breast_xray_from_dicom.toml --out FOLDER/breast/out
     iortopt run FOLDER/eliot/eliot_from_dicom.toml --out FOLDER/eliot/out
 
 ``FOLDER/study``: a synthetic study of analytic shapes (``iortopt.dicom.synthetic``), planned by
 ``FOLDER/dicom_flap_example.toml``. ``FOLDER/flap``, ``FOLDER/breast``, ``FOLDER/eliot``: the
 built-in phantoms written as CT (the HU of their materials) + RTSTRUCT (their structures as
 contours; ``iortopt.dicom.phantom_study``); ``flap/flap_from_dicom.toml`` is the built-in HDR
-flap plan (configs/flap_default.toml) on that study, with the phantom's catheters. The ELIOT
-study is written in the phantom's declared patient frame (supine, beam from anterior);
-``eliot/eliot_from_dicom.toml`` is the electron plan of configs/breast_electron.toml on it, the
-cone where the phantom puts it (end and axis in patient LPS mm). The breast study is for import
-only until X-ray plans can run on DICOM cases. None of this is patient data.
+flap plan (configs/flap_default.toml) on that study, with the phantom's catheters. The breast
+study also has the cavity (ROI ``cavity``, role cavity), and
+``breast/breast_xray_from_dicom.toml`` is the 50 kV sphere plan of configs/breast_xray.toml on
+it. The ELIOT study is written in the phantom's declared patient frame (supine, beam from
+anterior); ``eliot/eliot_from_dicom.toml`` is the electron plan of configs/breast_electron.toml on
+it, the cone where the phantom puts it (end and axis in patient LPS mm). None of this is patient
+data.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from iortopt.cases.breast import build_breast_case
+from iortopt.cases.breast import BreastCaseParams, build_breast_case, cavity_occupancy
 from iortopt.cases.eliot import EliotCaseParams, build_eliot_case
 from iortopt.cases.flap import FlapCaseParams, build_flap_case
 from iortopt.config import builtin_config_text, case_params, load_config
@@ -36,9 +39,9 @@ Example DICOM studies written by scripts/make_dicom_example.py (made up; no pati
 study/, dicom_flap_example.toml   synthetic analytic study and an HDR flap plan on it
 flap/, flap/flap_from_dicom.toml  the built-in flap phantom as CT + RTSTRUCT, and the built-in
                                   HDR flap plan on it (the phantom's catheters)
-breast/                           the breast phantom as CT + RTSTRUCT: for import
-                                  (iortopt dicom inspect / import) until X-ray plans from
-                                  DICOM exist
+breast/, breast/breast_xray_from_dicom.toml
+                                  the breast phantom (with its cavity ROI) as CT + RTSTRUCT and
+                                  the 50 kV sphere plan of configs/breast_xray.toml on it
 eliot/, eliot/eliot_from_dicom.toml  the ELIOT phantom as CT + RTSTRUCT in its patient frame
                                   (HFS, beam from anterior) and the electron plan on it
 """
@@ -110,18 +113,66 @@ def write_flap_study(folder: Path, params: FlapCaseParams | None = None) -> Path
     return config
 
 
-def write_import_studies(root: Path) -> list[PhantomStudy]:
-    """``root/breast``: the breast phantom as CT + RTSTRUCT."""
-    breast, _ = build_breast_case()
-    return [
-        write_phantom_study(
-            root / "breast",
-            breast.grid,
-            breast.hu,
-            _structures(breast),
-            patient=Patient("Phantom^Breast", "IORTOPT-PHANTOM-BREAST", "iortopt breast phantom"),
-        ),
-    ]
+#: The built-in X-ray plan the breast study's config follows.
+XRAY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "breast_xray.toml"
+
+
+def xray_config_toml(study: PhantomStudy, params: BreastCaseParams) -> str:
+    """configs/breast_xray.toml on a written breast study: every ROI but ``PTV_shell`` mapped
+    (the target is rebuilt per applicator as the tissue shell, as on the phantom), the cavity
+    from the ROI ``cavity``, the phantom's target thickness and fit tolerance; the CT grid
+    uncropped, so that plans on the study and on the phantom compare voxel by voxel."""
+    text = XRAY_CONFIG.read_text()
+    case_at, xray_at = text.index("[case]\n"), text.index("[xray]\n")
+    mapping = "\n".join(
+        f'{name} = {{ roi = "{name}", role = "{role}" }}'
+        for name, role in study.roles.items()
+        if name != "PTV_shell"
+    )
+    case = f"""[case]
+kind = "dicom"                 # the breast phantom written by scripts/make_dicom_example.py
+[case.dicom]
+ct_folder = "{study.ct_folder.as_posix()}"
+rtstruct = "{study.rtstruct.as_posix()}"
+spacing_mm = "ct"              # the CT voxels = the phantom's grid
+crop = false
+[case.dicom.structures]        # planning name = {{ roi = RTSTRUCT ROI name, role }}
+{mapping}
+
+"""
+    xray = (
+        "[xray]\n"
+        "# centre_mm = [x, y, z]       # applicator centre, patient mm (default: cavity centroid)\n"
+        f"target_thickness_mm = {_float(params.target_thickness_mm)}  # PTV_shell: tissue shell\n"
+        f"fit_tolerance_mm = {_float(params.fit_tolerance_mm)}     # cavity wall to sphere\n"
+    )
+    text = text[:case_at] + case + xray + text[xray_at + len("[xray]\n") :]
+    text = text.replace('name = "breast_xray"', 'name = "breast_xray_from_dicom"', 1)
+    return "# The built-in X-ray plan on the breast phantom's DICOM study.\n" + text
+
+
+def write_breast_study(
+    folder: Path, params: BreastCaseParams | None = None
+) -> tuple[PhantomStudy, Path]:
+    """``folder``: the breast phantom's study (its structures and the ROI ``cavity``) and
+    ``breast_xray_from_dicom.toml``; returns the study and the config.
+
+    ``params``: the phantom (default: that of configs/breast_xray.toml, its ``[case.breast]``).
+    """
+    if params is None:
+        params = case_params(BreastCaseParams, load_config(XRAY_CONFIG).case.breast, "breast")
+    breast, _ = build_breast_case(params)
+    structures = _structures(breast) + [("cavity", "cavity", cavity_occupancy(params, breast.grid))]
+    study = write_phantom_study(
+        folder,
+        breast.grid,
+        breast.hu,
+        structures,
+        patient=Patient("Phantom^Breast", "IORTOPT-PHANTOM-BREAST", "iortopt breast phantom"),
+    )
+    config = folder / "breast_xray_from_dicom.toml"
+    config.write_text(xray_config_toml(study, params))
+    return study, config
 
 
 def _vector(v) -> str:
@@ -227,14 +278,15 @@ def main(folder: str = "dicom-example") -> None:
     print(f"wrote {study.ct_folder} ({len(list(study.ct_folder.iterdir()))} CT slices), ")
     print(f"      {study.rtstruct} and {config}")
     flap_config = write_flap_study(root / "flap")
-    studies = write_import_studies(root)
+    _, breast_config = write_breast_study(root / "breast")
     eliot_config = write_eliot_study(root / "eliot")
     (root / "README.txt").write_text(README)
     print(f"wrote {root / 'flap'} (flap phantom) and {flap_config}")
+    print(f"wrote {root / 'breast'} (breast phantom) and {breast_config}")
     print(f"wrote {root / 'eliot'} (ELIOT phantom) and {eliot_config}")
-    print(f"wrote {', '.join(str(s.folder) for s in studies)} (for import)")
     print(f"next: iortopt run {config} --out {root / 'out'}")
     print(f"      iortopt run {flap_config} --out {root / 'flap' / 'out'}")
+    print(f"      iortopt run {breast_config} --out {root / 'breast' / 'out'}")
     print(f"      iortopt run {eliot_config} --out {root / 'eliot' / 'out'}")
 
 

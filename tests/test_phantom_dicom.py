@@ -151,4 +151,7 @@ def test_script_writes_every_phantom_study(tmp_path, monkeypatch):
     assert len(cfg.applicator.catheters_mm) == FLAP_OVERRIDES["n_catheters"]
     assert [o.type for o in cfg.objectives] == [o.type for o in load_config().objectives]
     assert cfg.prescription == load_config().prescription
+    xray = load_config(tmp_path / "breast" / "breast_xray_from_dicom.toml")
+    assert xray.plan.modality == "xray_sphere" and xray.case.kind == "dicom"
+    assert xray.case.dicom.structures["cavity"].role == "cavity"
     assert "import" in (tmp_path / "README.txt").read_text()

@@ -223,6 +223,15 @@ class XraySection(_Model):
     min_skin_distance_mm: NonNegativeFloat = 5.0
     optimise_position: bool = True
     anisotropy: Annotated[float, Field(allow_inf_nan=False, ge=0, lt=1)] = 0.0
+    # DICOM cases (case.kind = "dicom"; iortopt.modalities.xray_sphere.sphere_problem): the
+    # applicator centre (patient LPS mm; default: the centroid of the cavity ROI), a spherical
+    # cavity of cavity_radius_mm about it when no ROI has role "cavity", the thickness of the
+    # tissue-shell target (when the prescription structure is not a mapped target ROI) and the
+    # largest cavity-wall-to-applicator gap for which the tissue conforms.
+    centre_mm: tuple[FiniteFloat, FiniteFloat, FiniteFloat] | None = None
+    cavity_radius_mm: PositiveFloat | None = None
+    target_thickness_mm: PositiveFloat = 10.0
+    fit_tolerance_mm: PositiveFloat = 5.0
 
 
 class ElectronSection(_Model):
@@ -411,6 +420,17 @@ class PlanConfig(_Model):
                 raise ValueError(
                     f'case.kind "dicom" with plan.modality "electron" needs electron.'
                     f"{' and electron.'.join(missing)} (the cone in patient mm)"
+                )
+            return self
+        if self.case.kind == "dicom" and self.plan.modality == "xray_sphere":
+            roles = [s.role for s in self.case.dicom.structures.values()]
+            if "cavity" not in roles and (
+                self.xray.centre_mm is None or self.xray.cavity_radius_mm is None
+            ):
+                raise ValueError(
+                    'case.kind "dicom" with plan.modality "xray_sphere" needs the cavity: a '
+                    'case.dicom.structures ROI with role "cavity", or xray.centre_mm and '
+                    "xray.cavity_radius_mm (a spherical cavity)"
                 )
             return self
         if self.case.kind != expected:

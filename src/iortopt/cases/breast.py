@@ -418,6 +418,30 @@ def _occupancies(
     return {name: cnt * scale for name, cnt in counts.items()}, hu
 
 
+def cavity_occupancy(params: BreastCaseParams, grid: Grid) -> np.ndarray:
+    """(nz, ny, nx) float32 fraction of each voxel inside the cavity wall r(u) (the lumpectomy
+    cavity before the applicator goes in; sub-samples as the structures)."""
+    offsets = (np.arange(params.supersampling) + 0.5) / params.supersampling - 0.5
+    sx, sy, sz = grid.spacing_xyz_mm
+    axes = [grid.axis_mm(a) for a in "xyz"]
+    count = np.zeros(grid.shape_zyx, np.float32)
+    for oz in offsets:
+        for oy in offsets:
+            for ox in offsets:
+                p = np.stack(
+                    np.broadcast_arrays(
+                        (axes[0] + ox * sx)[None, None, :],
+                        (axes[1] + oy * sy)[None, :, None],
+                        (axes[2] + oz * sz)[:, None, None],
+                    ),
+                    axis=-1,
+                )
+                r = np.linalg.norm(p, axis=-1)
+                u = p / np.maximum(r, 1e-12)[..., None]
+                count += r < cavity_wall_radius_mm(u, params)
+    return count / np.float32(params.supersampling**3)
+
+
 def build_breast_case(
     params: BreastCaseParams = BreastCaseParams(),
     applicator_radius_mm: float | None = None,

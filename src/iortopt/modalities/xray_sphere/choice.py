@@ -50,6 +50,7 @@ Inputs: a breast phantom (:class:`iortopt.cases.breast.BreastCaseParams`), a bea
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,11 +122,14 @@ class _EvalPoints:
     PTV is the subset at depth 0..T). An OAR point is the centroid of the part of one lattice cell
     that lies in that OAR, weighted by that part's volume, so thin layers and cut cells keep their
     volume and depth. The 1 mm skin sample (weight 0) is in the "skin" group for the maximum.
+    ``absent``: OARs of :data:`OAR_NAMES` the case does not have (their groups are empty and
+    their metrics None).
     """
 
     points_mm: np.ndarray  # (P, 3)
     weights_cm3: np.ndarray  # (P,)
     groups: dict
+    absent: frozenset = frozenset()
 
 
 @dataclass(frozen=True)
@@ -260,25 +264,43 @@ def _row_metrics(
         return float(dose_at_volume_cm3(d, wt, 1.0, D2CC_CM3))
 
     lung_d, lung_w = part("lung")
-    return {
+    metrics = {
         "target_coverage_percent": 100.0 * float(coverage),
         "skin_max_gy": float(skin_max.max()) if skin_max.size else 0.0,
         "chest_wall_D2cc_gy": d2cc("chest_wall"),
         "rib_D2cc_gy": d2cc("rib"),
         "lung_mean_gy": float((lung_d * lung_w).sum() / lung_w.sum()) if lung_w.sum() else 0.0,
     }
+    for key, name in OAR_METRIC_KEYS.items():
+        if name in ev.absent:
+            metrics[key] = None
+    return metrics
+
+
+#: The comparison metric of each OAR (None in a row when the case lacks that structure).
+OAR_METRIC_KEYS = {
+    "skin_max_gy": "skin",
+    "chest_wall_D2cc_gy": "chest_wall",
+    "rib_D2cc_gy": "rib",
+    "lung_mean_gy": "lung",
+}
 
 
 def _score(row: dict, prescription_gy: float, oar_weight: float, fit_weight: float, tol: float):
     oar = sum(
         np.nan_to_num(row[k])
         for k in ("skin_max_gy", "chest_wall_D2cc_gy", "rib_D2cc_gy", "lung_mean_gy")
+        if row[k] is not None
     )
     return 100.0 * (
         row["target_coverage_percent"] / 100.0
         - oar_weight * oar / prescription_gy
         - fit_weight * (row["wall_gap_mm"] / tol) ** 2
     )
+
+
+def _gy(value) -> str:
+    return "n/a (no skin structure)" if value is None else f"{value:.2f} Gy"
 
 
 def _choose(rows: list[dict], min_skin_mm: float, tol: float) -> tuple[int, str, list[str]]:
@@ -307,7 +329,7 @@ def _choose(rows: list[dict], min_skin_mm: float, tol: float) -> tuple[int, str,
     reason = (
         f"{r['diameter_cm']:g} cm: highest score ({r['score']:.1f}) among the sizes that {rule} "
         f"({names} cm); centred in the cavity: coverage {r['target_coverage_percent']:.1f} %, "
-        f"skin distance {r['skin_distance_mm']:.1f} mm, skin max {r['skin_max_gy']:.2f} Gy, "
+        f"skin distance {r['skin_distance_mm']:.1f} mm, skin max {_gy(r['skin_max_gy'])}, "
         f"wall gap {r['wall_gap_mm']:.1f} mm"
     )
     if len(ranked) > 1:
@@ -355,6 +377,9 @@ def _relaxation(
     tol = g.fit_tolerance_mm
     t_ref = prescription_gy / _prescription_dose_per_min(0.5 * (a_lo + a_hi), mode, depth_mm, beam)
     shift = max_shift_mm
+    traced_skin_distance = getattr(g, "traced_skin_distance_mm", None) or (
+        lambda centre, radius: g.skin_surface_z_mm - centre[2] - radius
+    )
 
     def decode(u, lock, fixed_radius):
         free_a = a_lo + (a_hi - a_lo) * jax.nn.sigmoid(u[0])
@@ -374,7 +399,7 @@ def _relaxation(
             d_rx = surface_dose_rate_gy_min(radius, beam) * t
         else:
             d_rx = depth_dose_gy(jnp.asarray(depth_mm, dtype), radius, t, beam)
-        skin_distance = g.skin_surface_z_mm - centre[2] - radius
+        skin_distance = traced_skin_distance(centre, radius)
         penalty = (
             PRESCRIPTION_PENALTY * jnp.square(d_rx / prescription_gy - 1.0)
             + CONSTRAINT_PENALTY_PER_MM2 * jnp.square(jax.nn.relu(min_skin_mm - skin_distance))
@@ -457,6 +482,61 @@ def full_grid_dose_gy(
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SphereSetting:
+    """The case side of a sphere plan, for :func:`plan_spheres` (the breast phantom's from
+    :func:`breast_setting`; a DICOM case's from
+    :mod:`iortopt.modalities.xray_sphere.sphere_problem`).
+
+    ``geometry`` provides ``cavity_centre_mm`` (3,), ``cavity_wall_mm`` (N, 3) wall samples,
+    ``target_thickness_mm``, ``fit_tolerance_mm``, ``skin_distance_mm(radius, centre)`` and
+    ``wall_gap_mm(radius, centre)`` (as :class:`iortopt.cases.breast.BreastGeometry`), and
+    optionally ``traced_skin_distance_mm(centre, radius)`` (jax-traceable; default: the
+    phantom's skin plane, ``skin_surface_z_mm - c_z - a``).
+    ``evaluation_points(max_radius_mm, max_shift_mm)`` -> :class:`_EvalPoints`;
+    ``final_case(radius_mm, centre_mm, time_min, beam, shaft_axis, anisotropy, dtype)`` ->
+    (Case, full-grid dose (nz, ny, nx) Gy, geometry of that case);
+    ``grid_metrics(case, dose, coverage_dose_gy)`` -> the full-grid cross-check dict;
+    ``tissue_note``: the tissue model, for ``notes``.
+    """
+
+    geometry: object
+    evaluation_points: Callable
+    final_case: Callable
+    grid_metrics: Callable
+    tissue_note: str
+
+
+def breast_setting(params: BreastCaseParams, eval_spacing_mm: float | None = None) -> SphereSetting:
+    """The breast phantom as a :class:`SphereSetting` (evaluation lattice of ``eval_spacing_mm``,
+    default ``params.spacing_mm``)."""
+    g = breast_geometry(params)
+    spacing = float(eval_spacing_mm or params.spacing_mm)
+
+    def evaluation_points(max_radius_mm: float, max_shift_mm: float) -> _EvalPoints:
+        reach = max_radius_mm + params.target_thickness_mm + max_shift_mm + spacing
+        return _evaluation_points(g, spacing, reach, params.supersampling)
+
+    def final_case(radius_mm, centre_mm, time_min, beam, shaft_axis, anisotropy, dtype):
+        case, geometry = build_breast_case(params, radius_mm, centre_mm)
+        dose = full_grid_dose_gy(
+            case, centre_mm, radius_mm, time_min, beam, params.supersampling, shaft_axis,
+            anisotropy, dtype,
+        )  # fmt: skip
+        return case, dose, geometry
+
+    return SphereSetting(
+        geometry=g,
+        evaluation_points=evaluation_points,
+        final_case=final_case,
+        grid_metrics=_grid_metrics,
+        tissue_note=(
+            "tissue model: rigid anatomy, cavity conforming to the applicator "
+            "(iortopt.cases.breast)"
+        ),
+    )
+
+
 def optimise_xray(
     params: BreastCaseParams,
     beam: XrayBeam | str | Path = "generic_50kV_spheres",
@@ -506,6 +586,49 @@ def optimise_xray(
     Returns:
         :class:`XrayPlanResult`.
     """
+    return plan_spheres(
+        breast_setting(params, eval_spacing_mm),
+        beam,
+        prescription_gy,
+        prescription_mode,
+        prescription_depth_mm,
+        catalogue_diameters_cm,
+        min_skin_distance_mm,
+        optimise_position,
+        dtype,
+        coverage_fraction=coverage_fraction,
+        oar_weight=oar_weight,
+        fit_weight=fit_weight,
+        max_shift_mm=max_shift_mm,
+        shaft_axis=shaft_axis,
+        anisotropy=anisotropy,
+        relaxation_iterations=relaxation_iterations,
+        shield_specs=shield_specs,
+    )
+
+
+def plan_spheres(
+    setting: SphereSetting,
+    beam: XrayBeam | str | Path = "generic_50kV_spheres",
+    prescription_gy: float = 20.0,
+    prescription_mode: str = "surface",
+    prescription_depth_mm: float = 10.0,
+    catalogue_diameters_cm=None,
+    min_skin_distance_mm: float = 5.0,
+    optimise_position: bool = True,
+    dtype=jnp.float32,
+    *,
+    coverage_fraction: float | None = None,
+    oar_weight: float = 0.1,
+    fit_weight: float = 0.1,
+    max_shift_mm: float = 3.0,
+    shaft_axis=(0.0, 0.0, 1.0),
+    anisotropy: float = 0.0,
+    relaxation_iterations: int = 150,
+    shield_specs=None,
+) -> XrayPlanResult:
+    """:func:`optimise_xray` on any :class:`SphereSetting` (same arguments, the case side given by
+    ``setting``; see the module docstring)."""
     t_start = time.perf_counter()
     if not isinstance(beam, XrayBeam):
         beam = load_xray_beam(beam)
@@ -524,11 +647,9 @@ def optimise_xray(
         coverage_fraction = DEFAULT_COVERAGE_FRACTION[prescription_mode]
     anisotropy = float(anisotropy)
     axis = None if anisotropy == 0.0 else tuple(float(v) for v in shaft_axis)
-    g = breast_geometry(params)
-    spacing = float(eval_spacing_mm or params.spacing_mm)
-    reach = float(radii.max()) + params.target_thickness_mm + max_shift_mm + spacing
+    g = setting.geometry
     ctx = _Context(
-        ev=_evaluation_points(g, spacing, reach, params.supersampling),
+        ev=setting.evaluation_points(float(radii.max()), float(max_shift_mm)),
         geometry=g,
         beam=beam,
         prescription_gy=float(prescription_gy),
@@ -650,9 +771,8 @@ def optimise_xray(
     # 4. final case and full-grid dose.
     t0 = time.perf_counter()
     a_best, t_best = float(radii[best]), float(times[best])
-    case, geometry = build_breast_case(params, a_best, chosen_centre)
-    dose = full_grid_dose_gy(
-        case, chosen_centre, a_best, t_best, beam, params.supersampling, axis, anisotropy, dtype
+    case, dose, geometry = setting.final_case(
+        a_best, chosen_centre, t_best, beam, axis, anisotropy, dtype
     )
     dose_open = None
     if placement is not None:
@@ -680,7 +800,7 @@ def optimise_xray(
         "fits_cavity": chosen_row["fits_cavity"],
         **{k: chosen_row[k] for k in _METRIC_KEYS},
         "score": chosen_row["score"],
-        "full_grid": _grid_metrics(case, dose, ctx.coverage_dose_gy),
+        "full_grid": setting.grid_metrics(case, dose, ctx.coverage_dose_gy),
     }
     where = (
         "the applicator surface"
@@ -692,7 +812,7 @@ def optimise_xray(
         f"prescription {prescription_gy:g} Gy at {where}",
         f"coverage = % of PTV_shell volume receiving >= {ctx.coverage_dose_gy:g} Gy "
         f"({coverage_fraction:g} x Rx)",
-        "tissue model: rigid anatomy, cavity conforming to the applicator (iortopt.cases.breast)",
+        setting.tissue_note,
     ]
     if beam.illustrative:
         notes.insert(0, ILLUSTRATIVE_NOTE)

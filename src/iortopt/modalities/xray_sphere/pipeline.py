@@ -1,9 +1,15 @@
 """One 50 kV X-ray sphere plan from config to outputs (modality ``xray_sphere``).
 
-    prepare_xray(config)        -> PreparedXray   breast case parameters, beam, validated names
+    prepare_xray(config)        -> PreparedXray   the case side (breast phantom, or a CT +
+                                                  RTSTRUCT case: sphere_problem), beam, names
     run_xray(prepared, out_dir) -> XrayRunResult  catalogue comparison + continuous relaxation
-                                                  (:func:`iortopt.modalities.xray_sphere.choice.optimise_xray`),
+                                                  (:func:`iortopt.modalities.xray_sphere.choice.plan_spheres`),
                                                   metrics/goals, the same outputs as HDR plans
+
+``case.kind = "builtin_breast"`` plans the breast phantom (:mod:`iortopt.cases.breast`);
+``case.kind = "dicom"`` the imported case, with the cavity, target, skin and fit rules of
+:mod:`iortopt.modalities.xray_sphere.sphere_problem` (``[xray] centre_mm``,
+``cavity_radius_mm``, ``target_thickness_mm``, ``fit_tolerance_mm``; shields not yet).
 
 ``summary.json`` carries the applicator comparison table (one row per catalogue size), the chosen
 size with the reason (``chosen_applicator``: ``diameter_cm``, ``centre_mm``, ``time_min``), the
@@ -27,6 +33,7 @@ from iortopt.cases.breast import BreastCaseParams, build_breast_case
 from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
 from iortopt.modalities import stage_settings
+from iortopt.modalities.xray_sphere.choice import SphereSetting, breast_setting, plan_spheres
 from iortopt.outputs.dicom_export import XRAY_NO_RTPLAN_NOTE, xray_writer
 from iortopt.outputs.plan_files import (
     common_summary,
@@ -43,11 +50,13 @@ from iortopt.physics.xray import XrayBeam, load_xray_beam
 @dataclass
 class PreparedXray:
     config: PlanConfig
-    params: BreastCaseParams
+    params: BreastCaseParams | None  # the breast phantom's (None for a DICOM case)
     beam: XrayBeam
     dtype: object
     setup_s: float
     shield_specs: list = field(default_factory=list)  # shield_placement.ShieldSpec
+    setting: SphereSetting | None = None
+    problem: object = None  # sphere_problem.SphereProblem of a DICOM case
 
 
 @dataclass
@@ -66,7 +75,6 @@ def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
         ConfigError / SourceDataError naming the field or file at fault.
     """
     t0 = time.perf_counter()
-    params = case_params(BreastCaseParams, cfg.case.breast, "breast")
     beam = load_xray_beam(cfg.xray.beam)
     sizes = cfg.xray.catalogue_diameters_cm
     if sizes is not None:
@@ -76,6 +84,19 @@ def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
                 f"xray.catalogue_diameters_cm: {unknown} not in beam {beam.name!r} "
                 f"(has {list(map(float, beam.diameters_cm))})"
             )
+    if cfg.case.kind == "dicom":
+        return _prepare_dicom(cfg, beam, dtype, t0)
+    # Differing from the default counts as given (a config dumped with every default loads).
+    fields = type(cfg.xray).model_fields
+    phantom_only = sorted(
+        name for name in DICOM_FIELDS if getattr(cfg.xray, name) != fields[name].default
+    )
+    if phantom_only:
+        raise ConfigError(
+            f'xray.{phantom_only[0]}: for case.kind "dicom" only; the breast phantom\'s cavity, '
+            "target thickness and fit tolerance are [case.breast] fields"
+        )
+    params = case_params(BreastCaseParams, cfg.case.breast, "breast")
     # Structure names do not depend on the applicator size: check them on a centred sphere.
     case, _ = build_breast_case(params)
     stage_settings.check_config_names(cfg, case)
@@ -84,17 +105,62 @@ def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
         from iortopt.optimisation.shield_placement import build_specs
 
         shield_specs = build_specs(cfg.shields, case, cfg.plan.modality, dtype, breast=params)
-    return PreparedXray(cfg, params, beam, dtype, time.perf_counter() - t0, shield_specs)
+    return PreparedXray(
+        cfg, params, beam, dtype, time.perf_counter() - t0, shield_specs, breast_setting(params)
+    )
+
+
+#: [xray] fields read only on DICOM cases.
+DICOM_FIELDS = frozenset(
+    {"centre_mm", "cavity_radius_mm", "target_thickness_mm", "fit_tolerance_mm"}
+)
+
+
+def _prepare_dicom(cfg: PlanConfig, beam: XrayBeam, dtype, t0: float) -> PreparedXray:
+    """Import the CT + RTSTRUCT and build its sphere problem (cavity, body surface, rules)."""
+    from iortopt.cases.dicom_case import import_case
+    from iortopt.modalities.xray_sphere.sphere_problem import (
+        SphereOptions,
+        sphere_problem,
+        sphere_setting,
+    )
+
+    x = cfg.xray
+    if cfg.shields:
+        raise ConfigError(
+            "shields: [[shields]] on X-ray plans of DICOM cases are not supported yet (only on "
+            'case.kind "builtin_breast"); remove them'
+        )
+    extra = None
+    if x.centre_mm is not None:
+        # the crop must hold the largest applicator's shell about the given centre
+        reach = max(beam.radii_mm) + x.target_thickness_mm + x.fit_tolerance_mm
+        centre = np.asarray(x.centre_mm, float)
+        extra = np.array([centre - reach, centre + reach])
+    case = import_case(cfg.case.dicom, cfg.plan.name, extra)
+    options = SphereOptions(
+        target_name=cfg.prescription.structure,
+        target_thickness_mm=x.target_thickness_mm,
+        fit_tolerance_mm=x.fit_tolerance_mm,
+        centre_mm=x.centre_mm,
+        cavity_radius_mm=x.cavity_radius_mm,
+        supersampling=cfg.case.dicom.supersample,
+    )
+    problem = sphere_problem(case, options)
+    g = problem.geometry
+    radius = float(np.linalg.norm(g.cavity_wall_mm - g.cavity_centre_mm, axis=-1).mean())
+    stage_settings.check_config_names(cfg, problem.case_for(radius, g.cavity_centre_mm))
+    return PreparedXray(
+        cfg, None, beam, dtype, time.perf_counter() - t0, [], sphere_setting(problem), problem
+    )
 
 
 def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
     """Choose the applicator size, position and time; evaluate and write every output."""
-    from iortopt.modalities.xray_sphere.choice import optimise_xray
-
     cfg, x = prepared.config, prepared.config.xray
     try:
-        result = optimise_xray(
-            prepared.params,
+        result = plan_spheres(
+            prepared.setting,
             prepared.beam,
             prescription_gy=cfg.prescription.dose_gy,
             prescription_mode=x.prescription_mode,
@@ -124,6 +190,7 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
         "chosen_applicator": chosen,
         "applicator_comparison": result.comparison,
         "continuous_relaxation": result.continuous,
+        **({} if prepared.problem is None else {"cavity": _cavity_summary(prepared.problem)}),
         "notes": result.notes + ([XRAY_NO_RTPLAN_NOTE] if cfg.output.dicom else []),
         "wall_times_s": {"prepare_s": prepared.setup_s, **result.timings},
     }
@@ -182,6 +249,23 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
     return XrayRunResult(prepared, case, dose, summary, out_dir)
 
 
+WALL_STATS = {"min": np.min, "mean": np.mean, "max": np.max}
+
+
+def _cavity_summary(problem) -> dict:
+    """The cavity of a DICOM case as summary.json states it (mm, patient coordinates)."""
+    g = problem.geometry
+    wall = np.linalg.norm(g.cavity_wall_mm - g.cavity_centre_mm, axis=-1)
+    return {
+        "centre_mm": np.asarray(g.cavity_centre_mm, float).tolist(),
+        "wall_radius_mm": {k: float(f(wall)) for k, f in WALL_STATS.items()},
+        "fit_tolerance_mm": g.fit_tolerance_mm,
+        "target": problem.options.target_name,
+        "target_is_roi": problem.target_is_roi,
+        "frame": "the case's coordinates (DICOM patient LPS mm)",
+    }
+
+
 COMPARISON_COLUMNS = (
     ("diam cm", "diameter_cm", "{:.1f}"),
     ("fits", "fits_cavity", "{}"),
@@ -208,7 +292,9 @@ def print_xray_summary(result: XrayRunResult, console: Console) -> None:
         table.add_column(title, justify="right")
     for row in s["applicator_comparison"]:
         cells = [
-            ("yes" if row[key] else "no") if key == "fits_cavity" else fmt.format(row[key])
+            ("yes" if row[key] else "no")
+            if key == "fits_cavity"
+            else ("-" if row[key] is None else fmt.format(row[key]))
             for _, key, fmt in COMPARISON_COLUMNS
         ]
         if row.get("skin_flag"):
@@ -271,6 +357,16 @@ def memory_sizes(prepared: PreparedXray) -> dict:
 
     beam, params = prepared.beam, prepared.params
     diameters = prepared.config.xray.catalogue_diameters_cm or list(beam.diameters_cm)
+    if prepared.problem is not None:
+        grid = prepared.problem.case.grid
+        points = prepared.setting.evaluation_points(5.0 * float(max(diameters)), 3.0)
+        return {
+            "n_voxels": grid.n_voxels,
+            "n_points": len(points.points_mm),
+            "n_sizes": len(diameters),
+            "supersampling": prepared.problem.options.supersampling,
+            "spacing_mm": float(min(grid.spacing_xyz_mm)),
+        }
     radius_mm = 5.0 * float(max(diameters))
     grid = case_grid(params, breast_geometry(params, radius_mm))
     # Evaluation points: breast cells within reach of the cavity (a ball, at most the grid) plus

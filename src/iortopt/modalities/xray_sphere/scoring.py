@@ -46,5 +46,7 @@ def smooth_coverage_and_oar(
         if idx["lung"].size
         else 0.0
     )
-    oar = jnp.max(dose[idx["skin"]]) + d2cc("chest_wall") + d2cc("rib") + lung
+    # A case without a skin structure (DICOM) has an empty skin group: no skin term.
+    skin = jnp.max(dose[idx["skin"]]) if idx["skin"].size else 0.0
+    oar = skin + d2cc("chest_wall") + d2cc("rib") + lung
     return coverage, oar
