@@ -154,4 +154,7 @@ def test_script_writes_every_phantom_study(tmp_path, monkeypatch):
     xray = load_config(tmp_path / "breast" / "breast_xray_from_dicom.toml")
     assert xray.plan.modality == "xray_sphere" and xray.case.kind == "dicom"
     assert xray.case.dicom.structures["cavity"].role == "cavity"
-    assert "import" in (tmp_path / "README.txt").read_text()
+    electron = load_config(tmp_path / "eliot" / "eliot_from_dicom.toml")
+    assert electron.plan.modality == "electron" and electron.case.kind == "dicom"
+    readme = (tmp_path / "README.txt").read_text()
+    assert all(f"{name}/" in readme for name in ("study", "flap", "breast", "eliot"))
