@@ -8,8 +8,10 @@ A modality is a module (its folder's ``pipeline.py``) that provides:
                           influence-matrix mode and the points per TG-43 chunk)
     prepare(cfg, dtype)   -> prepared plan: case, applicator candidates, settings (no optimisation,
                           no files); raises ConfigError on invalid input
-    run(prepared, out_dir, console) -> result with ``summary`` and ``out_dir`` (optimise, full-grid
-                          dose, evaluation, outputs)
+    run(prepared, out_dir, ctx) -> result with ``summary`` and ``out_dir`` (optimise, full-grid
+                          dose, evaluation, outputs); ``ctx``: the run's
+                          :class:`iortopt.compute.run_context.RunContext` (TG-43 chunking,
+                          device mesh, progress console), passed on to the dose engines
     print_result(result, console)
     memory_sizes(prepared) -> the sizes its memory estimate needs (``n_voxels``, ``n_points``,
                           ``spacing_mm``, ...), without computing anything

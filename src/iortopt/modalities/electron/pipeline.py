@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from iortopt.cases.eliot import EliotCaseParams, build_eliot_case_with_samples
+from iortopt.compute.run_context import RunContext
 from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
 from iortopt.modalities import stage_settings
@@ -320,7 +321,8 @@ prepare = prepare_electron
 print_result = print_electron_summary
 
 
-def run(prepared: PreparedElectron, out_dir: str | Path, console: Console | None = None):
+def run(prepared: PreparedElectron, out_dir: str | Path, ctx: RunContext):
+    """:func:`run_electron`; no TG-43 chunking or voxel mesh applies (``ctx`` is not read)."""
     return run_electron(prepared, out_dir)
 
 
