@@ -39,13 +39,45 @@ def prepare(cfg: PlanConfig, dtype):
     from iortopt.cases.size_estimate import check_case_size
 
     try:
-        check_sections_used(cfg)
+        check_config(cfg)
         check_case_size(cfg, dtype)
         prepared = prepare_modality(cfg, dtype)
         check_memory(plan_memory(prepared))
     except ConfigError as exc:
         raise with_origin(exc, config_origin(cfg)) from None
     return prepared
+
+
+def check_config(cfg: PlanConfig) -> None:
+    """The checks of a parsed config that need its modality (:func:`check_capabilities`,
+    :func:`check_sections_used`); nothing is built. Batch manifests run it on every job.
+
+    Raises:
+        ConfigError: from either check.
+    """
+    check_capabilities(cfg)
+    check_sections_used(cfg)
+
+
+def check_capabilities(cfg: PlanConfig) -> None:
+    """Refuse a case that lacks a capability the modality needs (``NEEDS``, see
+    :mod:`iortopt.cases.capabilities`).
+
+    Raises:
+        ConfigError: naming the modality, the missing capability, the case kind and how to
+            provide it.
+    """
+    from iortopt.cases import capabilities
+
+    needs = modalities.get(cfg.plan.modality).NEEDS
+    missing = sorted(needs - capabilities.case_capabilities(cfg))
+    if missing:
+        raise ConfigError(
+            "\n".join(
+                capabilities.missing_message(cfg.plan.modality, capability, cfg.case.kind)
+                for capability in missing
+            )
+        )
 
 
 def check_sections_used(cfg: PlanConfig) -> None:

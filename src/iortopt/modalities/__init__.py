@@ -4,6 +4,8 @@ A modality is a module (its folder's ``pipeline.py``) that provides:
 
     NAME                  the ``plan.modality`` value of its configs
     SECTIONS              the top-level config sections it reads (others given are refused)
+    NEEDS                 the case capabilities it needs (:mod:`iortopt.cases.capabilities`); a
+                          case that lacks one is refused before anything is built
     DWELL_CHUNKED         True if it optimises TG-43 dwell times (the memory plan then chooses the
                           influence-matrix mode and the points per TG-43 chunk)
     prepare(cfg, dtype)   -> prepared plan: case, applicator candidates, settings (no optimisation,
@@ -35,6 +37,7 @@ REGISTRY = {
 INTERFACE = (
     "NAME",
     "SECTIONS",
+    "NEEDS",
     "DWELL_CHUNKED",
     "prepare",
     "run",

@@ -87,6 +87,13 @@ def prepare_electron(cfg: PlanConfig, dtype=jnp.float32) -> PreparedElectron:
     Raises:
         ConfigError / SourceDataError naming the field or file at fault.
     """
+    if cfg.case.kind == "dicom":
+        # Until this modality builds its case from a CT + RTSTRUCT (issue 14 item 5): never
+        # plan the phantom instead.
+        raise ConfigError(
+            'case.kind "dicom": plan.modality "electron" does not plan from a CT and RTSTRUCT '
+            "in this version (a built-in phantom only)"
+        )
     t0 = time.perf_counter()
     e = cfg.electron
     params = case_params(EliotCaseParams, cfg.case.eliot, "eliot")
@@ -316,6 +323,8 @@ NAME = "electron"
 SECTIONS = frozenset(
     {"plan", "case", "prescription", "goals", "radiobiology", "output", "compute", "electron"}
 )
+#: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
+NEEDS = frozenset({"tissue_surface", "cone_pose"})
 DWELL_CHUNKED = False
 prepare = prepare_electron
 print_result = print_electron_summary

@@ -647,6 +647,8 @@ SECTIONS = frozenset(
         "shields",
     }
 )
+#: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
+NEEDS = frozenset({"catheters"})
 DWELL_CHUNKED = True
 prepare = prepare_plan
 print_result = print_summary

@@ -66,6 +66,13 @@ def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
     Raises:
         ConfigError / SourceDataError naming the field or file at fault.
     """
+    if cfg.case.kind == "dicom":
+        # Until this modality builds its case from a CT + RTSTRUCT (issue 14 item 4): never
+        # plan the phantom instead.
+        raise ConfigError(
+            'case.kind "dicom": plan.modality "xray_sphere" does not plan from a CT and RTSTRUCT '
+            "in this version (a built-in phantom only)"
+        )
     t0 = time.perf_counter()
     params = case_params(BreastCaseParams, cfg.case.breast, "breast")
     beam = load_xray_beam(cfg.xray.beam)
@@ -256,6 +263,8 @@ SECTIONS = frozenset(
         "shields",
     }
 )
+#: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
+NEEDS = frozenset({"cavity"})
 DWELL_CHUNKED = False
 prepare = prepare_xray
 print_result = print_xray_summary
