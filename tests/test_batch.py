@@ -150,6 +150,12 @@ def test_invalid_jobs_are_marked_not_fatal(tmp_path):
         write(tmp_path / "i.toml", '[[job]]\nname = "x"\nset = {"objectives.99.weight" = 1.0}\n')
     )
     assert "objectives.99" in indexed.jobs[0].error
+    # a modality whose needs the case lacks is refused when the manifest is expanded
+    other = load_manifest(
+        write(tmp_path / "e.toml", '[[job]]\nname = "e"\nset = {"plan.modality" = "electron"}\n')
+    )
+    assert 'plan.modality "electron" needs a cone pose' in other.jobs[0].error
+    assert "job 'e'" in other.jobs[0].error
 
 
 @pytest.mark.parametrize(

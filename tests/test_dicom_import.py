@@ -18,6 +18,7 @@ from iortopt.dicom.rtstruct import rasterise_roi, read_structure_set
 from iortopt.dicom.synthetic import SPHERE_RADIUS_MM, write_synthetic_study
 from iortopt.errors import ConfigError, InputFileError
 from iortopt.grid import Grid
+from iortopt.pipeline import check_config
 
 ALL_ROIS = {
     "CTV": {"roi": "GTV", "role": "target"},
@@ -221,12 +222,12 @@ def test_config_errors():
             "dicom": {"ct_folder": "ct", "structures": {"CTV": {"roi": "GTV", "role": "target"}}},
         }
     }
-    with pytest.raises(ConfigError, match="needs applicator.catheters_mm"):
-        parse_config(base)
+    with pytest.raises(ConfigError, match="needs catheters.*give applicator.catheters_mm"):
+        check_config(parse_config(base))
     with pytest.raises(ConfigError, match="needs a \\[case.dicom\\] section"):
         parse_config({"case": {"kind": "dicom"}})
-    with pytest.raises(ConfigError, match="does not fit plan.modality"):
-        parse_config(base | {"plan": {"modality": "electron"}})
+    with pytest.raises(ConfigError, match='plan.modality "electron" needs a cone pose'):
+        check_config(parse_config(base | {"plan": {"modality": "electron"}}))
     bad_role = {
         "case": {
             "kind": "dicom",

@@ -22,6 +22,7 @@ from iortopt.grid import Grid
 from iortopt.modalities.electron.pipeline import prepare_electron, run_electron
 from iortopt.modalities.stage_settings import dicom_plan_info
 from iortopt.outputs.dicom_export import electron_writer
+from iortopt.pipeline import check_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_dicom_example.py"
@@ -100,8 +101,8 @@ def test_eliot_plan_from_its_dicom_study_matches_the_phantom_plan(study_config, 
 def test_missing_cone_end_is_a_named_error(study_config):
     doc = _dicom_doc(study_config)
     del doc["electron"]["cone_end_mm"]
-    with pytest.raises(ConfigError, match="electron.cone_end_mm"):
-        parse_config(doc)
+    with pytest.raises(ConfigError, match="needs a cone pose.*electron.cone_end_mm"):
+        check_config(parse_config(doc))
     doc = _dicom_doc(study_config, cone_axis=(0.0, 0.0, 0.0))
     with pytest.raises(ConfigError, match="electron.cone_axis"):
         parse_config(doc)

@@ -108,8 +108,7 @@ def test_influence_matrix_built_in_place_equals_direct():
         catheter=np.zeros(20, int),
         index=np.arange(20),
     )
-    with memory.active_compute(memory.ActiveCompute(pairs_per_chunk=64 * 20)):
-        matrix, _, _ = _influence_matrix(pts, dwells, kernel, SK_U, jnp.float64)
+    matrix, _, _ = _influence_matrix(pts, dwells, kernel, SK_U, jnp.float64, chunk_size=64)
     direct = tg43.dose_rate_matrix(pts, dwells.positions_mm, dwells.axes, kernel)
     direct = np.asarray(direct) * SK_U * tg43.GY_PER_CGY / tg43.SECONDS_PER_HOUR
     assert n % 64 != 0
@@ -272,13 +271,14 @@ def test_choose_chunk_size_respects_the_limit():
     assert memory.choose_chunk_size(peak, 1000, fixed - 1) is None
 
 
-def test_auto_chunk_size_follows_the_active_compute_settings():
+def test_auto_chunk_size_follows_the_run_context():
+    from iortopt.compute.run_context import RunContext
+
     default = tg43.auto_chunk_size(100)
     assert default == memory.PAIRS_PER_CHUNK // 100 // 8 * 8
-    with memory.active_compute(memory.ActiveCompute(pairs_per_chunk=512 * 100)):
-        assert tg43.auto_chunk_size(100) == 512
-        assert tg43.auto_chunk_size(100, memory.PAIRS_PER_CHUNK) == default
-    assert tg43.auto_chunk_size(100) == default
+    assert tg43.auto_chunk_size(100, 512 * 100) == 512
+    assert RunContext(pairs_per_chunk=512 * 100).chunk_size(100) == 512
+    assert RunContext().chunk_size(100) == default
 
 
 def test_largest_fitting_scale():
@@ -312,8 +312,19 @@ def test_use_influence_matrix_decisions():
     assert memory.use_influence_matrix("auto", *args, 1e9)
     assert not memory.use_influence_matrix("auto", *args, 50.0)  # 76 MiB matrix > 50 MiB
     assert not memory.use_influence_matrix("auto", *args, 1e9, budget_bytes=10 * memory.MIB)
-    with memory.active_compute(memory.ActiveCompute(influence="matrix_free")):
-        assert not memory.use_influence_matrix("auto", *args, 1e9)
+
+
+def test_hdr_influence_mode_follows_the_run_context():
+    from iortopt.compute.run_context import RunContext
+    from iortopt.modalities.hdr_flap.pipeline import _use_influence_matrix
+
+    cfg = load_config(None)
+    assert _use_influence_matrix(cfg, 100_000, 200, np.float32, RunContext())
+    assert not _use_influence_matrix(
+        cfg, 100_000, 200, np.float32, RunContext(influence="matrix_free")
+    )
+    small = RunContext(budget_bytes=10 * memory.MIB)
+    assert not _use_influence_matrix(cfg, 100_000, 200, np.float32, small)
 
 
 def test_compute_section_in_config():
@@ -355,9 +366,10 @@ def test_small_limit_picks_smaller_chunks_then_refuses(monkeypatch):
     plan = plan_memory(prepared)
     assert plan.fits and plan.estimate.peak_bytes <= limit_mb * memory.MIB
     assert memory.MIN_CHUNK <= plan.chunk_size < big.chunk_size
-    # The dose pass then runs with that chunk: auto_chunk_size follows the active settings.
-    with memory.active_compute(memory.ActiveCompute(plan.pairs_per_chunk)):
-        assert tg43.auto_chunk_size(len(prepared.dwells)) == plan.chunk_size
+    # The dose pass then runs with that chunk, handed down in the run context.
+    from iortopt.pipeline import run_context
+
+    assert run_context(plan).chunk_size(len(prepared.dwells)) == plan.chunk_size
 
     cfg = _with_compute(memory_limit_mb=8)
     with pytest.raises(ConfigError) as info:

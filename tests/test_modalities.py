@@ -35,8 +35,8 @@ def test_no_string_switch_on_the_modality_outside_the_registry():
     offenders = [
         f"{path.relative_to(SRC)}:{n}"
         for path in sorted(SRC.rglob("*.py"))
-        if path.name != "config.py"  # validation rules of the config file (issue 14: to declare
-        # as modality capabilities)
+        if path.name != "config.py"  # its shield rule (no [[shields]] on electron plans); which
+        # case fits which modality is declared as capabilities (iortopt.cases.capabilities)
         for n, line in enumerate(path.read_text().splitlines(), 1)
         if switch.search(line)
     ]

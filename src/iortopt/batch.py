@@ -338,10 +338,15 @@ def _base_document(base: str, manifest_dir: Path, origin: str) -> tuple[dict, st
 
 
 def _validate_job(doc: dict, name: str) -> str | None:
-    from iortopt.config import parse_config
+    from iortopt.config import config_origin, parse_config, with_origin
+    from iortopt.pipeline import check_config
 
     try:
-        parse_config(doc, f"job {name!r}")
+        cfg = parse_config(doc, f"job {name!r}")
+        try:
+            check_config(cfg)
+        except ConfigError as exc:
+            raise with_origin(exc, config_origin(cfg)) from None
     except ConfigError as exc:
         return str(exc)
     return None
@@ -417,8 +422,8 @@ def load_manifest(path: str | Path) -> Batch:
 
 
 def check_jobs_valid(batch: Batch) -> None:
-    """Every job's resolved config validated as a run validates it (``parse_config``, done when
-    the manifest is expanded); nothing is run.
+    """Every job's resolved config validated as a run validates it (``parse_config`` and
+    ``pipeline.check_config``, done when the manifest is expanded); nothing is run.
 
     Raises:
         ManifestError: listing each invalid job by index, id and the fields at fault.

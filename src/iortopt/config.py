@@ -401,44 +401,8 @@ class PlanConfig(_Model):
     compute: ComputeSection = ComputeSection()
     shields: list[ShieldConfig] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _case_fits_modality(self):
-        expected = {
-            "hdr_flap": "builtin_flap",
-            "xray_sphere": "builtin_breast",
-            "electron": "builtin_eliot",
-        }[self.plan.modality]
-        if self.case.kind == "dicom" and self.plan.modality == "hdr_flap":
-            if not self.applicator.catheters_mm:
-                raise ValueError(
-                    'case.kind "dicom" needs applicator.catheters_mm (catheter polylines, mm)'
-                )
-            return self
-        if self.case.kind == "dicom" and self.plan.modality == "electron":
-            missing = [k for k in ("cone_end_mm", "cone_axis") if getattr(self.electron, k) is None]
-            if missing:
-                raise ValueError(
-                    f'case.kind "dicom" with plan.modality "electron" needs electron.'
-                    f"{' and electron.'.join(missing)} (the cone in patient mm)"
-                )
-            return self
-        if self.case.kind == "dicom" and self.plan.modality == "xray_sphere":
-            roles = [s.role for s in self.case.dicom.structures.values()]
-            if "cavity" not in roles and (
-                self.xray.centre_mm is None or self.xray.cavity_radius_mm is None
-            ):
-                raise ValueError(
-                    'case.kind "dicom" with plan.modality "xray_sphere" needs the cavity: a '
-                    'case.dicom.structures ROI with role "cavity", or xray.centre_mm and '
-                    "xray.cavity_radius_mm (a spherical cavity)"
-                )
-            return self
-        if self.case.kind != expected:
-            raise ValueError(
-                f"case.kind {self.case.kind!r} does not fit plan.modality "
-                f"{self.plan.modality!r} (expected {expected!r})"
-            )
-        return self
+    # Whether the case fits plan.modality is checked against the capabilities the modality
+    # needs (iortopt.pipeline.check_capabilities), where the modality registry can be imported.
 
     @model_validator(mode="after")
     def _shields_fit_plan(self):

@@ -15,7 +15,6 @@ with the voxel axis split over ``compute.devices`` (:mod:`iortopt.compute.shardi
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from rich.console import Console
 
 from iortopt import modalities
 from iortopt.compute import memory
+from iortopt.compute.run_context import RunContext
 from iortopt.config import PlanConfig, config_origin, non_default_sections, with_origin
 from iortopt.errors import ConfigError
 
@@ -39,13 +39,45 @@ def prepare(cfg: PlanConfig, dtype):
     from iortopt.cases.size_estimate import check_case_size
 
     try:
-        check_sections_used(cfg)
+        check_config(cfg)
         check_case_size(cfg, dtype)
         prepared = prepare_modality(cfg, dtype)
         check_memory(plan_memory(prepared))
     except ConfigError as exc:
         raise with_origin(exc, config_origin(cfg)) from None
     return prepared
+
+
+def check_config(cfg: PlanConfig) -> None:
+    """The checks of a parsed config that need its modality (:func:`check_capabilities`,
+    :func:`check_sections_used`); nothing is built. Batch manifests run it on every job.
+
+    Raises:
+        ConfigError: from either check.
+    """
+    check_capabilities(cfg)
+    check_sections_used(cfg)
+
+
+def check_capabilities(cfg: PlanConfig) -> None:
+    """Refuse a case that lacks a capability the modality needs (``NEEDS``, see
+    :mod:`iortopt.cases.capabilities`).
+
+    Raises:
+        ConfigError: naming the modality, the missing capability, the case kind and how to
+            provide it.
+    """
+    from iortopt.cases import capabilities
+
+    needs = modalities.get(cfg.plan.modality).NEEDS
+    missing = sorted(needs - capabilities.case_capabilities(cfg))
+    if missing:
+        raise ConfigError(
+            "\n".join(
+                capabilities.missing_message(cfg.plan.modality, capability, cfg.case.kind)
+                for capability in missing
+            )
+        )
 
 
 def check_sections_used(cfg: PlanConfig) -> None:
@@ -74,27 +106,27 @@ def execute(prepared, out_dir: str | Path, console: Console | None = None):
     """Optimise and write the outputs; the result has ``summary`` and ``out_dir``.
 
     Runs with the chunk size chosen from the memory budget and the voxel axis split over
-    ``compute.devices`` (one device: the plain single-device path)."""
-    plan = plan_memory(prepared)
-    with ExitStack() as stack:
-        stack.enter_context(
-            memory.active_compute(
-                memory.ActiveCompute(
-                    plan.pairs_per_chunk,
-                    plan.budget.usable_bytes,
-                    plan.estimate.sizes.get("influence"),
-                )
-            )
-        )
-        if plan.devices > 1:
-            from iortopt.compute.sharding import active_mesh, voxel_mesh
-
-            stack.enter_context(active_mesh(voxel_mesh(plan.devices)))
-        return _execute(prepared, out_dir, console)
+    ``compute.devices`` (one device: the plain single-device path), both handed to the modality
+    in its :class:`~iortopt.compute.run_context.RunContext`."""
+    ctx = run_context(plan_memory(prepared), console)
+    return modalities.get(prepared.config.plan.modality).run(prepared, out_dir, ctx)
 
 
-def _execute(prepared, out_dir: str | Path, console: Console | None):
-    return modalities.get(prepared.config.plan.modality).run(prepared, out_dir, console)
+def run_context(plan: PlanMemory, console: Console | None = None) -> RunContext:
+    """The run settings of a memory plan: TG-43 pairs per chunk, budget, influence mode and, for
+    more than one device, the voxel mesh."""
+    mesh = None
+    if plan.devices > 1:
+        from iortopt.compute.sharding import voxel_mesh
+
+        mesh = voxel_mesh(plan.devices)
+    return RunContext(
+        pairs_per_chunk=plan.pairs_per_chunk,
+        budget_bytes=plan.budget.usable_bytes,
+        influence=plan.estimate.sizes.get("influence"),
+        mesh=mesh,
+        console=console,
+    )
 
 
 def print_result(result, console: Console) -> None:

@@ -41,8 +41,8 @@ def memory_command(
         from iortopt.config import config_origin, load_config, with_origin
         from iortopt.errors import ConfigError
         from iortopt.pipeline import (
+            check_config,
             check_memory,
-            check_sections_used,
             plan_memory,
             prepare_modality,
         )
@@ -50,7 +50,7 @@ def memory_command(
         dtype = configure(device, precision)
         cfg = load_config(config)
         try:
-            check_sections_used(cfg)
+            check_config(cfg)
             # From the config alone, before the case is built: a case too large is refused here,
             # in seconds, with its estimate.
             size = check_case_size(cfg, dtype)

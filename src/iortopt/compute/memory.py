@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -551,70 +549,25 @@ def use_influence_matrix(
 ) -> bool:
     """Whether an HDR optimisation uses the explicit influence matrix: ``mode`` ``"matrix"`` or
     ``"matrix_free"`` decides; ``"auto"`` takes the matrix when it is at most
-    ``influence_memory_mb`` and its optimiser step fits ``budget_bytes`` (the active budget if
-    None and a plan run set one)."""
+    ``influence_memory_mb`` and its optimiser step fits ``budget_bytes`` (None: no budget)."""
     if mode != "auto":
         return mode == "matrix"
-    settings = _ACTIVE.get()
-    if budget_bytes is None and settings is not None and settings.influence is not None:
-        return settings.influence == "matrix"
     matrix_bytes = n_points * n_dwells * _itemsize(dtype)
     if matrix_bytes > influence_memory_mb * MIB:
         return False
-    budget_bytes = budget_bytes if budget_bytes is not None else active_budget_bytes()
     if budget_bytes is None:
         return True
     est = tg43_matrix_estimate(n_points, n_dwells, dtype, n_structures)
     return est.peak_bytes <= budget_bytes
 
 
-# ----------------------------------------------------------------------------------------------
-# The settings of a running plan
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ActiveCompute:
-    """What a plan run decided before it started: TG-43 pairs per chunk, the budget and (HDR,
-    ``optimizer.influence = "auto"``) ``"matrix"`` or ``"matrix_free"``."""
-
-    pairs_per_chunk: int | None = None
-    budget_bytes: int | None = None
-    influence: str | None = None
-
-
-_ACTIVE: ContextVar[ActiveCompute | None] = ContextVar("iortopt_compute", default=None)
-
-
-@contextmanager
-def active_compute(settings: ActiveCompute | None) -> Iterator[ActiveCompute | None]:
-    """Within the block, ``tg43.auto_chunk_size`` and :func:`use_influence_matrix` follow
-    ``settings``."""
-    token = _ACTIVE.set(settings)
-    try:
-        yield settings
-    finally:
-        _ACTIVE.reset(token)
-
-
-def active_pairs_per_chunk() -> int | None:
-    settings = _ACTIVE.get()
-    return None if settings is None else settings.pairs_per_chunk
-
-
-def active_budget_bytes() -> int | None:
-    settings = _ACTIVE.get()
-    return None if settings is None else settings.budget_bytes
-
-
 def auto_chunk_size(n_dwells: int, pairs_per_chunk: int | None = None) -> int:
     """Points per chunk so that one chunk holds about ``pairs_per_chunk`` point x dwell pairs.
 
-    ``None`` (default) takes the value a plan run made active from its memory budget
-    (:func:`active_pairs_per_chunk`), else :data:`PAIRS_PER_CHUNK`.
+    ``None`` or 0 (default) takes :data:`PAIRS_PER_CHUNK`; a plan run passes the value it chose from
+    its memory budget (:class:`iortopt.compute.run_context.RunContext`).
     About 1e5 pairs (a few hundred kB per intermediate) keeps a chunk in the CPU's L2 cache; on the
     reference problem 256 to 2000 points per chunk all ran within 15 % of each other.
     """
-    if pairs_per_chunk is None:
-        pairs_per_chunk = active_pairs_per_chunk() or PAIRS_PER_CHUNK
+    pairs_per_chunk = pairs_per_chunk or PAIRS_PER_CHUNK
     return max(64, int(pairs_per_chunk // max(n_dwells, 1)) // 8 * 8)

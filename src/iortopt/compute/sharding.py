@@ -9,8 +9,9 @@ gradients flow through it. With one device every function here is exactly the un
 
     mesh = voxel_mesh("all")                       # or voxel_mesh(2)
     dose = tg43.dose_gy(points, pos, axes, t, kernel, sk, mesh=mesh)
-    with active_mesh(mesh):                        # every dose_gy call inside uses the mesh
-        run the plan
+
+A plan run passes its mesh down explicitly (``RunContext.mesh``,
+:mod:`iortopt.compute.run_context`); there is no active mesh.
 
 Several processes (multi-host, one very large plan): call ``jax.distributed.initialize()`` (it reads
 the coordinator address, process count and id from SLURM or from its arguments) in every process
@@ -24,9 +25,7 @@ config option, set before the first JAX operation) gives several host devices fo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,8 +34,6 @@ from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
 from jax.sharding import PartitionSpec as P
 
 VOXEL_AXIS = "voxels"
-
-_ACTIVE_MESH: ContextVar[Mesh | None] = ContextVar("iortopt_voxel_mesh", default=None)
 
 
 def resolve_device_count(devices: int | str = "all", available: int | None = None) -> int:
@@ -59,21 +56,6 @@ def voxel_mesh(devices: int | str = "all") -> Mesh:
     """A 1-D mesh over the first ``devices`` devices of the default backend (``"all"``: all)."""
     n = resolve_device_count(devices)
     return Mesh(np.asarray(jax.devices()[:n]), (VOXEL_AXIS,))
-
-
-def current_mesh() -> Mesh | None:
-    """The mesh made active by :func:`active_mesh`, or None."""
-    return _ACTIVE_MESH.get()
-
-
-@contextmanager
-def active_mesh(mesh: Mesh | None) -> Iterator[Mesh | None]:
-    """Within the block, :func:`iortopt.physics.tg43.dose_gy` splits its points over ``mesh``."""
-    token = _ACTIVE_MESH.set(mesh)
-    try:
-        yield mesh
-    finally:
-        _ACTIVE_MESH.reset(token)
 
 
 def _pad_rows(x: jnp.ndarray, multiple: int) -> jnp.ndarray:
@@ -100,9 +82,7 @@ def map_voxel_shards(
         out_specs=P(VOXEL_AXIS),
         check_vma=False,
     )
-    # The per-device function must not shard again: no mesh is active while it is traced.
-    with active_mesh(None):
-        out = mapped(padded, *replicated)
+    out = mapped(padded, *replicated)
     return out if padded.shape[0] == n_points else out[:n_points]
 
 

@@ -4,12 +4,16 @@ A modality is a module (its folder's ``pipeline.py``) that provides:
 
     NAME                  the ``plan.modality`` value of its configs
     SECTIONS              the top-level config sections it reads (others given are refused)
+    NEEDS                 the case capabilities it needs (:mod:`iortopt.cases.capabilities`); a
+                          case that lacks one is refused before anything is built
     DWELL_CHUNKED         True if it optimises TG-43 dwell times (the memory plan then chooses the
                           influence-matrix mode and the points per TG-43 chunk)
     prepare(cfg, dtype)   -> prepared plan: case, applicator candidates, settings (no optimisation,
                           no files); raises ConfigError on invalid input
-    run(prepared, out_dir, console) -> result with ``summary`` and ``out_dir`` (optimise, full-grid
-                          dose, evaluation, outputs)
+    run(prepared, out_dir, ctx) -> result with ``summary`` and ``out_dir`` (optimise, full-grid
+                          dose, evaluation, outputs); ``ctx``: the run's
+                          :class:`iortopt.compute.run_context.RunContext` (TG-43 chunking,
+                          device mesh, progress console), passed on to the dose engines
     print_result(result, console)
     memory_sizes(prepared) -> the sizes its memory estimate needs (``n_voxels``, ``n_points``,
                           ``spacing_mm``, ...), without computing anything
@@ -33,6 +37,7 @@ REGISTRY = {
 INTERFACE = (
     "NAME",
     "SECTIONS",
+    "NEEDS",
     "DWELL_CHUNKED",
     "prepare",
     "run",

@@ -329,6 +329,9 @@ def xray_writer(
             dose_gy,
             case.grid,
             study,
+            # Kept although no RTPLAN is written: the Referenced RT Plan Sequence is type 1C on
+            # the Dose Summation Type (required for PLAN), not on a plan being present; without
+            # it dciodvfy reports "Missing attribute Type 1C ... ReferencedRTPlanSequence".
             plan_uid=new_uid(),
             summation_type="PLAN",
             dvhs=dvh_entries(case, dose_gy, dvhs, study),

@@ -200,25 +200,20 @@ def dose_gy(
         kernel: from :func:`make_kernel`.
         air_kerma_strength_U: S_K at treatment time in U (scalar or (N,)); see :func:`decayed_sk`.
         chunk_size: points per chunk; peak memory is about chunk_size x N x 7 values
-            (:mod:`iortopt.compute.memory`). 0 (default) picks :func:`auto_chunk_size`; ``None``
-            evaluates
-            all points at once.
+            (:mod:`iortopt.compute.memory`). 0 (default) picks :func:`auto_chunk_size` with its
+            default pairs per chunk (a plan run passes the chunk it chose from its memory
+            budget); ``None`` evaluates all points at once.
         remat: recompute each chunk's dose-rate block in the backward pass instead of keeping it,
             so a gradient also holds only one chunk of point x dwell values (it would otherwise
             keep all P x N of them, as much as an influence matrix) at the price of a second
             kernel pass. ``None`` (default): on whenever the points are split into chunks.
         mesh: a 1-D :class:`jax.sharding.Mesh` to split the points over its devices
-            (:func:`iortopt.compute.sharding.voxel_mesh`); ``None`` uses the mesh made active by
-            :func:`iortopt.compute.sharding.active_mesh` if any. One device: exactly the unsharded
-            path.
+            (:func:`iortopt.compute.sharding.voxel_mesh`); ``None`` (default): one device. A
+            one-device mesh is exactly the unsharded path.
 
     Returns:
         (P,) dose in Gy.
     """
-    if mesh is None:
-        from iortopt.compute.sharding import current_mesh
-
-        mesh = current_mesh()
     if mesh is not None and mesh.size > 1:
         from iortopt.compute.sharding import map_voxel_shards
 

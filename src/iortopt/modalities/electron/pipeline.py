@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from iortopt.cases.eliot import EliotCaseParams, build_eliot_case_with_samples
+from iortopt.compute.run_context import RunContext
 from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
 from iortopt.modalities import stage_settings
@@ -389,12 +390,15 @@ NAME = "electron"
 SECTIONS = frozenset(
     {"plan", "case", "prescription", "goals", "radiobiology", "output", "compute", "electron"}
 )
+#: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
+NEEDS = frozenset({"tissue_surface", "cone_pose"})
 DWELL_CHUNKED = False
 prepare = prepare_electron
 print_result = print_electron_summary
 
 
-def run(prepared: PreparedElectron, out_dir: str | Path, console: Console | None = None):
+def run(prepared: PreparedElectron, out_dir: str | Path, ctx: RunContext):
+    """:func:`run_electron`; no TG-43 chunking or voxel mesh applies (``ctx`` is not read)."""
     return run_electron(prepared, out_dir)
 
 

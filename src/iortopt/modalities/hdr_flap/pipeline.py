@@ -28,6 +28,7 @@ from iortopt.cases.case import Case
 from iortopt.cases.catheters import Dwells, select_active
 from iortopt.cases.flap import FlapCaseParams, build_flap_case
 from iortopt.compute.progress import DelayedProgress
+from iortopt.compute.run_context import RunContext
 from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
 from iortopt.modalities import stage_settings
@@ -233,23 +234,28 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
 
 
 def _influence_matrix(
-    points_mm: np.ndarray, dwells: Dwells, kernel: TG43Kernel, sk_U: float, dtype
+    points_mm: np.ndarray,
+    dwells: Dwells,
+    kernel: TG43Kernel,
+    sk_U: float,
+    dtype,
+    chunk_size: int = 0,
+    mesh=None,
 ):
-    """(P, N) dose in Gy per second of dwell time, computed in chunks (``auto_chunk_size``, which
-    follows the chunking a plan run chose from its memory budget).
+    """(P, N) dose in Gy per second of dwell time, computed in chunks of ``chunk_size`` points
+    (0: ``auto_chunk_size``; a plan run passes the chunk it chose from its memory budget).
 
     Each chunk of rows is written in place into the (P, N) result, so the build holds one matrix
     and one chunk (a padded matrix sliced afterwards would hold two). The last chunk is shifted
     back to end at row P (rows computed twice, same values).
-    With a multi-device mesh active (:func:`iortopt.compute.sharding.active_mesh`) every device
-    builds its
-    own rows, and the matrix stays split by rows when P is a multiple of the device count (the
-    optimiser's ``matrix @ t`` then runs on every device); ``compile_s`` is then included in
-    ``run_s``. Returns (matrix, compile_s, run_s)."""
-    from iortopt.compute.sharding import current_mesh, sharded_influence_matrix
+    With a multi-device ``mesh`` (:func:`iortopt.compute.sharding.voxel_mesh`) every device
+    builds its own rows, and the matrix stays split by rows when P is a multiple of the device
+    count (the optimiser's ``matrix @ t`` then runs on every device); ``compile_s`` is then
+    included in ``run_s``. Returns (matrix, compile_s, run_s)."""
+    from iortopt.compute.sharding import sharded_influence_matrix
 
     scale = sk_U * GY_PER_CGY / SECONDS_PER_HOUR
-    chunk = auto_chunk_size(len(dwells))
+    chunk = chunk_size or auto_chunk_size(len(dwells))
 
     def build(pts, pos, axes):
         n_rows = pts.shape[0]
@@ -270,7 +276,6 @@ def _influence_matrix(
         jnp.asarray(dwells.positions_mm, dtype),
         jnp.asarray(dwells.axes, dtype),
     )
-    mesh = current_mesh()
     if mesh is not None and mesh.size > 1:
         t0 = time.perf_counter()
         matrix = sharded_influence_matrix(lambda p: build(p, *args[1:]), args[0], mesh)
@@ -282,12 +287,17 @@ def _influence_matrix(
     return matrix, t1 - t0, time.perf_counter() - t1
 
 
-def _use_influence_matrix(cfg: PlanConfig, n_points: int, n_dwells: int, dtype) -> bool:
-    """Explicit matrix or matrix-free passes (``optimizer.influence``): in ``"auto"`` the matrix
-    when it is at most ``optimizer.influence_memory_mb`` and its optimiser step fits the memory
-    budget of the run (:func:`iortopt.compute.memory.use_influence_matrix`)."""
+def _use_influence_matrix(
+    cfg: PlanConfig, n_points: int, n_dwells: int, dtype, ctx: RunContext
+) -> bool:
+    """Explicit matrix or matrix-free passes (``optimizer.influence``): in ``"auto"`` what the
+    run's memory plan decided (``ctx.influence``), else the matrix when it is at most
+    ``optimizer.influence_memory_mb`` and its optimiser step fits the run's budget
+    (:func:`iortopt.compute.memory.use_influence_matrix`)."""
     from iortopt.compute.memory import use_influence_matrix
 
+    if cfg.optimizer.influence == "auto" and ctx.influence is not None:
+        return ctx.influence == "matrix"
     return use_influence_matrix(
         cfg.optimizer.influence,
         n_points,
@@ -295,6 +305,7 @@ def _use_influence_matrix(cfg: PlanConfig, n_points: int, n_dwells: int, dtype) 
         dtype,
         cfg.optimizer.influence_memory_mb,
         n_structures=max(len(cfg.objectives), 1),
+        budget_bytes=ctx.budget_bytes,
     )
 
 
@@ -379,13 +390,16 @@ def checkpoint_key(cfg: PlanConfig, n_dwells: int) -> str:
 
 
 def optimise_and_write(
-    prepared: PreparedPlan, out_dir: str | Path, console: Console | None = None
+    prepared: PreparedPlan, out_dir: str | Path, ctx: RunContext | None = None
 ) -> PlanResult:
     """Optimise dwell times, compute the full dose and write every output into ``out_dir``.
 
-    Every 25 iterations the dwell times go to a checkpoint beside ``out_dir``; a later run of the
-    same config into the same folder starts from it (an interrupted long run resumes).
+    ``ctx``: the run's chunking, influence mode, device mesh and progress console (None: the
+    defaults on one device, no progress display). Every 25 iterations the dwell times go to a
+    checkpoint beside ``out_dir``; a later run of the same config into the same folder starts
+    from it (an interrupted long run resumes).
     """
+    ctx = ctx or RunContext()
     cfg, case, dwells, dtype = prepared.config, prepared.case, prepared.dwells, prepared.dtype
     grid = case.grid
     timings = {"setup_s": prepared.setup_s}
@@ -400,7 +414,8 @@ def optimise_and_write(
         cfg.prescription.dose_gy,
     )
     total = objectives.combine(terms)
-    use_matrix = _use_influence_matrix(cfg, points_opt.shape[0], n_dwells, dtype)
+    chunk = ctx.chunk_size(n_dwells)
+    use_matrix = _use_influence_matrix(cfg, points_opt.shape[0], n_dwells, dtype, ctx)
     if prepared.shield_specs and not use_matrix:
         raise ConfigError(
             "shields: the shield optimisation needs the explicit influence matrix "
@@ -409,7 +424,7 @@ def optimise_and_write(
         )
     if use_matrix:
         matrix, compile_s, run_s = _influence_matrix(
-            points_opt, dwells, prepared.kernel, prepared.sk_U, dtype
+            points_opt, dwells, prepared.kernel, prepared.sk_U, dtype, chunk, ctx.mesh
         )
         timings.update(influence_compile_s=compile_s, influence_s=run_s)
         operands = (matrix,)
@@ -425,7 +440,7 @@ def optimise_and_write(
         )
 
         def dose_of(t, pts, pos, axes):
-            return dose_gy(pts, pos, axes, t, prepared.kernel, prepared.sk_U)
+            return dose_gy(pts, pos, axes, t, prepared.kernel, prepared.sk_U, chunk, mesh=ctx.mesh)
 
     unit_dose = np.asarray(jax.jit(dose_of)(jnp.ones(n_dwells, dtype), *operands))
     target_w = prepared.weights[cfg.prescription.structure]
@@ -443,7 +458,7 @@ def optimise_and_write(
     if resumed is not None:
         init = resumed
 
-    bar = DelayedProgress(console, cfg.optimizer.max_iterations, "optimising")
+    bar = DelayedProgress(ctx.console, cfg.optimizer.max_iterations, "optimising")
     params = objectives.term_params(terms, dtype)
     result = minimise(
         lambda t, params, *ops: total(dose_of(t, *ops), t, params),
@@ -472,7 +487,7 @@ def optimise_and_write(
             operands[0],
             points_opt,
             result.times_s,
-            console,
+            ctx.console,
             shield_checkpoint_path,
             run_key,
         )
@@ -490,11 +505,12 @@ def optimise_and_write(
             times_s,
             prepared.kernel,
             prepared.sk_U,
-            chunk_size=cfg.output.dose_chunk_size,
+            chunk_size=cfg.output.dose_chunk_size or chunk,
+            mesh=ctx.mesh,
         )
         dose = np.asarray(full, np.float32).reshape(grid.shape_zyx)
     else:
-        dose = hdr_shields.full_dose_gy(prepared, times_s, stage)
+        dose = hdr_shields.full_dose_gy(prepared, times_s, stage, ctx)
     timings["full_dose_s"] = time.perf_counter() - t0
     times_final = jnp.asarray(times_s, dtype)
     dose_opt = (
@@ -525,7 +541,7 @@ def optimise_and_write(
     }
     if stage is not None:
         summary["objective"] = stage.optimum.objective
-        summary |= hdr_shields.shield_summary(prepared, stage, evaluation, result.times_s)
+        summary |= hdr_shields.shield_summary(prepared, stage, evaluation, result.times_s, ctx)
     t0 = time.perf_counter()
     summary["wall_times_s"] = timings
     d = dwells
@@ -631,13 +647,15 @@ SECTIONS = frozenset(
         "shields",
     }
 )
+#: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
+NEEDS = frozenset({"catheters"})
 DWELL_CHUNKED = True
 prepare = prepare_plan
 print_result = print_summary
 
 
-def run(prepared: PreparedPlan, out_dir: str | Path, console: Console | None = None) -> PlanResult:
-    return optimise_and_write(prepared, out_dir, console=console)
+def run(prepared: PreparedPlan, out_dir: str | Path, ctx: RunContext) -> PlanResult:
+    return optimise_and_write(prepared, out_dir, ctx)
 
 
 def memory_sizes(prepared: PreparedPlan) -> dict:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from iortopt.compute.run_context import RunContext
 from iortopt.optimisation import shield_placement as shl
 from iortopt.optimisation.optax_loop import (
     CheckpointRejected,
@@ -421,22 +422,30 @@ def run_shield_stage(
     return ShieldStage(specs, optimum, placed_shields(specs, optimum, dtype), distance_map)
 
 
-def full_dose_gy(prepared, times_s, stage: ShieldStage | None = None) -> np.ndarray:
-    """Dose (Gy) on the whole grid, (nz, ny, nx), with the stage's shields if given."""
+def full_dose_gy(
+    prepared, times_s, stage: ShieldStage | None = None, ctx: RunContext | None = None
+) -> np.ndarray:
+    """Dose (Gy) on the whole grid, (nz, ny, nx), with the stage's shields if given.
+
+    Points per chunk: ``output.dose_chunk_size``, else the run's (``ctx``); without shields the
+    points are split over ``ctx.mesh``."""
     from iortopt.physics.tg43 import dose_gy
 
+    ctx = ctx or RunContext()
     grid, dwells = prepared.case.grid, prepared.dwells
     points = grid.points_mm(np.float32)
-    chunk = prepared.config.output.dose_chunk_size
+    chunk = prepared.config.output.dose_chunk_size or ctx.chunk_size(len(dwells))
     args = (points, dwells.positions_mm, dwells.axes, times_s, prepared.kernel, prepared.sk_U)
     if stage is None:
-        flat = dose_gy(*args, chunk_size=chunk)
+        flat = dose_gy(*args, chunk_size=chunk, mesh=ctx.mesh)
     else:
         flat = shielded_dose_gy(*args, stage.placed, stage.specs, chunk)
     return np.asarray(flat, np.float32).reshape(grid.shape_zyx)
 
 
-def shield_summary(prepared, stage: ShieldStage, evaluation, unshielded_times_s) -> dict:
+def shield_summary(
+    prepared, stage: ShieldStage, evaluation, unshielded_times_s, ctx: RunContext | None = None
+) -> dict:
     """Summary fields: the placed shields, the optimisation, and protected-OAR and target metrics
     of (1) this plan, (2) the plan optimised without shields, (3) this plan's dwell times with the
     shields removed."""
@@ -456,7 +465,7 @@ def shield_summary(prepared, stage: ShieldStage, evaluation, unshielded_times_s)
     settings = stage_settings.evaluation_settings(cfg)
 
     def metrics_of(times_s):
-        return evaluate_plan(settings, case, full_dose_gy(prepared, times_s))["metrics"]
+        return evaluate_plan(settings, case, full_dose_gy(prepared, times_s, ctx=ctx))["metrics"]
 
     unshielded, removed = metrics_of(unshielded_times_s), metrics_of(opt.times_s)
     comparison = {

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from iortopt.cases.breast import BreastCaseParams, build_breast_case
+from iortopt.compute.run_context import RunContext
 from iortopt.config import PlanConfig, case_params
 from iortopt.errors import ConfigError
 from iortopt.modalities import stage_settings
@@ -341,12 +342,15 @@ SECTIONS = frozenset(
         "shields",
     }
 )
+#: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
+NEEDS = frozenset({"cavity"})
 DWELL_CHUNKED = False
 prepare = prepare_xray
 print_result = print_xray_summary
 
 
-def run(prepared: PreparedXray, out_dir: str | Path, console: Console | None = None):
+def run(prepared: PreparedXray, out_dir: str | Path, ctx: RunContext):
+    """:func:`run_xray`; no TG-43 chunking or voxel mesh applies (``ctx`` is not read)."""
     return run_xray(prepared, out_dir)
 
 
