@@ -65,6 +65,11 @@ def _catheters_toml(catheters) -> str:
     )
 
 
+#: The phantom-study configs write DICOM too: RTDOSE (with the CT's UIDs and DVHs), and the
+#: RTPLAN where the modality has one.
+DICOM_OUTPUT = "dicom = true                   # also write dicom/RTDOSE.dcm (and RTPLAN.dcm)\n"
+
+
 def flap_config_toml(study: PhantomStudy, catheters, source_to_surface_mm: float) -> str:
     """The built-in flap plan (objectives, goals, prescription) on a written flap study.
 
@@ -95,6 +100,7 @@ crop = false
     )
     text = text.replace("[applicator]\n", applicator, 1)
     text = text.replace('name = "flap_default"', 'name = "flap_from_dicom"', 1)
+    text = text.replace("[output]\n", "[output]\n" + DICOM_OUTPUT, 1)
     return "# The built-in flap plan on the flap phantom's DICOM study.\n" + text
 
 
@@ -148,6 +154,7 @@ crop = false
     )
     text = text[:case_at] + case + xray + text[xray_at + len("[xray]\n") :]
     text = text.replace('name = "breast_xray"', 'name = "breast_xray_from_dicom"', 1)
+    text = text.replace("[output]\n", "[output]\n" + DICOM_OUTPUT, 1)
     return "# The built-in X-ray plan on the breast phantom's DICOM study.\n" + text
 
 

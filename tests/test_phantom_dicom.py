@@ -156,5 +156,6 @@ def test_script_writes_every_phantom_study(tmp_path, monkeypatch):
     assert xray.case.dicom.structures["cavity"].role == "cavity"
     electron = load_config(tmp_path / "eliot" / "eliot_from_dicom.toml")
     assert electron.plan.modality == "electron" and electron.case.kind == "dicom"
+    assert cfg.output.dicom and xray.output.dicom and electron.output.dicom  # RTDOSE out
     readme = (tmp_path / "README.txt").read_text()
     assert all(f"{name}/" in readme for name in ("study", "flap", "breast", "eliot"))
