@@ -61,6 +61,7 @@ class ShieldSpec:
     table: sh.TransmissionTable
     materials_origin: str
     materials_illustrative: bool
+    fitted: dict | None = None  # surface "roi": the structure, fit kind and quality
 
     @property
     def free(self) -> bool:
@@ -133,8 +134,9 @@ def applicator_centre_points_mm(case: Case, where: str) -> np.ndarray:
 
 
 def _roi_surface(s, case: Case, applicator_points_mm, where: str):
-    """(surface, origin, axis_u, axis_w, radius) of a surface fitted to structure ``s.roi``: the
-    slab's mid-surface half the thickness from the fitted face, toward the applicator."""
+    """(surface, origin, axis_u, axis_w, radius, fit report) of a surface fitted to structure
+    ``s.roi``: the slab's mid-surface half the thickness from the fitted face, toward the
+    applicator."""
     if applicator_points_mm is None:
         applicator_points_mm = applicator_centre_points_mm(case, where)
     fit_radius = s.fit_radius_mm if s.fit_radius_mm is not None else default_fit_radius_mm(s)
@@ -148,16 +150,25 @@ def _roi_surface(s, case: Case, applicator_points_mm, where: str):
         where=f"{where}.roi",
     )
     half = 0.5 * s.thickness_mm
+    report = {
+        "roi": s.roi,
+        "fit": face.kind,
+        "fit_radius_mm": float(fit_radius),
+        "points": face.n_points,
+        "rms_mm": round(face.rms_mm, 3),
+    }
     if face.kind == "plane":
         origin = face.origin_mm + half * face.normal
-        return "plane", tuple(origin), tuple(face.axis_u), tuple(face.normal), 0.0
+        return "plane", tuple(origin), tuple(face.axis_u), tuple(face.normal), 0.0, report
+    report["face_radius_mm"] = round(face.radius_mm, 3)
     radius = face.radius_mm + (half if face.applicator_outside else -half)
     if radius <= half:
         raise ConfigError(
             f"{where}.roi: the cylinder fitted to {s.roi!r} (radius {face.radius_mm:.1f} mm) is "
             "too tight for the sheet's thickness"
         )
-    return "cylinder", tuple(face.origin_mm), tuple(face.axis_u), tuple(face.normal), radius
+    axes = tuple(face.axis_u), tuple(face.normal)
+    return "cylinder", tuple(face.origin_mm), *axes, radius, report
 
 
 def _explicit_surface(s, where: str):
@@ -214,10 +225,11 @@ def build_specs(
             raise ConfigError(
                 f"{where}.protects: no structure {unknown} in the case; have {sorted(names)}"
             )
+        fitted = None
         if s.surface in ("plane", "cylinder"):
             surface, origin, axis_u, axis_w, radius = _explicit_surface(s, where)
         elif s.surface == "roi":
-            surface, origin, axis_u, axis_w, radius = _roi_surface(
+            surface, origin, axis_u, axis_w, radius, fitted = _roi_surface(
                 s, case, applicator_points_mm, where
             )
         else:
@@ -262,6 +274,7 @@ def build_specs(
                 table,
                 materials.origin,
                 materials.illustrative,
+                fitted,
             )
         )
     return specs
@@ -429,6 +442,7 @@ def describe(spec: ShieldSpec, shield: sh.Shield, size_index: int, min_distance_
         "materials": spec.materials_origin,
         "materials_illustrative": spec.materials_illustrative,
         "optimised": spec.free,
+        **({"fitted_surface": spec.fitted} if spec.fitted is not None else {}),
     }
 
 
