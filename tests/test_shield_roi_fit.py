@@ -81,6 +81,8 @@ def test_slab_face_plane_fit_within_half_mm_and_one_degree():
     assert _angle_deg(fit.axis_u, np.array([1.0, 0, 0]) - m[0] * m) < 1e-6  # x, projected
     hinted = fit_face(_case(grid, slab=occ), "slab", applicator, axis_hint=(0, 1, 0))
     assert _angle_deg(hinted.axis_u, np.array([0, 1.0, 0]) - m[1] * m) < 1e-6
+    with pytest.raises(ConfigError, match="is flat .* use fit = 'plane'"):
+        fit_face(_case(grid, slab=occ), "slab", applicator, "cylinder")
 
 
 def test_cylinder_fit_radius_within_one_mm():

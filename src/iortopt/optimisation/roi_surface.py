@@ -50,6 +50,8 @@ MIN_FACING_COS = 0.3
 MIN_FACE_POINTS = {"plane": 12, "cylinder": 30}
 #: Trimming of the refit: residuals beyond this many robust sigmas (1.4826 MAD) are dropped.
 TRIM_MAD = 3.0
+#: A fitted cylinder wider than this (mm) is a plane: refused, with that advice.
+MAX_CYLINDER_RADIUS_MM = 5000.0
 #: The occupancy level of the structure's surface.
 SURFACE_LEVEL = 0.5
 
@@ -94,7 +96,7 @@ def _cropped(occupancy: np.ndarray, grid: Grid):
         return None
     lo = np.maximum(nonzero.min(0) - 2, 0)
     hi = np.minimum(nonzero.max(0) + 3, occupancy.shape)
-    crop = occupancy[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float64)
+    crop = occupancy[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float32)
     origin = np.asarray(grid.origin_xyz_mm, np.float64) + lo[::-1] * np.asarray(
         grid.spacing_xyz_mm, np.float64
     )
@@ -109,6 +111,19 @@ def _sample(values: np.ndarray, origin_xyz, spacing_xyz, points_mm: np.ndarray) 
     return out.reshape(points_mm.shape[:-1])
 
 
+def _gradient(values, origin_xyz, spacing_xyz, points_mm) -> np.ndarray:
+    """(K, 3) gradient (per mm) of the trilinear map at points (K, 3), central differences of
+    half a voxel (only at the points: no gradient volume is built)."""
+    columns = []
+    for k in range(3):
+        h = np.zeros(3)
+        h[k] = 0.5 * spacing_xyz[k]
+        ahead = _sample(values, origin_xyz, spacing_xyz, points_mm + h)
+        behind = _sample(values, origin_xyz, spacing_xyz, points_mm - h)
+        columns.append((ahead - behind) / (2.0 * h[k]))
+    return np.stack(columns, axis=1).astype(np.float64)
+
+
 def visible_face_mm(
     occupancy: np.ndarray, grid: Grid, origins_mm: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -120,7 +135,6 @@ def visible_face_mm(
     occ, crop_origin = cropped
     spacing = np.asarray(grid.spacing_xyz_mm, np.float64)
     step = RAY_STEP_VOXELS * float(spacing.min())
-    gradient = np.gradient(occ, *spacing[::-1])  # d/dz, d/dy, d/dx
     corners = (
         crop_origin
         + np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)])
@@ -144,7 +158,7 @@ def visible_face_mm(
         frac = (SURFACE_LEVEL - before) / np.maximum(after - before, 1e-12)
         dist = t[first - 1] + frac * step
         p = origin + dist[:, None] * directions[hit]
-        g = np.stack([_sample(gi, crop_origin, spacing, p) for gi in gradient[::-1]], axis=1)
+        g = _gradient(occ, crop_origin, spacing, p)
         g_norm = np.linalg.norm(g, axis=1)
         outward = -g / np.maximum(g_norm, 1e-12)[:, None]
         facing = np.einsum("ij,ij->i", outward, -directions[hit])
@@ -312,6 +326,11 @@ def _plane_face(face, centre, min_spacing, axis_hint, where, roi) -> FaceFit:
 
 def _cylinder_face(face, centre, min_spacing, axis_hint, where, roi) -> FaceFit:
     point, axis, radius = fit_cylinder(face)
+    if radius > MAX_CYLINDER_RADIUS_MM:
+        raise ConfigError(
+            f"{where}: the face of {roi!r} is flat (fitted cylinder radius {radius:.0f} mm): "
+            "use fit = 'plane'"
+        )
     keep = _trim(_cylinder_residuals(np.concatenate([point, axis, [radius]]), face), min_spacing)
     if keep.sum() >= MIN_FACE_POINTS["cylinder"]:
         face = face[keep]
