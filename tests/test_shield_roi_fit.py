@@ -205,6 +205,9 @@ def test_fit_errors_name_the_field():
         fit_face(case, "slab", (0, 0, -15.0))  # inside the slab
     with pytest.raises(ConfigError, match="faces the applicator"):
         fit_face(case, "slab", (0, 0, 10.0), "cylinder", fit_radius_mm=0.1)
+    with pytest.raises(ConfigError, match=r"shields.0 \(s\).axis_u: must be a non-zero vector"):
+        zero_hint = _shield(roi="slab", axis_u=(0, 0, 0))
+        build_specs([zero_hint], case, "xray_sphere", applicator_points_mm=(0, 0, 10.0))
     # a case with neither applicator points nor a cavity
     with pytest.raises(ConfigError, match=r"shields.0 \(s\).surface: 'roi' needs the applicator"):
         build_specs([_shield(roi="slab")], case, "xray_sphere")

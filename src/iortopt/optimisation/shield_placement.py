@@ -140,13 +140,14 @@ def _roi_surface(s, case: Case, applicator_points_mm, where: str):
     if applicator_points_mm is None:
         applicator_points_mm = applicator_centre_points_mm(case, where)
     fit_radius = s.fit_radius_mm if s.fit_radius_mm is not None else default_fit_radius_mm(s)
+    hint = None if s.axis_u is None else _unit(s.axis_u, f"{where}.axis_u")
     face = fit_face(
         case,
         s.roi,
         applicator_points_mm,
         s.fitted_surface,
         fit_radius_mm=fit_radius,
-        axis_hint=s.axis_u,
+        axis_hint=hint,
         where=f"{where}.roi",
     )
     half = 0.5 * s.thickness_mm
