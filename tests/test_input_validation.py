@@ -110,6 +110,11 @@ FLOAT_FIELDS = [
         "radius_mm = {v}\n",
         "shields.0.radius_mm",
     ),
+    (
+        '[[shields]]\nname = "r"\nsurface = "roi"\nroi = "bowel"\nsizes_mm = [[40.0, 30.0]]\n'
+        "fit_radius_mm = {v}\n",
+        "shields.0.fit_radius_mm",
+    ),
     ("[radiobiology]\nalpha_beta_gy = {{CTV = {v}}}\n", "radiobiology.alpha_beta_gy.CTV"),
     ("[output]\nisodose_percent = [50.0, {v}]\n", "output.isodose_percent"),
     ("[compute]\nmemory_limit_mb = {v}\n", "compute.memory_limit_mb"),

@@ -297,6 +297,18 @@ class ShieldConfig(_Model):
     rectangles [length along u, width along v] or discs [diameter]. The optimiser chooses the size
     and the pose, keeping every point of the shield at least ``min_target_distance_mm`` from the
     target. ``protects`` lists OARs whose doses are reported with and without the shield.
+
+    ``surface = "roi"`` (any case kind): the surface is fitted to the face of the planning
+    structure ``roi`` that the applicator sees (:mod:`iortopt.optimisation.roi_surface`: the
+    structure's surface points nearest to the dwell positions / sphere centre along rays, whose
+    outward normal faces the applicator), with ``fit = "plane"`` (default) or ``"cylinder"``,
+    using only the face within ``fit_radius_mm`` of its point nearest the applicator centre
+    (default: the shield's reach, the largest half diagonal of ``sizes_mm`` plus the farthest
+    corner of the ranges plus 10 mm). The sheet lies on that face on the applicator's side (its
+    mid-surface half ``thickness_mm`` from the face, toward the applicator); the origin of (u, v)
+    is the foot of the applicator centre on it, v = 0 on the side facing the centre; u runs along
+    ``axis_u`` projected into a plane (optional, default patient x), or along the cylinder's
+    axis (pointing along ``axis_u`` / +x).
     """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -305,11 +317,14 @@ class ShieldConfig(_Model):
     thickness_mm: PositiveFloat = 2.0
     shape: Literal["rectangle", "disc"] = "rectangle"
     sizes_mm: list[list[PositiveFloat]] = Field(min_length=1)
-    surface: Literal["behind_flap", "chest_wall", "plane", "cylinder"]
+    surface: Literal["behind_flap", "chest_wall", "plane", "cylinder", "roi"]
     origin_mm: Vec3 | None = None
     normal: Vec3 | None = None
     axis_u: Vec3 | None = None
     radius_mm: PositiveFloat | None = None
+    roi: str | None = Field(default=None, min_length=1)
+    fit: Literal["plane", "cylinder"] | None = None
+    fit_radius_mm: PositiveFloat | None = None
     range_u_mm: Range2 = (0.0, 0.0)
     range_v_mm: Range2 = (0.0, 0.0)
     rotation_deg: FiniteFloat = 0.0
@@ -337,14 +352,26 @@ class ShieldConfig(_Model):
                 missing.append("radius_mm")
             if missing:
                 raise ValueError(f"surface {self.surface!r} needs {', '.join(missing)}")
+        elif self.surface == "roi":
+            if self.roi is None:
+                raise ValueError("surface 'roi' needs roi (the planning structure to fit)")
+            given = [
+                k for k in ("origin_mm", "normal", "radius_mm") if getattr(self, k) is not None
+            ]
+            if given:
+                raise ValueError(f"surface 'roi' is fitted to the roi; remove {', '.join(given)}")
         else:
             given = [k for k in (*explicit, "radius_mm") if getattr(self, k) is not None]
             if given:
                 raise ValueError(
                     f"surface {self.surface!r} is defined by the case; remove {', '.join(given)}"
                 )
+        if self.surface != "roi":
+            given = [k for k in ("roi", "fit", "fit_radius_mm") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for surface 'roi'")
         rotating = self.rotation_deg != 0.0 or self.rotation_range_deg != (0.0, 0.0)
-        if rotating and self.surface != "plane":
+        if rotating and self.fitted_surface != "plane":
             raise ValueError("rotation_deg / rotation_range_deg apply to plane shields only")
         if self.rotation_range_deg != (0.0, 0.0) and self.shape == "disc":
             raise ValueError("rotation_range_deg: a disc has no in-plane orientation to optimise")
@@ -352,6 +379,11 @@ class ShieldConfig(_Model):
         if low > high:
             raise ValueError("rotation_range_deg: the first value must not exceed the second")
         return self
+
+    @property
+    def fitted_surface(self) -> str:
+        """The surface's geometry kind: ``fit`` (default plane) for ``roi``, else ``surface``."""
+        return (self.fit or "plane") if self.surface == "roi" else self.surface
 
 
 class RadiobiologySection(_Model):

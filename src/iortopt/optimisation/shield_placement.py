@@ -10,7 +10,9 @@ target) is a smooth penalty on the target's distance map sampled at the centre a
 patch.
 
 This stage never sees the plan config: :func:`build_specs` gets the ``[[shields]]`` entries, the
-modality and, for the case-defined surfaces, the built-in phantom's parameters.
+modality and, for the case-defined surfaces, the built-in phantom's parameters, or, for surfaces
+fitted to a structure (``surface = "roi"``, :mod:`iortopt.optimisation.roi_surface`), the
+applicator points.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from scipy import ndimage
 
 from iortopt.cases.case import Case
 from iortopt.errors import ConfigError, SourceDataError
+from iortopt.optimisation.roi_surface import fit_face
 from iortopt.physics import shield as sh
 from iortopt.physics.shield_materials import SPECTRUM_OF_MODALITY, load_shield_materials
 
@@ -58,6 +61,7 @@ class ShieldSpec:
     table: sh.TransmissionTable
     materials_origin: str
     materials_illustrative: bool
+    fitted: dict | None = None  # surface "roi": the structure, fit kind and quality
 
     @property
     def free(self) -> bool:
@@ -93,6 +97,81 @@ def _named_surface(s, flap, breast):
     raise AssertionError(s.surface)
 
 
+#: Margin (mm) added to a shield's reach for the default ``fit_radius_mm`` of a fitted surface.
+FIT_RADIUS_MARGIN_MM = 10.0
+
+
+def default_fit_radius_mm(s) -> float:
+    """How far from the applicator's foot a shield can reach (mm): the largest half diagonal of
+    its catalogue (a disc's radius), plus the farthest corner of its ranges, plus
+    :data:`FIT_RADIUS_MARGIN_MM`."""
+    if s.shape == "disc":
+        half = max(d[0] / 2 for d in s.sizes_mm)
+    else:
+        half = max(math.hypot(d[0] / 2, d[1] / 2) for d in s.sizes_mm)
+    du = max(abs(x) for x in s.range_u_mm)
+    dv = max(abs(x) for x in s.range_v_mm)
+    return half + math.hypot(du, dv) + FIT_RADIUS_MARGIN_MM
+
+
+def applicator_centre_points_mm(case: Case, where: str) -> np.ndarray:
+    """The applicator point(s) of a case that records none given by the modality: the case's
+    ``info["applicator"]["centre_mm"]`` (the built-in breast), else the centroid of its cavity
+    structures (ConfigError if neither)."""
+    centre = case.info.get("applicator", {}).get("centre_mm") if case.info else None
+    if centre is not None:
+        return np.asarray(centre, np.float64).reshape(1, 3)
+    weights = np.zeros(case.grid.shape_zyx)
+    for cavity in case.cavities:
+        weights += cavity.occupancy
+    if float(weights.sum()) > 0:
+        pts = case.grid.points_mm().reshape(-1, 3)
+        return (weights.reshape(-1, 1) * pts).sum(0, keepdims=True) / float(weights.sum())
+    raise ConfigError(
+        f"{where}.surface: 'roi' needs the applicator's position: this plan gives none and the "
+        "case has no cavity structure"
+    )
+
+
+def _roi_surface(s, case: Case, applicator_points_mm, where: str):
+    """(surface, origin, axis_u, axis_w, radius, fit report) of a surface fitted to structure
+    ``s.roi``: the slab's mid-surface half the thickness from the fitted face, toward the
+    applicator."""
+    if applicator_points_mm is None:
+        applicator_points_mm = applicator_centre_points_mm(case, where)
+    fit_radius = s.fit_radius_mm if s.fit_radius_mm is not None else default_fit_radius_mm(s)
+    hint = None if s.axis_u is None else _unit(s.axis_u, f"{where}.axis_u")
+    face = fit_face(
+        case,
+        s.roi,
+        applicator_points_mm,
+        s.fitted_surface,
+        fit_radius_mm=fit_radius,
+        axis_hint=hint,
+        where=f"{where}.roi",
+    )
+    half = 0.5 * s.thickness_mm
+    report = {
+        "roi": s.roi,
+        "fit": face.kind,
+        "fit_radius_mm": float(fit_radius),
+        "points": face.n_points,
+        "rms_mm": round(face.rms_mm, 3),
+    }
+    if face.kind == "plane":
+        origin = face.origin_mm + half * face.normal
+        return "plane", tuple(origin), tuple(face.axis_u), tuple(face.normal), 0.0, report
+    report["face_radius_mm"] = round(face.radius_mm, 3)
+    radius = face.radius_mm + (half if face.applicator_outside else -half)
+    if radius <= half:
+        raise ConfigError(
+            f"{where}.roi: the cylinder fitted to {s.roi!r} (radius {face.radius_mm:.1f} mm) is "
+            "too tight for the sheet's thickness"
+        )
+    axes = tuple(face.axis_u), tuple(face.normal)
+    return "cylinder", tuple(face.origin_mm), *axes, radius, report
+
+
 def _explicit_surface(s, where: str):
     axis_u = _unit(s.axis_u, f"{where}.axis_u")
     axis_w = _unit(s.normal, f"{where}.normal")
@@ -112,6 +191,7 @@ def build_specs(
     *,
     flap=None,
     breast=None,
+    applicator_points_mm=None,
 ) -> list[ShieldSpec]:
     """Resolve every ``[[shields]]`` entry: surface, catalogue, material table, checks.
 
@@ -120,6 +200,9 @@ def build_specs(
         modality: the plan's modality (chooses the photon spectrum).
         flap: the built-in flap's parameters (``FlapCaseParams``), for ``behind_flap`` surfaces.
         breast: the built-in breast's parameters (``BreastCaseParams``), for ``chest_wall``.
+        applicator_points_mm: (K, 3) the applicator's points in case mm (active dwell
+            positions, a sphere's centre), for ``roi`` surfaces; default
+            :func:`applicator_centre_points_mm` of the case.
 
     Raises:
         ConfigError / SourceDataError: naming ``shields.<i>`` and the field at fault.
@@ -143,8 +226,13 @@ def build_specs(
             raise ConfigError(
                 f"{where}.protects: no structure {unknown} in the case; have {sorted(names)}"
             )
+        fitted = None
         if s.surface in ("plane", "cylinder"):
             surface, origin, axis_u, axis_w, radius = _explicit_surface(s, where)
+        elif s.surface == "roi":
+            surface, origin, axis_u, axis_w, radius, fitted = _roi_surface(
+                s, case, applicator_points_mm, where
+            )
         else:
             surface, origin, axis_u, axis_w, radius = _named_surface(s, flap, breast)
         if s.shape == "disc":
@@ -187,6 +275,7 @@ def build_specs(
                 table,
                 materials.origin,
                 materials.illustrative,
+                fitted,
             )
         )
     return specs
@@ -354,6 +443,7 @@ def describe(spec: ShieldSpec, shield: sh.Shield, size_index: int, min_distance_
         "materials": spec.materials_origin,
         "materials_illustrative": spec.materials_illustrative,
         "optimised": spec.free,
+        **({"fitted_surface": spec.fitted} if spec.fitted is not None else {}),
     }
 
 

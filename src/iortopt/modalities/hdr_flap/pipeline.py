@@ -215,7 +215,14 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
         flap = None
         if cfg.case.kind == "builtin_flap":
             flap = case_params(FlapCaseParams, cfg.case.flap, "flap")
-        shield_specs = build_specs(cfg.shields, case, cfg.plan.modality, dtype, flap=flap)
+        shield_specs = build_specs(
+            cfg.shields,
+            case,
+            cfg.plan.modality,
+            dtype,
+            flap=flap,
+            applicator_points_mm=dwells.positions_mm,
+        )
     return PreparedPlan(
         cfg,
         case,
