@@ -195,7 +195,7 @@ def test_cavity_outside_the_ct_is_a_named_error(slab):
         pipeline.prepare(cfg, jnp.float32)
 
 
-def test_dicom_only_fields_refused_on_the_phantom_and_shields_on_dicom(slab):
+def test_dicom_only_fields_refused_on_the_phantom_and_shields_need_the_shell(slab):
     doc = load_config(ROOT / "configs" / "breast_xray.toml").model_dump(
         mode="python", exclude_unset=True
     )
@@ -207,8 +207,45 @@ def test_dicom_only_fields_refused_on_the_phantom_and_shields_on_dicom(slab):
         "origin_mm = [0.0, 0.0, -30.0]\nnormal = [0.0, 0.0, 1.0]\naxis_u = [1.0, 0.0, 0.0]\n"
     )
     doc = _slab_doc(slab, centre_mm=[0.0, 0.0, 0.0], cavity_radius_mm=20.0) | shield
-    with pytest.raises(ConfigError, match="shields: .*DICOM cases are not supported yet"):
+    doc["case"]["dicom"]["structures"]["PTV_shell"] = {"roi": "slab", "role": "target"}
+    with pytest.raises(ConfigError, match="shields: the shield placement scores the tissue shell"):
         pipeline.prepare(parse_config(doc), jnp.float32)
+
+
+def test_chest_wall_shield_fitted_to_the_roi_on_the_dicom_study(round_trip, tmp_path):
+    """A tungsten disc on the plane fitted to the chest_wall ROI's face (surface = "roi"): it
+    lies on the phantom's chest wall (z = -(R + 15) = -35 mm, the sheet's mid-surface 0.5 mm in
+    front), keeps its distance to the PTV shell, and lowers the chest-wall D2cc against the same
+    plan without it."""
+    _, dicom, study, _ = round_trip
+    doc = load_config(study.folder / "breast_xray_from_dicom.toml").model_dump(
+        mode="python", exclude_unset=True
+    )
+    doc["xray"].update(XRAY, catalogue_diameters_cm=[4.0])
+    doc["shields"] = [
+        dict(
+            name="cw",
+            material="tungsten_rubber",
+            thickness_mm=1.0,
+            shape="disc",
+            sizes_mm=[[60.0]],
+            surface="roi",
+            roi="chest_wall",
+            fit="plane",
+            range_u_mm=[-5.0, 5.0],
+            range_v_mm=[-5.0, 5.0],
+            min_target_distance_mm=1.0,
+            protects=["chest_wall", "lung"],
+        )
+    ]
+    summary = _plan(doc, tmp_path / "out")
+    (shield,) = summary["shields"]
+    assert shield["fitted_surface"]["roi"] == "chest_wall"
+    assert shield["centre_mm"][2] == pytest.approx(-34.5, abs=1.0)
+    assert np.allclose(shield["normal"], [0.0, 0.0, 1.0], atol=0.02)
+    assert shield["distance_ok"]
+    with_shield = summary["metrics"]["chest_wall"]["D2cc_gy"]
+    assert with_shield < 0.8 * dicom["metrics"]["chest_wall"]["D2cc_gy"]
 
 
 def test_prescription_roi_of_role_target_is_the_target(round_trip, tmp_path):

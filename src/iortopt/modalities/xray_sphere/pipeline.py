@@ -127,11 +127,6 @@ def _prepare_dicom(cfg: PlanConfig, beam: XrayBeam, dtype, t0: float) -> Prepare
     )
 
     x = cfg.xray
-    if cfg.shields:
-        raise ConfigError(
-            "shields: [[shields]] on X-ray plans of DICOM cases are not supported yet (only on "
-            'case.kind "builtin_breast"); remove them'
-        )
     extra = None
     if x.centre_mm is not None:
         # the crop must hold the largest applicator's shell about the given centre
@@ -150,9 +145,35 @@ def _prepare_dicom(cfg: PlanConfig, beam: XrayBeam, dtype, t0: float) -> Prepare
     problem = sphere_problem(case, options)
     g = problem.geometry
     radius = float(np.linalg.norm(g.cavity_wall_mm - g.cavity_centre_mm, axis=-1).mean())
-    stage_settings.check_config_names(cfg, problem.case_for(radius, g.cavity_centre_mm))
+    case = problem.case_for(radius, g.cavity_centre_mm)
+    stage_settings.check_config_names(cfg, case)
+    shield_specs = []
+    if cfg.shields:
+        from iortopt.optimisation.shield_placement import build_specs
+
+        if not np.isfinite(g.target_thickness_mm):
+            raise ConfigError(
+                f"shields: the shield placement scores the tissue shell around the applicator; "
+                f"with the target {cfg.prescription.structure!r} a mapped ROI there is none "
+                "(leave the target unmapped to plan shields, or remove [[shields]])"
+            )
+        # Surfaces fitted to a structure (surface = "roi") face the applicator's centre.
+        shield_specs = build_specs(
+            cfg.shields,
+            case,
+            cfg.plan.modality,
+            dtype,
+            applicator_points_mm=np.asarray(g.cavity_centre_mm, float)[None, :],
+        )
     return PreparedXray(
-        cfg, None, beam, dtype, time.perf_counter() - t0, [], sphere_setting(problem), problem
+        cfg,
+        None,
+        beam,
+        dtype,
+        time.perf_counter() - t0,
+        shield_specs,
+        sphere_setting(problem),
+        problem,
     )
 
 
