@@ -58,9 +58,18 @@ def main(
     """iortopt command line."""
 
 
-@app.command()
-def sources():
+sources_app = typer.Typer(
+    help="TG-43 source data: list the packaged datasets (no subcommand), or import one.",
+    invoke_without_command=True,
+)
+app.add_typer(sources_app, name="sources")
+
+
+@sources_app.callback()
+def sources(ctx: typer.Context):
     """List the packaged TG-43 source datasets (Lambda, L, 1-D data, citation)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from iortopt.physics.sources import load_source, packaged_source_keys
 
     table = Table(title="Packaged TG-43 source data (Ir-192)")
@@ -77,6 +86,52 @@ def sources():
             s.citation,
         )
     console.print(table)
+
+
+@sources_app.command("import")
+def sources_import(
+    spreadsheet: Annotated[Path, typer.Argument(help="consensus spreadsheet (.xls, HEBD 2012)")],
+    out: Annotated[
+        Path, typer.Option("--out", help="source file to write (NAME.toml); the QA table beside it")
+    ],
+    name: Annotated[
+        str | None, typer.Option("--name", help="model name (default: from NAME)")
+    ] = None,
+    dataset: Annotated[str, typer.Option("--dataset", help="dataset label")] = "HEBD2012",
+    sheet: Annotated[
+        str | None, typer.Option("--sheet", help="data sheet (default: the one with g_L(r))")
+    ] = None,
+    half_life_days: Annotated[
+        float | None,
+        typer.Option("--half-life-days", help="default: Ir-192's when the sheet says so"),
+    ] = None,
+):
+    """Import a consensus TG-43 spreadsheet into iortopt's source file format.
+
+    Writes NAME.toml (Lambda, L, g_L(r), F(r, theta)) and NAME_QA_along_away.csv (the sheet's
+    along-away table), each validated by loading it back, then renamed into place.
+    """
+    from iortopt.physics.consensus_xls import import_consensus_xls
+
+    try:
+        source, table, qa_path = import_consensus_xls(
+            spreadsheet,
+            out,
+            name=name,
+            dataset=dataset,
+            sheet=sheet,
+            half_life_days=half_life_days,
+        )
+    except IortoptError as exc:
+        _fail(exc)
+    console.print(
+        f"wrote {escape(str(out))} ({source.key}: Lambda = {source.dose_rate_constant:.6g} "
+        f"cGy/h/U, L = {source.active_length_cm:g} cm, {source.g_r_cm.size} g_L radii, "
+        f"F {source.F.shape[0]} x {source.F.shape[1]}) and {escape(str(qa_path))} "
+        f"({table.z_cm.size} points)",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -124,7 +124,10 @@ def ct_slice_dataset(
     ds.SeriesNumber = 1
     ds.SeriesDescription = description
     ds.PatientPosition = patient_position
+    ds.Laterality = None  # type 2C; a phantom has no paired body part: empty
     ds.InstanceNumber = instance_number
+    ds.AcquisitionNumber = None  # type 2 (CT Image): empty, nothing was acquired
+    ds.KVP = None  # type 2: empty, not a scanner image
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.ImagePositionPatient = ds_list(position_mm)
     ds.ImageOrientationPatient = list(orientation)
@@ -157,7 +160,8 @@ def write_rtstruct(
     """An RTSTRUCT of closed planar ``contours`` (name -> (K, 3) polygons on the CT slices)."""
     ds = new_file_dataset(RT_STRUCTURE_SET, new_uid())
     set_patient_study(ds, ids, patient)
-    del ds.FrameOfReferenceUID  # not part of the RT Structure Set IOD
+    # Frame of Reference UID stays: the RT Structure Set IOD has the Frame of Reference module
+    # (dciodvfy reports it missing otherwise); the ROIs also name it.
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = new_uid()
     ds.SeriesNumber = 2

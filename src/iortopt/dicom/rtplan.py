@@ -6,7 +6,16 @@ date and time), one application setup of type HAM_FLAB, one channel per catheter
 Each dwell is a pair of control points at the same position (relative position = arc length from
 the catheter tip, 3-D position, source orientation towards the tip) whose cumulative time weights
 differ by its dwell time: weights are in seconds, so Final Cumulative Time Weight = Channel Total
-Time. Dwells are listed from the tip backwards.
+Time. Dwells are listed from the tip backwards. Each channel names its source applicator (the
+conditional attributes of the RT Brachy Application Setups module): ID ``catheter N``, type
+FLEXIBLE (flap catheters), length = the dwell span from the tip, (last index + 1) x step (iortopt
+does not model the connector: the afterloader's own channel length governs delivery), and an
+empty Referenced ROI Number (the catheters are not ROIs of the RTSTRUCT).
+
+Conformance: the RTPLANs pass dciodvfy (dicom3tools 2022) without errors
+(tests/test_dicom_conformance.py). Its one remaining warning, on brachy plans, is that it does
+not know the defined term HAM_FLAB (the standard's Application Setup Type of flap applicators).
+On plans of an imported study it may also warn about what that study left empty (e.g. Study ID).
 
 Electron (:func:`build_electron_plan`): one STATIC ELECTRON beam with an INTRAOPERATIVE circular
 applicator (cone diameter, bevel in the description), the nominal energy and the MU as beam
@@ -68,6 +77,13 @@ class BrachyDwells:
     index: np.ndarray
 
 
+def _drop_image_dates(ds: Dataset) -> None:
+    """Content Date/Time belong to the General Image module, which the RT Plan IOD lacks."""
+    for keyword in ("ContentDate", "ContentTime"):
+        if keyword in ds:
+            delattr(ds, keyword)
+
+
 def _general_plan(ds: Dataset, study: StudyRef, label: str, description: str) -> None:
     now = dt.datetime.now()
     ds.RTPlanLabel = label[:16]
@@ -118,6 +134,7 @@ def build_brachy_plan(
     """
     ds = new_file_dataset(RT_PLAN, plan_uid)
     add_common_modules(ds, study, "RTPLAN", f"iortopt HDR flap plan {label}")
+    _drop_image_dates(ds)
     _general_plan(ds, study, label, description)
     _prescription(ds, prescription_gy, prescription_structure)
     fraction = Dataset()
@@ -178,7 +195,11 @@ def _channel(catheter: int, rows: np.ndarray, dwells: BrachyDwells, step_mm: flo
     channel.SourceMovementType = "STEPWISE"
     channel.ReferencedSourceNumber = 1
     channel.SourceApplicatorNumber = catheter + 1
+    channel.SourceApplicatorID = f"catheter {catheter + 1}"[:16]
+    channel.SourceApplicatorType = "FLEXIBLE"
+    channel.SourceApplicatorLength = ds_text((int(dwells.index[rows].max()) + 1) * step_mm)
     channel.SourceApplicatorStepSize = ds_text(step_mm)
+    channel.ReferencedROINumber = None
     channel.TransferTubeNumber = ""
     channel.NumberOfControlPoints = 2 * len(rows)
     channel.FinalCumulativeTimeWeight = weights[-1]
@@ -254,6 +275,7 @@ def build_electron_plan(
     angles = angles_from_axis(beam_axis, toe_direction, patient_position)
     ds = new_file_dataset(RT_PLAN, plan_uid)
     add_common_modules(ds, study, "RTPLAN", f"iortopt electron IORT plan {label}")
+    _drop_image_dates(ds)
     _general_plan(ds, study, label, description)
     _prescription(ds, prescription_gy, prescription_structure)
     fraction = Dataset()

@@ -72,14 +72,16 @@ class StudyRef:
 
 def new_study(case_name: str) -> StudyRef:
     """A fresh study for a plan without DICOM input (built-in phantom)."""
-    today = dt.date.today().strftime("%Y%m%d")
+    now = dt.datetime.now()
     return StudyRef(
         study_uid=new_uid(),
         frame_of_reference_uid=new_uid(),
         patient={
             "PatientName": "iortopt^phantom",
             "PatientID": case_name[:64],
-            "StudyDate": today,
+            "StudyDate": now.strftime("%Y%m%d"),
+            "StudyTime": now.strftime("%H%M%S"),
+            "StudyID": "1",
             "StudyDescription": f"iortopt phantom {case_name}"[:64],
         },
     )

@@ -29,10 +29,59 @@ class AlongAwayTable:
     y_cm: np.ndarray
     dose_rate: np.ndarray  # cGy h^-1 U^-1, nan where the table has no value
     flagged: np.ndarray  # bool
+    flag_interp: np.ndarray | None = None  # bool: interpolated or extrapolated
+    flag_inside: np.ndarray | None = None  # bool: inside the source
 
     @property
     def r_cm(self) -> np.ndarray:
         return np.hypot(self.z_cm, self.y_cm)
+
+
+def read_along_away_csv(source) -> AlongAwayTable:
+    """Read an along-away table in the packaged CSV layout (``#`` comment lines, then columns
+    z_along_cm, y_away_cm, dose_rate_cGy_h-1_U-1, flag_interp_or_extrap, flag_inside_source).
+
+    ``source`` is a path or an open text resource.
+
+    Raises:
+        InputFileError: naming the file, when a column is missing or a value is not a number.
+    """
+    name = str(source)
+    if isinstance(source, (str, Path)):
+        with Path(source).open(newline="") as fh:
+            return _parse_along_away(fh, name)
+    with source.open() as fh:
+        return _parse_along_away(fh, name)
+
+
+def _parse_along_away(fh, name: str) -> AlongAwayTable:
+    rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
+    columns = (
+        "z_along_cm",
+        "y_away_cm",
+        "dose_rate_cGy_h-1_U-1",
+        "flag_interp_or_extrap",
+        "flag_inside_source",
+    )
+    if not rows or any(key not in rows[0] for key in columns):
+        raise InputFileError(f"{name}: expected the columns {', '.join(columns)}")
+
+    def col(key: str) -> np.ndarray:
+        try:
+            return np.array([float(r[key]) if r[key] else np.nan for r in rows])
+        except (TypeError, ValueError) as exc:
+            raise InputFileError(f"{name}: column {key}: {exc}") from None
+
+    interp = col("flag_interp_or_extrap") > 0
+    inside = col("flag_inside_source") > 0
+    return AlongAwayTable(
+        z_cm=col("z_along_cm"),
+        y_cm=col("y_away_cm"),
+        dose_rate=col("dose_rate_cGy_h-1_U-1"),
+        flagged=interp | inside,
+        flag_interp=interp,
+        flag_inside=inside,
+    )
 
 
 def consensus_table(source: SourceData) -> AlongAwayTable | None:
@@ -42,15 +91,7 @@ def consensus_table(source: SourceData) -> AlongAwayTable | None:
     )
     if source.dataset != "HEBD2012" or not resource.is_file():
         return None
-    with resource.open() as fh:
-        rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
-    col = lambda key: np.array([float(r[key]) if r[key] else np.nan for r in rows])  # noqa: E731
-    return AlongAwayTable(
-        z_cm=col("z_along_cm"),
-        y_cm=col("y_away_cm"),
-        dose_rate=col("dose_rate_cGy_h-1_U-1"),
-        flagged=(col("flag_interp_or_extrap") > 0) | (col("flag_inside_source") > 0),
-    )
+    return read_along_away_csv(resource)
 
 
 def read_points_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

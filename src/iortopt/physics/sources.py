@@ -29,7 +29,8 @@ theta is measured from the source's long axis, theta = 0 at the distal tip (HEBD
 Missing F values (``nan``, CLRP "-" entries near the axis) are filled with the nearest published
 value at the same angle; angles outside the tabulated range take the nearest tabulated angle.
 Every dataset is self-consistent: never mix one dataset's Lambda with another's
-tables, which is why each file carries all of them.
+tables, which is why each file carries all of them. ``iortopt sources import FILE.xls`` writes this
+format from a consensus (HEBD 2012 / ESTRO) spreadsheet (see :mod:`iortopt.physics.consensus_xls`).
 """
 
 from __future__ import annotations
