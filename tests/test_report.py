@@ -189,4 +189,7 @@ def test_dvh_marks_the_goals(tmp_path, small_case, monkeypatch):
     assert drawn[(5.0, 90.0)] == report.GOAL_MET_COLOUR
     assert drawn[(10.0, 95.0)] == report.GOAL_NOT_MET_COLOUR
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert "goal met" in labels and "goal NOT met" in labels
+    assert "1: CTV D90 >= 5 Gy (met)" in labels
+    assert "3: rectum D0.1cc <= 4 Gy (NOT met)" in labels
+    assert sorted(t.get_text() for t in ax.texts) == ["1", "2", "3", "4"]
+    assert report.goal_text(goals[1]) == "CTV V100 >= 95 %"

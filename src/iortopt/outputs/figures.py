@@ -76,6 +76,14 @@ def goal_point(goal: Mapping, dvh: DVH, prescription_gy: float | None):
     return None
 
 
+def goal_text(goal: Mapping) -> str:
+    """Short text of a goal on the DVH, e.g. ``"ureter D0.1cc <= 15 Gy"``."""
+    metric = str(goal["metric"])
+    unit = " %" if metric.endswith("_percent") else " Gy" if metric.endswith("_gy") else ""
+    short = metric.removesuffix("_percent").removesuffix("_gy")
+    return f"{goal['structure']} {short} {goal['op']} {float(goal['limit']):g}{unit}"
+
+
 def isodose_label(level_gy: float, prescription_gy: float | None) -> str:
     """``"10 Gy"``, or ``"10 Gy (100 %)"`` with the prescription known."""
     if prescription_gy is None or not prescription_gy > 0:
@@ -127,11 +135,14 @@ def plot_dvh(
             ``dvhs``.
         goals: clinical goals as evaluated (``structure``, ``metric``, ``op``, ``limit``,
             ``met``): a marker at each goal's point (:func:`goal_point`) on its structure's
-            DVH, filled green if met and red if not, pointing up for ``>=`` and down for ``<=``.
+            DVH, filled green if met and red if not, pointing up for ``>=`` and down for ``<=``,
+            numbered in the structure's colour; the legend gives each number's goal
+            (:func:`goal_text`) and whether it is met.
 
     Returns:
         The output path.
     """
+    from matplotlib import patheffects
     from matplotlib.lines import Line2D
 
     by_name = structure_colours(list(dvhs))
@@ -145,39 +156,39 @@ def plot_dvh(
     if prescription_gy is not None:
         ax.axvline(prescription_gy, color="k", ls="--", lw=1.0,
                    label=f"prescription {prescription_gy:g} Gy")  # fmt: skip
-    drawn = set()
-    for goal in goals:
+    goal_handles = []
+    for number, goal in enumerate(goals, start=1):
         dvh = dvhs.get(goal["structure"])
         point = None if dvh is None else goal_point(goal, dvh, prescription_gy)
         if point is None:
             continue
         met = bool(goal["met"])
-        ax.plot(
-            *point,
+        style = dict(
             ls="none",
             marker="^" if goal["op"] == ">=" else "v",
             ms=9,
             mfc=GOAL_MET_COLOUR if met else GOAL_NOT_MET_COLOUR,
-            mec=by_name[goal["structure"]],
-            mew=2.0,
-            zorder=5,
-            clip_on=False,
+            mec="k",
+            mew=1.0,
         )
-        drawn.add(met)
-    handles, _ = ax.get_legend_handles_labels()
-    for met in sorted(drawn, reverse=True):
-        handles.append(
-            Line2D(
-                [],
-                [],
-                ls="none",
-                marker="o",
-                ms=7,
-                mec="k",
-                mfc=GOAL_MET_COLOUR if met else GOAL_NOT_MET_COLOUR,
-                label="goal met" if met else "goal NOT met",
-            )
+        ax.plot(*point, zorder=5, clip_on=False, **style)
+        # a number beside the marker, the goal itself in the legend: labels never overlap
+        ax.annotate(
+            str(number),
+            point,
+            xytext=(5, 3),
+            textcoords="offset points",
+            fontsize=8,
+            fontweight="bold",
+            color=by_name[goal["structure"]],
+            path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")],
+            zorder=6,
         )
+        status = "met" if met else "NOT met"
+        goal_handles.append(
+            Line2D([], [], label=f"{number}: {goal_text(goal)} ({status})", **style)
+        )
+    handles = ax.get_legend_handles_labels()[0] + goal_handles
     ax.set_xlabel("dose (Gy)")
     ax.set_ylabel("volume (%)")
     ax.set_xlim(left=0)
