@@ -201,12 +201,13 @@ def _write_structure_labels(
     image_label: dict = {"source": {"image": "../../"}}
     if properties:
         image_label["properties"] = properties
-    if colours and structures:
-        image_label["colors"] = [
-            {"label-value": k + 1, "rgba": _rgba(colours[name])}
-            for k, (name, _, _) in enumerate(structures)
-            if name in colours
-        ]
+    colors = [
+        {"label-value": k + 1, "rgba": _rgba(colours[name])}
+        for k, (name, _, _) in enumerate(structures)
+        if name in (colours or {})
+    ]
+    if colors:
+        image_label["colors"] = colors
     ome = ome_image_attrs("structures", grid, "0")
     ome["image-label"] = image_label
     image.attrs["ome"] = ome
