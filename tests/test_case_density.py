@@ -302,5 +302,5 @@ def test_stores_hold_the_hu(tmp_path):
     }
     write_plan_store(tmp_path / "plan.zarr", plan)
     root = zarr.open_group(str(tmp_path / "plan.zarr"), mode="r")
-    np.testing.assert_array_equal(root["hu"][...], case.hu)
-    assert root["hu"].attrs["unit"] == "HU"
+    np.testing.assert_array_equal(root["ct/hu"][...], case.hu)  # the OME-NGFF image "ct"
+    assert root["ct/hu"].attrs["unit"] == "HU"

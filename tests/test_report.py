@@ -102,3 +102,94 @@ def test_import_is_cheap():
     code = "import sys, iortopt.outputs.figures; print('matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _capture_figures(monkeypatch) -> list:
+    """Keep each figure the plot functions save (they still write their PNG)."""
+    figs = []
+    save = report._save_png_atomic
+
+    def keep(fig, path):
+        figs.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(report, "_save_png_atomic", keep)
+    return figs
+
+
+def test_structures_have_one_colour_in_every_figure(tmp_path, small_case, monkeypatch):
+    """The DVH (given only the clinical structures) and the slices (all of them) draw each
+    structure in the colour structure_colours gives it from the case's list."""
+    from matplotlib.colors import to_hex
+
+    grid, dose, structures = small_case
+    ring = Structure("ring", "other", np.clip(structures[0].occupancy * 0.0 + 0.2, 0, 1))
+    case_structures = (ring, *structures)  # an "other" structure first shifts the order
+    colours = report.structure_colours([s.name for s in case_structures])
+    assert colours == report.structure_colours([s.name for s in case_structures])  # fixed
+    assert len(set(colours.values())) == len(case_structures)
+    figs = _capture_figures(monkeypatch)
+    vv = grid.voxel_volume_cm3
+    dvhs = {s.name: dvh.cumulative_dvh(dose, s.occupancy, vv) for s in structures}
+    assert_png(report.plot_dvh(dvhs, tmp_path / "d" / "dvh.png", 5.0, colours=colours))
+    report.plot_dose_slices(dose, grid, case_structures, tmp_path / "s" / "s.png", [5.0],
+                            colours=colours, prescription_gy=5.0)  # fmt: skip
+    dvh_fig, slice_fig = figs
+    dvh_colours = {
+        line.get_label().split(" (")[0]: to_hex(line.get_color())
+        for line in dvh_fig.axes[0].get_lines()
+        if line.get_label().split(" (")[0] in dvhs
+    }
+    slice_colours = {
+        h.get_label(): to_hex(h.get_color())
+        for h in slice_fig.legends[0].legend_handles
+        if h.get_label() in colours
+    }
+    assert dvh_colours == {name: colours[name] for name in dvhs}
+    assert slice_colours == colours
+    assert "isodose (Gy, % of 5 Gy)" in [h.get_label() for h in slice_fig.legends[0].legend_handles]
+
+
+def test_isodose_labels_give_gy_and_percent():
+    assert report.isodose_label(10.0, 10.0) == "10 Gy (100 %)"
+    assert report.isodose_label(5.0, 10.0) == "5 Gy (50 %)"
+    assert report.isodose_label(7.5, None) == "7.5 Gy"
+
+
+def test_dvh_marks_the_goals(tmp_path, small_case, monkeypatch):
+    """Each goal with a DVH point gets a marker there: green if met, red if not."""
+    from matplotlib.colors import to_hex
+
+    grid, dose, structures = small_case
+    vv = grid.voxel_volume_cm3
+    dvhs = {s.name: dvh.cumulative_dvh(dose, s.occupancy, vv) for s in structures}
+    total = dvhs["rectum"].total_volume_cm3
+    goals = [
+        {"structure": "CTV", "metric": "D90_gy", "op": ">=", "limit": 5.0, "met": True},
+        {"structure": "CTV", "metric": "V100_percent", "op": ">=", "limit": 95.0, "met": False},
+        {"structure": "rectum", "metric": "D0.1cc_gy", "op": "<=", "limit": 4.0, "met": False},
+        {"structure": "rectum", "metric": "max_gy", "op": "<=", "limit": 6.0, "met": True},
+        {"structure": "rectum", "metric": "mean_gy", "op": "<=", "limit": 3.0, "met": True},
+    ]
+    points = [report.goal_point(g, dvhs[g["structure"]], 10.0) for g in goals]
+    assert points[0] == (5.0, 90.0)
+    assert points[1] == (10.0, 95.0)
+    assert points[2] == pytest.approx((4.0, 100.0 * 0.1 / total))
+    assert points[3] == (6.0, 0.0)
+    assert points[4] is None  # a mean has no point on the DVH
+    assert report.goal_point(goals[1], dvhs["CTV"], None) is None
+    figs = _capture_figures(monkeypatch)
+    assert_png(report.plot_dvh(dvhs, tmp_path / "dvh.png", 10.0, goals=goals))
+    ax = figs[0].axes[0]
+    markers = [ln for ln in ax.get_lines() if ln.get_marker() in ("^", "v")]
+    drawn = {
+        (float(m.get_xdata()[0]), float(m.get_ydata()[0])): to_hex(m.get_mfc()) for m in markers
+    }
+    assert len(drawn) == 4
+    assert drawn[(5.0, 90.0)] == report.GOAL_MET_COLOUR
+    assert drawn[(10.0, 95.0)] == report.GOAL_NOT_MET_COLOUR
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "1: CTV D90 >= 5 Gy (met)" in labels
+    assert "3: rectum D0.1cc <= 4 Gy (NOT met)" in labels
+    assert sorted(t.get_text() for t in ax.texts) == ["1", "2", "3", "4"]
+    assert report.goal_text(goals[1]) == "CTV V100 >= 95 %"

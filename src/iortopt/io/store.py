@@ -1,16 +1,34 @@
-"""zarr v3 stores: dose grids with their grid metadata, and whole plans.
+"""zarr v3 stores: dose grids with their grid metadata, and whole plans, as OME-Zarr.
 
 Layout of a plan store (``plan.zarr``)::
 
-    /                   attrs: iortopt (version, kind), config, provenance, metrics, summary
-    dose_gy             (nz, ny, nx) float32; attrs: grid (shape_zyx, spacing_xyz_mm,
+    /                   attrs: iortopt (version, kind), config, provenance, metrics, summary,
+                        ome (OME-NGFF 0.5 image "dose": dataset dose_gy)
+    dose_gy             (nz, ny, nx) float32 Gy; attrs: grid (shape_zyx, spacing_xyz_mm,
                         origin_xyz_mm), unit
-    hu                  (nz, ny, nx) float32 Hounsfield units of the case, attrs: grid, unit
+    labels/             attrs: ome.labels = ["structures"]
+    labels/structures/  OME-NGFF 0.5 label image of the dose image: dataset "0"
+    labels/structures/0 (nz, ny, nx) uint8 (uint16 past 255 structures): 0 = none, k = the
+                        structure whose ``label-value`` is k in ``ome.image-label.properties``
+                        (name, role); colours as in the figures (``ome.image-label.colors``)
+    ct/                 OME-NGFF 0.5 image "ct" (cases with HU: DICOM cases and the phantoms)
+    ct/hu               (nz, ny, nx) float32 Hounsfield units of the case; attrs: grid, unit
     structures/<name>   (nz, ny, nx) float32 fractional occupancy, attrs: role
     dwells/positions_mm (N, 3), dwells/axes (N, 3), dwells/times_s (N,),     (HDR plans)
     dwells/catheter (N,), dwells/index (N,)
     applicator/centre_mm (3,), radius_mm, time_min, ...                       (X-ray plans)
     dvh/<name>          (2, bins): row 0 dose_gy, row 1 volume_cm3 (cumulative)
+
+A dose store (``iortopt dose``) holds the root attributes and ``dose_gy`` only, also as an
+OME-NGFF image.
+
+OME-NGFF images (:func:`ome_image_attrs`) have axes z, y, x of type space in millimetre, one
+resolution level, and the coordinate transformations scale = the voxel spacing (z, y, x) mm and
+translation = the grid origin (z, y, x) mm, the centre of voxel (0, 0, 0) in the case's frame, so
+OME-Zarr readers (ngff-zarr, ome-zarr, napari-ome-zarr, 3D Slicer) show them at their physical
+size and place. The label image holds, per voxel, the structure whose fractional occupancy there
+is > 0.5; where several are, the smallest structure (fewest such voxels) wins, so an organ inside
+the body outline stays visible. The exact occupancies are in ``structures/``.
 
 Writers build the store under a temporary name beside the target and rename it into place, so a
 store that exists is complete. Readers need only ``zarr`` (or any zarr v3 reader).
@@ -86,15 +104,113 @@ def _to_jsonable(value):
 
 
 def write_array(
-    group: zarr.Group, name: str, data: np.ndarray, attrs: dict | None = None
+    group: zarr.Group,
+    name: str,
+    data: np.ndarray,
+    attrs: dict | None = None,
+    dimension_names: tuple[str, ...] | None = None,
 ) -> zarr.Array:
     """Create array ``name`` in ``group`` holding ``data`` (chunked for dose-like 3-D arrays)."""
     data = np.asarray(data)
-    arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=_chunks(data.shape))
+    arr = group.create_array(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=_chunks(data.shape),
+        dimension_names=dimension_names,
+    )
     arr[...] = data
     if attrs:
         arr.attrs.update(_to_jsonable(attrs))
     return arr
+
+
+#: NGFF version of the OME metadata written (the version that goes with zarr v3).
+NGFF_VERSION = "0.5"
+_AXES_ZYX = ("z", "y", "x")
+
+
+def ome_image_attrs(name: str, grid: Grid, dataset_path: str) -> dict:
+    """OME-NGFF 0.5 ``ome`` attributes of a one-level image group whose array ``dataset_path``
+    (relative to the group) holds a (nz, ny, nx) array on ``grid``: axes z, y, x in millimetre,
+    scale = spacing (z, y, x) mm, translation = origin (z, y, x) mm (centre of voxel 0)."""
+    return {
+        "version": NGFF_VERSION,
+        "multiscales": [
+            {
+                "name": name,
+                # type and metadata describe the downscaling: none here, one resolution level
+                "type": "none",
+                "metadata": {"description": "one resolution level, no downscaling"},
+                "axes": [{"name": a, "type": "space", "unit": "millimeter"} for a in _AXES_ZYX],
+                "datasets": [
+                    {
+                        "path": dataset_path,
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": list(grid.spacing_xyz_mm[::-1])},
+                            {"type": "translation", "translation": list(grid.origin_xyz_mm[::-1])},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def structure_label_volume(
+    occupancies: list[np.ndarray], shape_zyx: tuple[int, int, int]
+) -> np.ndarray:
+    """One integer label per voxel from fractional occupancies (each ``shape_zyx``).
+
+    Label k (1-based) marks voxels where structure k - 1 has occupancy > 0.5; where several do,
+    the structure with the fewest such voxels wins (ties: the later one). 0 = no structure.
+    uint8, or uint16 past 255 structures.
+    """
+    dtype = np.uint8 if len(occupancies) < 256 else np.uint16
+    inside = [np.asarray(o) > 0.5 for o in occupancies]
+    labels = np.zeros(shape_zyx, dtype)
+    # largest first, so smaller structures are painted over the larger ones around them
+    order = sorted(range(len(inside)), key=lambda k: (-int(inside[k].sum()), k))
+    for k in order:
+        labels[inside[k]] = k + 1
+    return labels
+
+
+def _rgba(colour: str) -> list[int]:
+    """``"#rrggbb"`` to [r, g, b, 255]."""
+    text = colour.lstrip("#")
+    return [int(text[i : i + 2], 16) for i in (0, 2, 4)] + [255]
+
+
+def _write_structure_labels(
+    root: zarr.Group,
+    grid: Grid,
+    structures: list[tuple[str, str, np.ndarray]],
+    colours: dict[str, str] | None,
+) -> None:
+    """``labels/structures``: the OME-NGFF label image of the root (dose) image."""
+    labels_group = root.create_group("labels")
+    labels_group.attrs["ome"] = {"version": NGFF_VERSION, "labels": ["structures"]}
+    image = labels_group.create_group("structures")
+    labels = structure_label_volume([occ for _, _, occ in structures], grid.shape_zyx)
+    write_array(image, "0", labels, dimension_names=_AXES_ZYX)
+    properties = [
+        {"label-value": k + 1, "name": name, "role": role}
+        for k, (name, role, _) in enumerate(structures)
+    ]
+    image_label: dict = {"source": {"image": "../../"}}
+    if properties:
+        image_label["properties"] = properties
+    colors = [
+        {"label-value": k + 1, "rgba": _rgba(colours[name])}
+        for k, (name, _, _) in enumerate(structures)
+        if name in (colours or {})
+    ]
+    if colors:
+        image_label["colors"] = colors
+    ome = ome_image_attrs("structures", grid, "0")
+    ome["image-label"] = image_label
+    image.attrs["ome"] = ome
 
 
 def write_dose_store(
@@ -106,11 +222,13 @@ def write_dose_store(
         root.attrs.update(
             _to_jsonable({"iortopt": {"version": __version__, "kind": "dose"}, **(attrs or {})})
         )
+        root.attrs["ome"] = ome_image_attrs("dose", grid, "dose_gy")
         write_array(
             root,
             "dose_gy",
             np.asarray(dose_gy, np.float32),
             {"grid": grid.to_attrs(), "unit": "Gy"},
+            dimension_names=_AXES_ZYX,
         )
     return Path(path)
 
@@ -126,25 +244,33 @@ def write_plan_store(path: str | Path, plan: dict) -> Path:
     """Write a plan store (layout in the module docstring) from a dict with keys ``grid``,
     ``dose_gy``, ``structures`` (list of (name, role, occupancy)), ``groups`` (group name ->
     dict of arrays, e.g. the dwells), ``dvhs`` (name -> DVH), optionally ``hu`` (the case's HU
-    on the grid, written when not None), and ``attrs`` (config, provenance, metrics, summary)."""
+    on the grid, written as the image ``ct`` when not None) and ``structure_colours`` (name ->
+    ``"#rrggbb"``, the label image's colours), and ``attrs`` (config, provenance, metrics,
+    summary)."""
     grid: Grid = plan["grid"]
     with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         root.attrs.update(
             _to_jsonable({"iortopt": {"version": __version__, "kind": "plan"}, **plan["attrs"]})
         )
+        root.attrs["ome"] = ome_image_attrs("dose", grid, "dose_gy")
         write_array(
             root,
             "dose_gy",
             np.asarray(plan["dose_gy"], np.float32),
             {"grid": grid.to_attrs(), "unit": "Gy"},
+            dimension_names=_AXES_ZYX,
         )
+        _write_structure_labels(root, grid, list(plan["structures"]), plan.get("structure_colours"))
         if plan.get("hu") is not None:
+            ct = root.create_group("ct")
+            ct.attrs["ome"] = ome_image_attrs("ct", grid, "hu")
             write_array(
-                root,
+                ct,
                 "hu",
                 np.asarray(plan["hu"], np.float32),
                 {"grid": grid.to_attrs(), "unit": "HU"},
+                dimension_names=_AXES_ZYX,
             )
         structures = root.create_group("structures")
         for name, role, occupancy in plan["structures"]:

@@ -10,11 +10,17 @@ axial with x to the right and y downwards, coronal with x to the right and z upw
 with y to the right and z upwards; axes in mm with equal aspect. With the case's HU given, each
 dose slice is drawn over the CT (grey, window ``CT_WINDOW_HU``), so the isodoses can be read
 against the anatomy.
+
+Every figure of a plan draws a structure in the same colour: :func:`structure_colours` maps the
+case's structure names (in the case's order) to colours, and the plan writer passes that one map
+to both figures (and to the label image of plan.zarr). Isodose lines are labelled in Gy and, when
+the prescription is given, in % of it; the DVH carries a marker at each clinical goal's point.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,11 +35,60 @@ _STRUCTURE_COLOURS = (
     "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e",
     "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
 )  # fmt: skip
+#: Face colours of the goal markers on the DVH.
+GOAL_MET_COLOUR = "#00c853"
+GOAL_NOT_MET_COLOUR = "#ff1744"
 _DWELL_MARKER = dict(marker="o", ms=4.5, mfc="white", mec="k", mew=1.0)
 _SHIELD_MARKER = dict(marker="s", ms=2.0, mfc="dimgray", mec="none")
 #: Grey-scale window of the CT under the dose slices (HU): wide enough to show air, lung, fat,
 #: soft tissue and bone apart.
 CT_WINDOW_HU = (-1000.0, 1000.0)
+
+
+def structure_colours(names: Sequence[str]) -> dict[str, str]:
+    """Colour (``"#rrggbb"``) of each structure, by its position in ``names`` (pass the case's
+    structure names in the case's order, so every figure and the label image agree)."""
+    return {name: _STRUCTURE_COLOURS[k % len(_STRUCTURE_COLOURS)] for k, name in enumerate(names)}
+
+
+def goal_point(goal: Mapping, dvh: DVH, prescription_gy: float | None):
+    """Where a clinical goal lies on a cumulative DVH: (dose Gy, volume %), or None.
+
+    ``D<x>_gy`` -> (limit, x %); ``D<x>cc_gy`` -> (limit, x cm3 as % of the structure);
+    ``V<x>_percent`` -> (x % of the prescription, limit); ``max_gy`` -> (limit, 0 %);
+    ``min_gy`` -> (limit, 100 %). Goals on other metrics (mean, HI, volume) have no DVH point.
+    """
+    metric, limit = goal["metric"], float(goal["limit"])
+    if m := re.fullmatch(r"D(\d+(?:\.\d+)?)_gy", metric):
+        return limit, float(m.group(1))
+    if m := re.fullmatch(r"D(\d+(?:\.\d+)?)cc_gy", metric):
+        if dvh.total_volume_cm3 <= 0:
+            return None
+        return limit, min(100.0, 100.0 * float(m.group(1)) / dvh.total_volume_cm3)
+    if m := re.fullmatch(r"V(\d+(?:\.\d+)?)_percent", metric):
+        if prescription_gy is None:
+            return None
+        return float(m.group(1)) / 100.0 * prescription_gy, limit
+    if metric == "max_gy":
+        return limit, 0.0
+    if metric == "min_gy":
+        return limit, 100.0
+    return None
+
+
+def goal_text(goal: Mapping) -> str:
+    """Short text of a goal on the DVH, e.g. ``"ureter D0.1cc <= 15 Gy"``."""
+    metric = str(goal["metric"])
+    unit = " %" if metric.endswith("_percent") else " Gy" if metric.endswith("_gy") else ""
+    short = metric.removesuffix("_percent").removesuffix("_gy")
+    return f"{goal['structure']} {short} {goal['op']} {float(goal['limit']):g}{unit}"
+
+
+def isodose_label(level_gy: float, prescription_gy: float | None) -> str:
+    """``"10 Gy"``, or ``"10 Gy (100 %)"`` with the prescription known."""
+    if prescription_gy is None or not prescription_gy > 0:
+        return f"{level_gy:g} Gy"
+    return f"{level_gy:g} Gy ({100.0 * level_gy / prescription_gy:.0f} %)"
 
 
 def _new_figure(figsize):
@@ -61,7 +116,14 @@ def _save_png_atomic(fig, path) -> Path:
     return path
 
 
-def plot_dvh(dvhs: Mapping[str, DVH], path, prescription_gy=None, title=None) -> Path:
+def plot_dvh(
+    dvhs: Mapping[str, DVH],
+    path,
+    prescription_gy=None,
+    title=None,
+    colours: Mapping[str, str] | None = None,
+    goals: Sequence[Mapping] = (),
+) -> Path:
     """Cumulative DVH curves (volume %, dose Gy) of several structures, saved as a PNG.
 
     Args:
@@ -69,27 +131,71 @@ def plot_dvh(dvhs: Mapping[str, DVH], path, prescription_gy=None, title=None) ->
         path: output PNG path.
         prescription_gy: draws a dashed vertical line at the prescription if given.
         title: figure title.
-        markers_label: legend text of the ``dwell_positions_mm`` markers.
+        colours: structure name -> colour (:func:`structure_colours`); default by order in
+            ``dvhs``.
+        goals: clinical goals as evaluated (``structure``, ``metric``, ``op``, ``limit``,
+            ``met``): a marker at each goal's point (:func:`goal_point`) on its structure's
+            DVH, filled green if met and red if not, pointing up for ``>=`` and down for ``<=``,
+            numbered in the structure's colour; the legend gives each number's goal
+            (:func:`goal_text`) and whether it is met.
 
     Returns:
         The output path.
     """
+    from matplotlib import patheffects
+    from matplotlib.lines import Line2D
+
+    by_name = structure_colours(list(dvhs))
+    by_name.update(colours or {})
     fig = _new_figure((7.5, 5.0))
     ax = fig.add_subplot()
-    for i, (name, dvh) in enumerate(dvhs.items()):
-        colour = _STRUCTURE_COLOURS[i % len(_STRUCTURE_COLOURS)]
+    for name, dvh in dvhs.items():
+        colour = by_name[name]
         label = f"{name} ({dvh.total_volume_cm3:.3g} cm$^3$)"
         ax.plot(dvh.dose_gy, 100.0 * dvh.volume_fraction, color=colour, lw=1.8, label=label)
     if prescription_gy is not None:
         ax.axvline(prescription_gy, color="k", ls="--", lw=1.0,
                    label=f"prescription {prescription_gy:g} Gy")  # fmt: skip
+    goal_handles = []
+    for number, goal in enumerate(goals, start=1):
+        dvh = dvhs.get(goal["structure"])
+        point = None if dvh is None else goal_point(goal, dvh, prescription_gy)
+        if point is None:
+            continue
+        met = bool(goal["met"])
+        style = dict(
+            ls="none",
+            marker="^" if goal["op"] == ">=" else "v",
+            ms=9,
+            mfc=GOAL_MET_COLOUR if met else GOAL_NOT_MET_COLOUR,
+            mec="k",
+            mew=1.0,
+        )
+        ax.plot(*point, zorder=5, clip_on=False, **style)
+        # a number beside the marker, the goal itself in the legend: labels never overlap
+        ax.annotate(
+            str(number),
+            point,
+            xytext=(5, 3),
+            textcoords="offset points",
+            fontsize=8,
+            fontweight="bold",
+            color=by_name[goal["structure"]],
+            path_effects=[patheffects.withStroke(linewidth=2.5, foreground="white")],
+            zorder=6,
+        )
+        status = "met" if met else "NOT met"
+        goal_handles.append(
+            Line2D([], [], label=f"{number}: {goal_text(goal)} ({status})", **style)
+        )
+    handles = ax.get_legend_handles_labels()[0] + goal_handles
     ax.set_xlabel("dose (Gy)")
     ax.set_ylabel("volume (%)")
     ax.set_xlim(left=0)
     ax.set_ylim(0, 102)
     ax.grid(alpha=0.3)
-    if dvhs or prescription_gy is not None:
-        ax.legend(loc="upper right", fontsize="small")
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize="small")
     if title:
         ax.set_title(title)
     return _save_png_atomic(fig, path)
@@ -129,6 +235,8 @@ def plot_dose_slices(
     markers_label: str = "dwell positions",
     shield_points_mm=None,
     hu=None,
+    colours: Mapping[str, str] | None = None,
+    prescription_gy: float | None = None,
 ) -> Path:
     """Axial, coronal and sagittal dose slices through one point, saved as a PNG.
 
@@ -148,6 +256,9 @@ def plot_dose_slices(
         shield_points_mm: optional (k, 3) points sampling shield surfaces; those within half a
             voxel of a slice are drawn on it (the shield's cut through the slice).
         hu: optional (nz, ny, nx) HU on ``grid`` (the case's CT): drawn in grey under the dose.
+        colours: structure name -> colour (:func:`structure_colours`); default by order in
+            ``structures``.
+        prescription_gy: isodose labels also give % of this dose when given.
 
     Returns:
         The output path.
@@ -187,7 +298,9 @@ def plot_dose_slices(
         ("sagittal", np.s_[:, :, i], "y", "z", "x", False),
     )
     halo = [patheffects.withStroke(linewidth=3.5, foreground="white")]
-    colours = [_STRUCTURE_COLOURS[n % len(_STRUCTURE_COLOURS)] for n in range(len(structures))]
+    by_name = structure_colours([s.name for s in structures])
+    by_name.update(colours or {})
+    colours = [by_name[s.name] for s in structures]
     fig = _new_figure((16.0, 6.0))
     axes = fig.subplots(1, 3)
     image = None
@@ -223,7 +336,9 @@ def plot_dose_slices(
         in_range = levels[(levels > np.nanmin(plane)) & (levels < np.nanmax(plane))]
         if in_range.size:
             cs = ax.contour(h_mm, v_mm, plane, levels=in_range, colors="k", linewidths=0.9)
-            ax.clabel(cs, fmt=lambda lv: f"{lv:g} Gy", fontsize=7, inline=True)
+            ax.clabel(
+                cs, fmt=lambda lv: isodose_label(lv, prescription_gy), fontsize=7, inline=True
+            )
         for s, colour in zip(structures, colours, strict=True):
             occ = np.asarray(s.occupancy, dtype=np.float64)[sl]
             if occ.min() < 0.5 < occ.max():
@@ -252,7 +367,8 @@ def plot_dose_slices(
         for s, colour in zip(structures, colours, strict=True)
     ]
     if levels.size:
-        handles.append(Line2D([], [], color="k", lw=0.9, label="isodose (Gy)"))
+        unit = "Gy" if prescription_gy is None else f"Gy, % of {prescription_gy:g} Gy"
+        handles.append(Line2D([], [], color="k", lw=0.9, label=f"isodose ({unit})"))
     if any_dwell_drawn:
         handles.append(Line2D([], [], ls="none", label=f"{markers_label} (within 1 voxel)",
                               **_DWELL_MARKER))  # fmt: skip

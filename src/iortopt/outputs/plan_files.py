@@ -211,6 +211,8 @@ def write_plan_outputs(
     from iortopt.outputs import figures as report
 
     out_dir = Path(out_dir)
+    # one colour per structure name in every figure and in the store's label image
+    colours = report.structure_colours([s.name for s in case.structures])
     tmp = new_temp_folder(out_dir)
     try:
         write_plan_store(
@@ -220,6 +222,7 @@ def write_plan_outputs(
                 "dose_gy": dose,
                 "structures": [(s.name, s.role, s.occupancy) for s in case.structures],
                 "hu": case.hu,
+                "structure_colours": colours,
                 "groups": applicator,
                 "dvhs": evaluation["dvhs"],
                 "attrs": {
@@ -234,7 +237,14 @@ def write_plan_outputs(
         rx = settings.prescription_gy
         clinical = {s.name for s in case.structures if s.role != "other"}
         dvhs = {k: v for k, v in evaluation["dvhs"].items() if k in clinical}
-        report.plot_dvh(dvhs, tmp / "dvh.png", prescription_gy=rx, title=settings.plan_name)
+        report.plot_dvh(
+            dvhs,
+            tmp / "dvh.png",
+            prescription_gy=rx,
+            title=settings.plan_name,
+            colours=colours,
+            goals=evaluation["goals"],
+        )
         report.plot_dose_slices(
             dose,
             case.grid,
@@ -246,6 +256,8 @@ def write_plan_outputs(
             shield_points_mm=shield_points_mm,
             title=f"{settings.plan_name}: dose (Gy)",
             hu=case.hu,
+            colours=colours,
+            prescription_gy=rx,
         )
         if extra_writer is not None:
             extra_writer(tmp)
