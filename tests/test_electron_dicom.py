@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pydicom
 import pytest
@@ -19,10 +20,10 @@ from iortopt.dicom.rtplan import read_electron_beam
 from iortopt.dicom.study import new_study
 from iortopt.errors import ConfigError
 from iortopt.grid import Grid
-from iortopt.modalities.electron.pipeline import prepare_electron, run_electron
+from iortopt.modalities.electron.pipeline import run_electron
 from iortopt.modalities.stage_settings import dicom_plan_info
 from iortopt.outputs.dicom_export import electron_writer
-from iortopt.pipeline import check_config
+from iortopt.pipeline import check_config, prepare_modality
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "make_dicom_example.py"
@@ -66,10 +67,12 @@ def test_eliot_plan_from_its_dicom_study_matches_the_phantom_plan(study_config, 
     phantom_doc = load_config(ROOT / "configs" / "breast_electron.toml").model_dump(mode="python")
     phantom_doc["case"]["eliot"]["spacing_mm"] = SPACING_MM
     phantom_doc["electron"].update(CATALOGUE)
-    phantom = run_electron(prepare_electron(parse_config(phantom_doc)), tmp_path / "phantom")
+    phantom = run_electron(
+        prepare_modality(parse_config(phantom_doc), jnp.float32), tmp_path / "phantom"
+    )
     dicom_doc = _dicom_doc(study_config)
     assert dicom_doc["case"]["kind"] == "dicom" and dicom_doc["output"]["dicom"]
-    dicom = run_electron(prepare_electron(parse_config(dicom_doc)), tmp_path / "dicom")
+    dicom = run_electron(prepare_modality(parse_config(dicom_doc), jnp.float32), tmp_path / "dicom")
 
     a, b = phantom.summary, dicom.summary
     keys = ("energy_MeV", "diameter_cm", "bevel_deg")
@@ -111,23 +114,23 @@ def test_missing_cone_end_is_a_named_error(study_config):
 def test_cone_end_outside_the_ct_is_a_named_error(study_config):
     doc = _dicom_doc(study_config, cone_end_mm=(0.0, -500.0, 0.0))
     with pytest.raises(ConfigError, match=r"electron.cone_end_mm: .* outside the CT"):
-        prepare_electron(parse_config(doc))
+        prepare_modality(parse_config(doc), jnp.float32)
 
 
 def test_axis_missing_the_target_and_pose_optimisation_are_named_errors(study_config):
     doc = _dicom_doc(study_config, cone_axis=(0.0, -1.0, 0.0))  # out of the patient
     with pytest.raises(ConfigError, match="electron.cone_axis: .* does not cross the target"):
-        prepare_electron(parse_config(doc))
+        prepare_modality(parse_config(doc), jnp.float32)
     doc = _dicom_doc(study_config, optimise_pose=True)
     with pytest.raises(ConfigError, match="electron.optimise_pose"):
-        prepare_electron(parse_config(doc))
+        prepare_modality(parse_config(doc), jnp.float32)
 
 
 def test_builtin_case_refuses_patient_cone_geometry():
     doc = load_config(ROOT / "configs" / "breast_electron.toml").model_dump(mode="python")
     doc["electron"]["cone_end_mm"] = (0.0, 0.0, 0.0)
     with pytest.raises(ConfigError, match="electron.cone_end_mm: for case.kind 'dicom' only"):
-        prepare_electron(parse_config(doc))
+        prepare_modality(parse_config(doc), jnp.float32)
 
 
 @pytest.mark.parametrize("position", ["HFS", "HFP", "FFS", "FFP"])

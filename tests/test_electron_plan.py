@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from iortopt.cases.eliot import EliotCaseParams, build_eliot_case_with_samples
-from iortopt.modalities.electron.choice import optimise_electron
+from iortopt.phantoms.eliot import optimise_eliot
 from iortopt.physics import electron as el
 from iortopt.physics.disc import Disc
 
@@ -46,7 +46,7 @@ def raw():
 
 @pytest.fixture(scope="module")
 def catalogue_result(beam):
-    return optimise_electron(
+    return optimise_eliot(
         EliotCaseParams(**SMALL), beam, optimise_pose=False, dtype=jnp.float64, **CATALOGUE
     )
 
@@ -180,7 +180,7 @@ def test_result_carries_case_dose_disc_and_notes(catalogue_result):
 def test_bevel_chosen_for_a_tilted_surface(beam):
     """Gland surface tilted 20 deg, head reaching 10 deg: a flat cone laid flush would need a
     20 deg axis, a 15 or 30 deg bevel brings it within reach."""
-    r = optimise_electron(
+    r = optimise_eliot(
         EliotCaseParams(**SMALL, surface_tilt_deg=20.0),
         beam,
         energies_mev=[12.0],
@@ -196,7 +196,7 @@ def test_bevel_chosen_for_a_tilted_surface(beam):
 def test_joint_optimisation_brings_the_axis_within_reach(beam):
     """Only a flat cone, surface tilted 20 deg, head reaching 15 deg: the nominal (flush) plan is
     out of reach; cone tilt, shift, MU and the disc are optimised together and the result kept."""
-    r = optimise_electron(
+    r = optimise_eliot(
         EliotCaseParams(**SMALL, surface_tilt_deg=20.0),
         beam,
         energies_mev=[12.0],
@@ -223,10 +223,10 @@ def test_joint_optimisation_brings_the_axis_within_reach(beam):
 def test_invalid_requests(beam):
     params = EliotCaseParams(**SMALL)
     with pytest.raises(ValueError, match="disc 'lead' is not in beam"):
-        optimise_electron(params, beam, disc="lead", optimise_pose=False)
+        optimise_eliot(params, beam, disc="lead", optimise_pose=False)
     with pytest.raises(ValueError, match="does not fit"):
-        optimise_electron(EliotCaseParams(**SMALL, disc_gap_mm=4.0), beam, optimise_pose=False)
+        optimise_eliot(EliotCaseParams(**SMALL, disc_gap_mm=4.0), beam, optimise_pose=False)
     with pytest.raises(ValueError, match="energy 7 MeV is not in beam"):
-        optimise_electron(params, beam, energies_mev=[7.0], optimise_pose=False)
+        optimise_eliot(params, beam, energies_mev=[7.0], optimise_pose=False)
     with pytest.raises(ValueError, match="toe_direction"):
-        optimise_electron(params, beam, toe_direction=(0.0, 0.0, 1.0), optimise_pose=False)
+        optimise_eliot(params, beam, toe_direction=(0.0, 0.0, 1.0), optimise_pose=False)

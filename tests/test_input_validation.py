@@ -226,16 +226,20 @@ def test_hdr_plan_without_objectives_exits_2(tmp_path):
 
 
 def test_hdr_plan_with_only_zero_weights_refused():
-    from iortopt.modalities.hdr_flap.pipeline import prepare_plan
+    import jax.numpy as jnp
+
+    from iortopt.pipeline import prepare_modality
 
     doc = small_flap_doc()
     doc["objectives"] = [dict(o, weight=0.0) for o in doc["objectives"]]
     with pytest.raises(ConfigError, match="every weight is 0"):
-        prepare_plan(parse_config(doc))
+        prepare_modality(parse_config(doc), jnp.float32)
 
 
 def test_centuries_old_calibration_refused_with_both_dates():
-    from iortopt.modalities.hdr_flap.pipeline import prepare_plan
+    import jax.numpy as jnp
+
+    from iortopt.pipeline import prepare_modality
 
     doc = small_flap_doc(source={"calibration": "x", "treatment": "y"})
     import datetime as dt
@@ -243,7 +247,7 @@ def test_centuries_old_calibration_refused_with_both_dates():
     doc["source"]["calibration"] = dt.datetime(1826, 11, 1, 8, 0)
     doc["source"]["treatment"] = dt.datetime(2026, 11, 23, 10, 0)
     with pytest.raises(ConfigError) as err:
-        prepare_plan(parse_config(doc))
+        prepare_modality(parse_config(doc), jnp.float32)
     message = str(err.value)
     assert "source.calibration" in message
     assert "1826-11-01T08:00:00" in message and "2026-11-23T10:00:00" in message
@@ -252,12 +256,14 @@ def test_centuries_old_calibration_refused_with_both_dates():
 def test_usual_decay_still_accepted():
     import datetime as dt
 
-    from iortopt.modalities.hdr_flap.pipeline import prepare_plan
+    import jax.numpy as jnp
+
+    from iortopt.pipeline import prepare_modality
 
     doc = small_flap_doc()
     doc["source"]["calibration"] = dt.datetime(2026, 9, 1)
     doc["source"]["treatment"] = dt.datetime(2026, 11, 23)  # 83 days, about 46 %
-    prepared = prepare_plan(parse_config(doc))
+    prepared = prepare_modality(parse_config(doc), jnp.float32)
     assert 0.4 < prepared.sk_U / 40700.0 < 0.5
 
 

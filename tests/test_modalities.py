@@ -25,6 +25,55 @@ def test_modality_implements_the_interface(name):
         assert callable(getattr(module, attr))
 
 
+@pytest.mark.parametrize("name", sorted(modalities.REGISTRY))
+def test_prepare_takes_the_builtin_case_side(name):
+    import inspect
+
+    params = inspect.signature(modalities.get(name).prepare).parameters
+    assert list(params)[:3] == ["cfg", "dtype", "builtin"]
+    assert params["builtin"].default is None
+
+
+def test_every_phantom_adapter_builds_for_a_registered_modality():
+    import importlib
+
+    from iortopt import phantoms
+    from iortopt.cases.capabilities import BUILTIN
+
+    assert set(phantoms.REGISTRY) == set(BUILTIN)
+    for adapters in phantoms.REGISTRY.values():
+        for modality, module in adapters.items():
+            assert modality in modalities.REGISTRY
+            assert callable(importlib.import_module(module).build)
+
+
+BUILTIN_KINDS = [
+    ("hdr_flap", "builtin_flap", "CTV"),
+    ("xray_sphere", "builtin_breast", "PTV_shell"),
+    ("electron", "builtin_eliot", "PTV_gland"),
+]
+
+
+@pytest.mark.parametrize(("modality", "kind", "structure"), BUILTIN_KINDS)
+def test_a_builtin_case_needs_its_adapter(modality, kind, structure):
+    """A modality's prepare does not build a phantom itself: without the adapter's case side it
+    says where the case comes from."""
+    import jax.numpy as jnp
+
+    from iortopt.config import parse_config
+    from iortopt.errors import ConfigError
+
+    cfg = parse_config(
+        {
+            "plan": {"name": "x", "modality": modality},
+            "case": {"kind": kind},
+            "prescription": {"structure": structure},
+        }
+    )
+    with pytest.raises(ConfigError, match=r"iortopt\.phantoms"):
+        modalities.get(modality).prepare(cfg, jnp.float32)
+
+
 def test_config_accepts_the_registered_modalities():
     allowed = typing.get_args(PlanSection.model_fields["modality"].annotation)
     assert set(allowed) == set(modalities.REGISTRY)

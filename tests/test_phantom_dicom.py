@@ -110,20 +110,23 @@ def test_flap_plan_from_its_dicom_study_matches_the_phantom_plan(tmp_path):
     """Same objectives, same active dwells, same grid: D90 / D2cc within 2 %, V100 within 2 %
     of volume. Measured: CTV D90 -0.5 %, V100 -0.3 % of volume; sacrum D2cc -0.6 %, bowel
     D2cc +1.2 %."""
-    from iortopt.modalities.hdr_flap.pipeline import optimise_and_write, prepare_plan
+    import jax.numpy as jnp
+
+    from iortopt.modalities.hdr_flap.pipeline import optimise_and_write
+    from iortopt.pipeline import prepare_modality
 
     config_path = _script().write_flap_study(tmp_path / "flap", _flap_params())
     phantom_doc = load_config().model_dump(mode="python")
     phantom_doc["case"]["flap"].update(FLAP_OVERRIDES)
     phantom_doc["optimizer"]["max_iterations"] = 20
-    phantom = prepare_plan(parse_config(phantom_doc))
+    phantom = prepare_modality(parse_config(phantom_doc), jnp.float32)
     dicom_doc = load_config(config_path).model_dump(mode="python")
     assert dicom_doc["case"]["kind"] == "dicom"
     dicom_doc["optimizer"]["max_iterations"] = 20
     dicom_doc["applicator"]["active"] = [
         [int(c), int(i)] for c, i in zip(phantom.dwells.catheter, phantom.dwells.index, strict=True)
     ]
-    dicom = prepare_plan(parse_config(dicom_doc))
+    dicom = prepare_modality(parse_config(dicom_doc), jnp.float32)
     assert dicom.case.grid == phantom.case.grid
     np.testing.assert_allclose(dicom.dwells.positions_mm, phantom.dwells.positions_mm, atol=1e-9)
     np.testing.assert_allclose(dicom.case.hu, phantom.case.hu, atol=0.5 + 1e-4)

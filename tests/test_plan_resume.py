@@ -1,5 +1,6 @@
 """A plan run resumes from the checkpoint an interrupted run of the same config left behind."""
 
+import jax.numpy as jnp
 import numpy as np
 
 from iortopt.config import load_config, parse_config
@@ -7,9 +8,9 @@ from iortopt.modalities.hdr_flap.pipeline import (
     checkpoint_key,
     checkpoint_path_for,
     optimise_and_write,
-    prepare_plan,
 )
 from iortopt.optimisation.optax_loop import save_checkpoint
+from iortopt.pipeline import prepare_modality
 
 
 def small_config():
@@ -21,7 +22,7 @@ def small_config():
 
 def test_resume_from_matching_checkpoint_only(tmp_path):
     cfg = small_config()
-    prepared = prepare_plan(cfg)
+    prepared = prepare_modality(cfg, jnp.float32)
     n = len(prepared.dwells)
     out = tmp_path / "plan"
     ckpt = checkpoint_path_for(out)
@@ -33,5 +34,5 @@ def test_resume_from_matching_checkpoint_only(tmp_path):
     assert not ckpt.exists()  # removed once the outputs are complete
 
     save_checkpoint(ckpt, np.full(n, 3.0), 50, "another-config")
-    other = optimise_and_write(prepare_plan(cfg), tmp_path / "plan")
+    other = optimise_and_write(prepare_modality(cfg, jnp.float32), tmp_path / "plan")
     assert not any("resumed" in note for note in other.summary["notes"])

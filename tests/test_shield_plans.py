@@ -18,9 +18,10 @@ from iortopt.cli import app
 from iortopt.config import parse_config
 from iortopt.errors import ConfigError
 from iortopt.modalities.hdr_flap import shields as hdr_shields
-from iortopt.modalities.hdr_flap.pipeline import _influence_matrix, prepare_plan
+from iortopt.modalities.hdr_flap.pipeline import _influence_matrix
 from iortopt.optimisation import objectives
 from iortopt.optimisation import shield_placement as shl
+from iortopt.pipeline import prepare_modality
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 runner = CliRunner()
@@ -63,10 +64,10 @@ def test_shields_that_do_not_fit_the_plan_are_refused(change, message):
 def test_unknown_material_and_protected_structure_name_the_field():
     doc = _small_flap({"material": "gold"})
     with pytest.raises(ConfigError, match=r"shields.0 \(bowel_shield\).material: .*gold"):
-        prepare_plan(parse_config(doc))
+        prepare_modality(parse_config(doc), jnp.float32)
     doc = _small_flap({"protects": ["colon"]})
     with pytest.raises(ConfigError, match=r"protects: no structure \['colon'\]"):
-        prepare_plan(parse_config(doc))
+        prepare_modality(parse_config(doc), jnp.float32)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +83,7 @@ def small_problem():
             }
         )  # fmt: skip
     )
-    prepared = prepare_plan(cfg, jnp.float64)
+    prepared = prepare_modality(cfg, jnp.float64)
     grid = prepared.case.grid
     points = grid.points_mm(np.float64)[prepared.opt_mask.reshape(-1)]
     matrix, _, _ = _influence_matrix(

@@ -271,7 +271,10 @@ def test_hdr_plan_on_the_flap_dicom_study_with_a_fitted_shield(tmp_path):
     0.46 mm: the ROI's contours on 3 mm slices move its face by up to 1.5 mm where it is nearly
     axial, which bends the fitted radius to 53 mm, so the radius itself is not compared), and it
     lowers the bowel D2cc below the same plan's without it."""
-    from iortopt.modalities.hdr_flap.pipeline import optimise_and_write, prepare_plan
+    import jax.numpy as jnp
+
+    from iortopt.modalities.hdr_flap.pipeline import optimise_and_write
+    from iortopt.pipeline import prepare_modality
 
     params = FlapCaseParams(**{**load_config().case.flap, **FLAP, "n_catheters": 2})
     config_path = _script().write_flap_study(tmp_path / "flap", params)
@@ -291,7 +294,7 @@ def test_hdr_plan_on_the_flap_dicom_study_with_a_fitted_shield(tmp_path):
             protects=["bowel"],
         )
     ]
-    prepared = prepare_plan(parse_config(doc))
+    prepared = prepare_modality(parse_config(doc), jnp.float32)
     (spec,) = prepared.shield_specs
     radius = params.surface_radius_mm - params.flap_thickness_mm - 0.5 * SHEET_MM
     u, v = (g.ravel() for g in np.meshgrid(np.linspace(-35, 35, 8), np.linspace(-30, 30, 7)))

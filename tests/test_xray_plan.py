@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from iortopt.cases.breast import BreastCaseParams
-from iortopt.modalities.xray_sphere.choice import optimise_xray
+from iortopt.phantoms.breast import optimise_xray
 from iortopt.physics.xray import load_xray_beam
 
 #: A small, fast case: 3 mm grid, narrower region, thin lung.

@@ -95,3 +95,10 @@ class Grid:
         return cls(
             tuple(attrs["shape_zyx"]), tuple(attrs["spacing_xyz_mm"]), tuple(attrs["origin_xyz_mm"])
         )
+
+
+def sub_offsets_mm(grid: Grid, supersampling: int) -> np.ndarray:
+    """(supersampling^3, 3) offsets (x, y, z) mm of the sub-samples from a voxel centre."""
+    o = (np.arange(supersampling) + 0.5) / supersampling - 0.5
+    oz, oy, ox = np.meshgrid(o, o, o, indexing="ij")
+    return np.stack([ox.ravel(), oy.ravel(), oz.ravel()], axis=-1) * np.asarray(grid.spacing_xyz_mm)

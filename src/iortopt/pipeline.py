@@ -98,8 +98,13 @@ def check_sections_used(cfg: PlanConfig) -> None:
 
 
 def prepare_modality(cfg: PlanConfig, dtype):
-    """:func:`prepare` without the memory check."""
-    return modalities.get(cfg.plan.modality).prepare(cfg, dtype)
+    """:func:`prepare` without the checks: a built-in phantom's case side is built by its adapter
+    (:func:`iortopt.phantoms.build`; None for a DICOM case) and handed to the modality's
+    ``prepare``."""
+    from iortopt import phantoms
+
+    builtin = phantoms.build(cfg, dtype)
+    return modalities.get(cfg.plan.modality).prepare(cfg, dtype, builtin)
 
 
 def execute(prepared, out_dir: str | Path, console: Console | None = None):

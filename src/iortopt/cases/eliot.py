@@ -55,7 +55,7 @@ import numpy as np
 from iortopt.cases.case import Case, Structure
 from iortopt.cases.hu_calibration import MATERIAL_HU
 from iortopt.cases.params import check_fields, invalid
-from iortopt.grid import Grid
+from iortopt.grid import Grid, sub_offsets_mm
 
 STRUCTURE_ORDER = ("PTV_gland", "skin", "chest_wall", "rib", "lung", "gland")
 STRUCTURE_ROLES = {
@@ -288,13 +288,6 @@ def case_grid(params: EliotCaseParams, geometry: EliotGeometry) -> Grid:
     first = (np.floor(lower / s - 0.5) + 0.5) * s
     last = (np.ceil(upper / s + 0.5) - 0.5) * s
     return Grid.from_bounds(first, last, s)
-
-
-def sub_offsets_mm(grid: Grid, supersampling: int) -> np.ndarray:
-    """(supersampling^3, 3) offsets (x, y, z) mm of the sub-samples from a voxel centre."""
-    o = (np.arange(supersampling) + 0.5) / supersampling - 0.5
-    oz, oy, ox = np.meshgrid(o, o, o, indexing="ij")
-    return np.stack([ox.ravel(), oy.ravel(), oz.ravel()], axis=-1) * np.asarray(grid.spacing_xyz_mm)
 
 
 def _material_hu(g: EliotGeometry, labels: dict[str, np.ndarray], x, y, w) -> np.ndarray:

@@ -8,8 +8,12 @@ A modality is a module (its folder's ``pipeline.py``) that provides:
                           case that lacks one is refused before anything is built
     DWELL_CHUNKED         True if it optimises TG-43 dwell times (the memory plan then chooses the
                           influence-matrix mode and the points per TG-43 chunk)
-    prepare(cfg, dtype)   -> prepared plan: case, applicator candidates, settings (no optimisation,
-                          no files); raises ConfigError on invalid input
+    prepare(cfg, dtype, builtin=None) -> prepared plan: case, applicator candidates, settings
+                          (no optimisation, no files); raises ConfigError on invalid input.
+                          ``builtin``: on a built-in ``case.kind``, the phantom's case side in
+                          the modality's own type, built by its adapter in
+                          :mod:`iortopt.phantoms` (a modality never imports a phantom); None on
+                          a DICOM case, which the modality imports itself
     run(prepared, out_dir, ctx) -> result with ``summary`` and ``out_dir`` (optimise, full-grid
                           dose, evaluation, outputs); ``ctx``: the run's
                           :class:`iortopt.compute.run_context.RunContext` (TG-43 chunking,
@@ -20,7 +24,8 @@ A modality is a module (its folder's ``pipeline.py``) that provides:
     memory_estimate(sizes, chunk, dtype, influence) -> iortopt.compute.memory.MemoryEstimate
 
 :func:`get` is the one place that maps a modality name to its module; nothing else switches on the
-name. A new modality is a new folder with a ``pipeline.py`` and one line in :data:`REGISTRY`.
+name. A new modality is a new folder with a ``pipeline.py`` and one line in :data:`REGISTRY`
+(plus, to plan a built-in phantom, an adapter in :mod:`iortopt.phantoms`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Plan electron IORT of the breast (ELIOT type): choose energy, cone, bevel; place cone and disc.
 
-Inputs: an ELIOT-type breast phantom (:class:`iortopt.cases.eliot.EliotCaseParams`), a beam
-(:mod:`iortopt.physics.electron`), a disc material from the beam file, the disc radius and a
-prescription. :func:`optimise_electron` does four things.
+Inputs: an ELIOT-type breast case with a flat gland surface and a disc space below the gland
+(:class:`ElectronSetting`: the ELIOT phantom's from :func:`iortopt.phantoms.eliot.eliot_setting`),
+a beam (:mod:`iortopt.physics.electron`), a disc material from the beam file, the disc radius and
+a prescription. :func:`optimise_electron` does four things.
 
 Prescription and normalisation
 ------------------------------
@@ -76,13 +77,8 @@ import numpy as np
 import optax
 
 from iortopt.cases.case import Case
-from iortopt.cases.eliot import (
-    EliotCaseParams,
-    EliotGeometry,
-    build_eliot_case_with_samples,
-    sub_offsets_mm,
-)
 from iortopt.evaluation.dvh import dose_at_volume_cm3, volume_at_dose
+from iortopt.grid import sub_offsets_mm
 from iortopt.optimisation.objectives import dose_at_volume
 from iortopt.physics.disc import Disc, ray_plane_crossing_mm, unit
 from iortopt.physics.electron import (
@@ -117,6 +113,30 @@ ILLUSTRATIVE_NOTE = (
 )
 
 
+@dataclass(frozen=True)
+class ElectronSetting:
+    """The case side of :func:`optimise_electron`: a case with a flat tissue surface over the
+    gland and a disc space below it (the ELIOT phantom's, built by
+    :func:`iortopt.phantoms.eliot.eliot_setting`).
+
+    ``geometry`` (mm, unit vectors) provides ``surface_point_mm`` and ``surface_normal`` (the
+    gland surface), ``rotation`` (3, 3: columns the tissue frame's axes), ``disc_plane_point_mm``
+    (the bottom of the gland), ``to_tissue_frame(points)``, ``is_tissue(points)`` and the
+    tissue-frame depths ``gland_bottom_w_mm``, ``muscle_front_w_mm``, ``lung_back_w_mm``.
+    ``samples``: structure name -> (points (N, 3) mm, weights (N,) cm^3), one point per voxel and
+    structure. ``disc_space_mm``: the depth of the disc space (``disc_space_field``: the config
+    field that sets it, for messages); ``supersampling``: sub-samples per axis of a voxel cut by
+    a tissue boundary in the full-grid dose.
+    """
+
+    case: Case
+    geometry: object
+    samples: dict
+    disc_space_mm: float
+    supersampling: int
+    disc_space_field: str = "disc_space_mm"
+
+
 @dataclass
 class ElectronPlanResult:
     """Outcome of :func:`optimise_electron` (doses Gy, lengths mm, angles degrees)."""
@@ -130,7 +150,7 @@ class ElectronPlanResult:
     timings: dict
     notes: list[str] = field(default_factory=list)
     beam_name: str = ""
-    geometry: EliotGeometry | None = None
+    geometry: object = None  # ElectronSetting.geometry
 
 
 @dataclass(frozen=True)
@@ -149,7 +169,7 @@ class _Context:
     """What every evaluation of a plan needs."""
 
     ev: EvalPoints
-    geometry: EliotGeometry
+    geometry: object  # ElectronSetting.geometry
     beam: ElectronBeam
     surface: PlaneSurface
     prescription_gy: float
@@ -181,7 +201,7 @@ def _eval_points(samples: dict) -> EvalPoints:
 # ----------------------------------------------------------------------------------------------
 
 
-def _surface_frame(g: EliotGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _surface_frame(g) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Unit vectors e1, e2 (in the surface plane: the tissue frame's x and y) and the normal."""
     return g.rotation[:, 0], g.rotation[:, 1], g.surface_normal
 
@@ -193,7 +213,7 @@ def _axis_crossing_mm(end_mm, axis, plane_point_mm, normal) -> np.ndarray:
     return end - ((end - plane_point_mm) @ normal) / (axis @ normal) * axis
 
 
-def _nominal_disc_centre(g: EliotGeometry, end_mm, axis) -> np.ndarray:
+def _nominal_disc_centre(g, end_mm, axis) -> np.ndarray:
     """Where the central axis crosses the disc plane (the bottom of the gland)."""
     return _axis_crossing_mm(end_mm, axis, g.disc_plane_point_mm, g.surface_normal)
 
@@ -638,7 +658,7 @@ def _grid_metrics(case: Case, dose: np.ndarray, rx: float) -> dict:
 
 
 def optimise_electron(
-    params: EliotCaseParams,
+    setting: ElectronSetting,
     beam: ElectronBeam | str | Path = "generic_IOERT",
     prescription_gy: float = 21.0,
     isodose_percent: float = 90.0,
@@ -661,12 +681,11 @@ def optimise_electron(
     max_disc_shift_mm: float = 5.0,
     max_disc_tilt_deg: float = 10.0,
     iterations: int = 100,
-    built_case=None,
 ) -> ElectronPlanResult:
     """Choose energy, cone and bevel, then place cone and disc (see the module docstring).
 
     Args:
-        params: the ELIOT-type phantom.
+        setting: the case side (:class:`ElectronSetting`).
         beam: an :class:`ElectronBeam`, or a packaged beam name / TOML path.
         prescription_gy: Rx, Gy, given to the ``isodose_percent`` isodose.
         energies_mev, diameters_cm, bevels_deg: the catalogue to compare (default: the beam's).
@@ -680,9 +699,6 @@ def optimise_electron(
         disc_edge_mm: width of the disc's soft edges.
         max_shift_mm, max_air_gap_mm, max_tilt_deg, max_disc_shift_mm, max_disc_tilt_deg: bounds
             of the joint optimisation; ``iterations`` its Adam steps.
-        built_case: optional (case, geometry, samples) from
-            :func:`iortopt.cases.eliot.build_eliot_case_with_samples` of ``params`` (saves
-            building it again).
     Returns:
         :class:`ElectronPlanResult`.
     """
@@ -700,12 +716,12 @@ def optimise_electron(
     toe = np.asarray(toe_direction, np.float64)
     if toe.shape != (3,) or not np.all(np.isfinite(toe)):
         raise ValueError(f"toe_direction must be three finite numbers, got {toe_direction}")
-    if beam.disc_thickness_mm[disc_index] > params.disc_gap_mm + 1e-9:
+    if beam.disc_thickness_mm[disc_index] > setting.disc_space_mm + 1e-9:
         raise ValueError(
             f"disc {disc!r} is {beam.disc_thickness_mm[disc_index]:g} mm thick: it does not fit "
-            f"the {params.disc_gap_mm:g} mm disc space (case disc_gap_mm)"
+            f"the {setting.disc_space_mm:g} mm disc space ({setting.disc_space_field})"
         )
-    case, g, samples = built_case or build_eliot_case_with_samples(params)
+    case, g, samples = setting.case, setting.geometry, setting.samples
     if np.linalg.norm(toe - (toe @ g.surface_normal) * g.surface_normal) < 1e-6:
         raise ValueError("toe_direction must not be parallel to the gland surface's normal")
     ctx = _Context(
@@ -720,7 +736,7 @@ def optimise_electron(
         disc_index=disc_index,
         disc_radius_mm=float(disc_radius_mm),
         disc_thickness_mm=float(beam.disc_thickness_mm[disc_index]),
-        disc_space_mm=float(params.disc_gap_mm),
+        disc_space_mm=float(setting.disc_space_mm),
         disc_margin_mm=float(disc_margin_mm),
         disc_edge_mm=float(disc_edge_mm),
         max_axis_tilt_deg=float(max_axis_tilt_deg),
@@ -802,7 +818,7 @@ def optimise_electron(
     cone_final = stack_cones([chosen_cone], [chosen_row["mu"]], dtype)
     cone_final = Cone(*(leaf[0] for leaf in cone_final))
     disc_final = Disc(*(leaf[0] for leaf in stack_discs(ctx, [chosen_disc], dtype)))
-    dose = full_grid_dose_gy(ctx, case, cone_final, disc_final, params.supersampling)
+    dose = full_grid_dose_gy(ctx, case, cone_final, disc_final, setting.supersampling)
     full_dose_s = time.perf_counter() - t0
 
     if optimisation["accepted"]:
@@ -866,7 +882,7 @@ def optimise_electron(
     )
 
 
-def _placement(row: dict, cone: dict, disc: dict, g: EliotGeometry) -> dict:
+def _placement(row: dict, cone: dict, disc: dict, g) -> dict:
     """A row plus where the cone and the disc are (JSON-friendly); the disc depth is that of its
     upstream face's centre below the gland surface, along the surface normal."""
     centre = np.asarray(disc["centre_mm"], np.float64)

@@ -1,7 +1,10 @@
 """One electron IORT plan from config to outputs (modality ``electron``).
 
-    prepare_electron(config)        -> PreparedElectron   the case (ELIOT-type phantom, or a CT +
-                                                          RTSTRUCT), beam, validated names
+    prepare_electron(config, dtype, builtin) -> PreparedElectron   the case (the ELIOT-type
+                                                          phantom's
+                                                          :class:`~iortopt.modalities.electron.choice.ElectronSetting`
+                                                          from :mod:`iortopt.phantoms.eliot`, or
+                                                          a CT + RTSTRUCT), beam, validated names
     run_electron(prepared, out_dir) -> ElectronRunResult  catalogue comparison + joint cone/disc
                                                           placement
                                                           (:func:`iortopt.modalities.electron.choice.optimise_electron`;
@@ -32,11 +35,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from iortopt.cases.eliot import EliotCaseParams, build_eliot_case_with_samples
 from iortopt.compute.run_context import RunContext
-from iortopt.config import PlanConfig, case_params
+from iortopt.config import PlanConfig
 from iortopt.errors import ConfigError
 from iortopt.modalities import stage_settings
+from iortopt.modalities.electron.choice import ElectronSetting
 from iortopt.modalities.electron.generic_case import GenericElectronProblem
 from iortopt.outputs.dicom_export import electron_beam_geometry, electron_writer
 from iortopt.outputs.plan_files import (
@@ -59,9 +62,8 @@ TARGET_COVERED_PERCENT = 95.0
 @dataclass
 class PreparedElectron:
     config: PlanConfig
-    params: EliotCaseParams | None  # the phantom's (None on a DICOM case)
     beam: ElectronBeam
-    built_case: tuple | None  # (case, geometry, samples) of the phantom
+    setting: ElectronSetting | None  # the built-in phantom's case side (None on a DICOM case)
     dtype: object
     setup_s: float
     problem: GenericElectronProblem | None = None  # a DICOM case's cone, disc plane and points
@@ -87,9 +89,15 @@ def _check_catalogue(values, have, field: str, unit: str, beam_name: str) -> Non
         )
 
 
-def prepare_electron(cfg: PlanConfig, dtype=jnp.float32) -> PreparedElectron:
-    """Validate the case parameters, the beam, the catalogue, the disc and every structure name;
+def prepare_electron(
+    cfg: PlanConfig, dtype=jnp.float32, builtin: ElectronSetting | None = None
+) -> PreparedElectron:
+    """Validate the case side, the beam, the catalogue, the disc and every structure name;
     nothing is written.
+
+    ``builtin``: the built-in phantom's case side (an
+    :class:`~iortopt.modalities.electron.choice.ElectronSetting`, from :mod:`iortopt.phantoms`);
+    None for a DICOM case, which is imported here.
 
     Raises:
         ConfigError / SourceDataError naming the field or file at fault.
@@ -111,15 +119,18 @@ def prepare_electron(cfg: PlanConfig, dtype=jnp.float32) -> PreparedElectron:
             f"electron.{', electron.'.join(given)}: for case.kind 'dicom' only (the built-in "
             "case places the cone on its own surface); remove them"
         )
-    params = case_params(EliotCaseParams, cfg.case.eliot, "eliot")
-    thickness = beam.discs[names.index(e.disc)].thickness_mm
-    if thickness > params.disc_gap_mm + 1e-9:
+    if builtin is None:
         raise ConfigError(
-            f"case.eliot.disc_gap_mm: {params.disc_gap_mm:g} mm is thinner than the "
+            f"case.kind {cfg.case.kind!r}: a built-in phantom's case is built by its adapter "
+            "(iortopt.phantoms); prepare the plan with iortopt.pipeline.prepare"
+        )
+    thickness = beam.discs[names.index(e.disc)].thickness_mm
+    if thickness > builtin.disc_space_mm + 1e-9:
+        raise ConfigError(
+            f"{builtin.disc_space_field}: {builtin.disc_space_mm:g} mm is thinner than the "
             f"{thickness:g} mm disc {e.disc!r}"
         )
-    built = build_eliot_case_with_samples(params)
-    case, geometry, _ = built
+    case, geometry = builtin.case, builtin.geometry
     toe = np.asarray(e.toe_direction, float)
     in_plane = toe - (toe @ geometry.surface_normal) * geometry.surface_normal
     if np.linalg.norm(in_plane) < 1e-6:
@@ -128,7 +139,7 @@ def prepare_electron(cfg: PlanConfig, dtype=jnp.float32) -> PreparedElectron:
             "surface (it must not be parallel to the surface normal)"
         )
     stage_settings.check_config_names(cfg, case)
-    return PreparedElectron(cfg, params, beam, built, dtype, time.perf_counter() - t0)
+    return PreparedElectron(cfg, beam, builtin, dtype, time.perf_counter() - t0)
 
 
 #: [electron] fields that place the cone and disc in patient mm (DICOM cases).
@@ -161,7 +172,7 @@ def _prepare_dicom(cfg: PlanConfig, beam: ElectronBeam, dtype, t0: float) -> Pre
         )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return PreparedElectron(cfg, None, beam, None, dtype, time.perf_counter() - t0, problem=problem)
+    return PreparedElectron(cfg, beam, None, dtype, time.perf_counter() - t0, problem=problem)
 
 
 def _optimise(prepared: PreparedElectron):
@@ -189,7 +200,7 @@ def _optimise(prepared: PreparedElectron):
             disc_edge_mm=e.disc_edge_mm,
         )
     return optimise_electron(
-        prepared.params,
+        prepared.setting,
         prepared.beam,
         prescription_gy=cfg.prescription.dose_gy,
         isodose_percent=e.isodose_percent,
@@ -211,7 +222,6 @@ def _optimise(prepared: PreparedElectron):
         max_disc_shift_mm=e.max_disc_shift_mm,
         max_disc_tilt_deg=e.max_disc_tilt_deg,
         iterations=e.iterations,
-        built_case=prepared.built_case,
     )
 
 
@@ -415,13 +425,14 @@ def memory_sizes(prepared: PreparedElectron) -> dict:
             "supersampling": 1,
             "spacing_mm": min(case.grid.spacing_xyz_mm),
         }
-    case, _, samples = prepared.built_case
+    setting = prepared.setting
+    case = setting.case
     return {
         "n_voxels": case.grid.n_voxels,
-        "n_points": int(sum(len(weights) for _, weights in samples.values())),
+        "n_points": int(sum(len(weights) for _, weights in setting.samples.values())),
         "n_rows": CHUNK,
         "n_structures": len(case.structures),
-        "supersampling": prepared.params.supersampling,
+        "supersampling": setting.supersampling,
         "spacing_mm": min(case.grid.spacing_xyz_mm),
     }
 

@@ -1,6 +1,10 @@
 """One HDR flap plan from config to outputs: setup, optimisation, full dose, metrics, files.
 
-    prepare_plan(config)        -> PreparedPlan   case, dwells, source, optimisation voxels, terms
+    prepare_plan(config, dtype, builtin) -> PreparedPlan   case, dwells, source, optimisation
+                                                           voxels, terms (``builtin``: the
+                                                           built-in phantom's
+                                                           :class:`FlapCaseSide`, from
+                                                           :mod:`iortopt.phantoms`)
     optimise_and_write(prepared) -> PlanResult    influence matrix, optimiser, full-grid dose,
                                                   DVHs/metrics/goals, plan.zarr, summary.json,
                                                   PNGs
@@ -25,11 +29,10 @@ from rich.console import Console
 from scipy import ndimage
 
 from iortopt.cases.case import Case
-from iortopt.cases.catheters import Dwells, select_active
-from iortopt.cases.flap import FlapCaseParams, build_flap_case
+from iortopt.cases.catheters import Dwells, FlapApplicator, select_active
 from iortopt.compute.progress import DelayedProgress
 from iortopt.compute.run_context import RunContext
-from iortopt.config import PlanConfig, case_params
+from iortopt.config import PlanConfig
 from iortopt.errors import ConfigError
 from iortopt.modalities import stage_settings
 from iortopt.optimisation import objectives
@@ -53,6 +56,19 @@ from iortopt.physics.tg43 import (
     dose_rate_matrix,
     make_kernel,
 )
+
+
+@dataclass(frozen=True)
+class FlapCaseSide:
+    """The case side of an HDR flap plan: a built-in phantom's, built by its adapter
+    (:mod:`iortopt.phantoms`) from the ``[case.<phantom>]`` parameters, or a DICOM case's."""
+
+    case: Case
+    applicator: FlapApplicator
+    source_to_surface_mm: float  # catheter axis to the tissue surface (active-dwell selection)
+    #: keyword arguments of ``shield_placement.build_specs`` naming the phantom whose surfaces
+    #: shields may be given on (e.g. ``{"flap": params}`` for ``surface = "behind_flap"``)
+    shield_surfaces: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -87,23 +103,35 @@ def _as_datetime(value) -> dt.datetime:
     return value if isinstance(value, dt.datetime) else dt.datetime.combine(value, dt.time())
 
 
-def _case_from_config(cfg: PlanConfig):
+def _case_side(cfg: PlanConfig, builtin: FlapCaseSide | None) -> FlapCaseSide:
+    """The case, applicator, source-to-surface distance and shield surfaces of the plan: a DICOM
+    case's from ``[case.dicom]`` and ``[applicator]``, a built-in phantom's as its adapter built
+    them.
+
+    Raises:
+        ConfigError: a built-in case kind without its ``builtin`` (built by
+            :func:`iortopt.pipeline.prepare_modality`).
+    """
     if cfg.case.kind == "dicom":
         from iortopt.cases.dicom_case import flap_case_from_config
 
-        return flap_case_from_config(cfg)
-    return build_flap_case(case_params(FlapCaseParams, cfg.case.flap, "flap"))
+        case, applicator = flap_case_from_config(cfg)
+        return FlapCaseSide(case, applicator, cfg.applicator.source_to_surface_mm)
+    if builtin is None:
+        raise ConfigError(
+            f"case.kind {cfg.case.kind!r}: a built-in phantom's case is built by its adapter "
+            "(iortopt.phantoms); prepare the plan with iortopt.pipeline.prepare"
+        )
+    return builtin
 
 
-def _active_mask(cfg: PlanConfig, case: Case, dwells: Dwells, spacing_mm: float) -> np.ndarray:
+def _active_mask(
+    cfg: PlanConfig, case: Case, dwells: Dwells, spacing_mm: float, source_to_surface_mm: float
+) -> np.ndarray:
     app = cfg.applicator
     if app.active == "auto":
         target = case.structure(cfg.prescription.structure)
-        source_to_surface = float(
-            cfg.case.flap.get("source_to_surface_mm", FlapCaseParams().source_to_surface_mm)
-        )
-        if cfg.case.kind == "dicom":
-            source_to_surface = cfg.applicator.source_to_surface_mm
+        source_to_surface = float(source_to_surface_mm)
         try:
             return select_active(
                 dwells,
@@ -174,17 +202,25 @@ def _check_decay(cfg: PlanConfig, factor: float, half_life_days: float) -> None:
     )
 
 
-def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
+def prepare_plan(
+    cfg: PlanConfig, dtype=jnp.float32, builtin: FlapCaseSide | None = None
+) -> PreparedPlan:
     """Build the case, dwells, source and optimisation voxels; validate every cross-reference.
+
+    ``builtin``: the built-in phantom's case side (:class:`FlapCaseSide`, from
+    :mod:`iortopt.phantoms`); None for a DICOM case, which is imported here.
 
     Raises:
         ConfigError / SourceDataError: with the field or file at fault. Nothing is written.
     """
     t0 = time.perf_counter()
-    case, applicator = _case_from_config(cfg)
+    side = _case_side(cfg, builtin)
+    case = side.case
     stage_settings.check_config_names(cfg, case)
-    all_dwells = applicator.dwells(cfg.applicator.step_mm)
-    active = _active_mask(cfg, case, all_dwells, min(case.grid.spacing_xyz_mm))
+    all_dwells = side.applicator.dwells(cfg.applicator.step_mm)
+    active = _active_mask(
+        cfg, case, all_dwells, min(case.grid.spacing_xyz_mm), side.source_to_surface_mm
+    )
     dwells = all_dwells.subset(active)
     source = load_source(cfg.source.model)
     try:
@@ -212,16 +248,13 @@ def prepare_plan(cfg: PlanConfig, dtype=jnp.float32) -> PreparedPlan:
     if cfg.shields:
         from iortopt.optimisation.shield_placement import build_specs
 
-        flap = None
-        if cfg.case.kind == "builtin_flap":
-            flap = case_params(FlapCaseParams, cfg.case.flap, "flap")
         shield_specs = build_specs(
             cfg.shields,
             case,
             cfg.plan.modality,
             dtype,
-            flap=flap,
             applicator_points_mm=dwells.positions_mm,
+            **side.shield_surfaces,
         )
     return PreparedPlan(
         cfg,

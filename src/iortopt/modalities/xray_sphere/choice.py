@@ -1,7 +1,9 @@
 """Plan 50 kV X-ray IORT of the breast with a spherical applicator: choose size, position, time.
 
-Inputs: a breast phantom (:class:`iortopt.cases.breast.BreastCaseParams`), a beam
-(:mod:`iortopt.physics.xray`) and a prescription. :func:`optimise_xray` does four things.
+Inputs: the case side of the plan (:class:`SphereSetting`: the breast phantom's from
+:func:`iortopt.phantoms.breast.breast_setting`, a CT + RTSTRUCT case's from
+:mod:`iortopt.modalities.xray_sphere.sphere_problem`), a beam (:mod:`iortopt.physics.xray`) and a
+prescription. :func:`plan_spheres` does four things (described here for the breast phantom).
 
 1. Catalogue comparison. Every catalogue size, centred in the cavity, gets the time that meets
    the prescription (``"surface"``: Rx at the applicator surface, time = Rx / surface rate;
@@ -53,20 +55,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from iortopt.cases.breast import (
-    BreastCaseParams,
-    BreastGeometry,
-    breast_geometry,
-    build_breast_case,
-)
 from iortopt.cases.case import Case
-from iortopt.evaluation.dvh import dose_at_volume_cm3, volume_at_dose
+from iortopt.evaluation.dvh import dose_at_volume_cm3
 from iortopt.modalities.xray_sphere.scoring import D2CC_CM3, smooth_coverage_and_oar
 from iortopt.physics.xray import (
     XrayBeam,
@@ -80,9 +77,6 @@ from iortopt.physics.xray import (
 PRESCRIPTION_MODES = ("surface", "depth")
 #: Default coverage level as a fraction of Rx, per prescription mode (see the module docstring).
 DEFAULT_COVERAGE_FRACTION = {"surface": 0.25, "depth": 1.0}
-#: Spacing (mm) and half-width (mm) of the sample of the deepest skin layer.
-SKIN_SAMPLE_SPACING_MM = 1.0
-SKIN_SAMPLE_HALF_WIDTH_MM = 30.0
 PRESCRIPTION_PENALTY = 100.0
 CONSTRAINT_PENALTY_PER_MM2 = 1.0
 #: Adam's learning rate decays from 0.1 by this factor over the iterations (settles the result).
@@ -91,6 +85,20 @@ ILLUSTRATIVE_NOTE = (
     "ILLUSTRATIVE beam data, NOT FOR CLINICAL USE: depth doses and most surface dose rates come "
     "from a smooth model, not measurements."
 )
+
+
+class SphereGeometry(Protocol):
+    """What the planner reads of a case's cavity and skin (mm): the breast phantom's
+    ``BreastGeometry``, a DICOM case's ``sphere_problem.SphereGeometry``."""
+
+    cavity_centre_mm: np.ndarray  # (3,)
+    cavity_wall_mm: np.ndarray  # (N, 3) wall samples
+    target_thickness_mm: float
+    fit_tolerance_mm: float
+
+    def skin_distance_mm(self, radius_mm=None, centre_mm=None) -> float: ...
+
+    def wall_gap_mm(self, radius_mm=None, centre_mm=None) -> float: ...
 
 
 @dataclass
@@ -106,7 +114,7 @@ class XrayPlanResult:
     notes: list[str] = field(default_factory=list)
     beam_name: str = ""
     formalism: str = ""
-    geometry: BreastGeometry | None = None
+    geometry: SphereGeometry | None = None
     shields: list = field(default_factory=list)  # placed Shield pytrees (with shield_specs)
     shield_size_index: np.ndarray | None = None
     shield_trials: list = field(default_factory=list)
@@ -114,7 +122,7 @@ class XrayPlanResult:
 
 
 @dataclass(frozen=True)
-class _EvalPoints:
+class EvalPoints:
     """Common evaluation points (mm), their volumes (cm^3) and structure groups.
 
     ``groups`` maps "breast", "skin", "chest_wall", "rib", "lung" to index arrays into
@@ -136,8 +144,8 @@ class _EvalPoints:
 class _Context:
     """What every evaluation of a plan needs (points, anatomy, beam, prescription, weights)."""
 
-    ev: _EvalPoints
-    geometry: BreastGeometry
+    ev: EvalPoints
+    geometry: SphereGeometry
     beam: XrayBeam
     prescription_gy: float
     coverage_dose_gy: float
@@ -154,67 +162,7 @@ class _Context:
         )
 
 
-def _lattice_axis(low: float, high: float, spacing: float) -> np.ndarray:
-    n = max(int(np.ceil((high - low) / spacing - 1e-9)), 1)
-    return low + (np.arange(n) + 0.5) * spacing
-
-
 OAR_NAMES = ("skin", "chest_wall", "rib", "lung")
-
-
-def _evaluation_points(
-    g: BreastGeometry, spacing_mm: float, reach_mm: float, supersampling: int
-) -> _EvalPoints:
-    """Evaluation points (see :class:`_EvalPoints`): a lattice of ``spacing_mm`` cells over the
-    region, offset half a spacing from the dose grid; breast cells within ``reach_mm`` of the
-    cavity centre; OAR parts of cells from ``supersampling``^3 sub-samples per cell."""
-    w = g.region_half_width_mm
-    lo = np.floor(np.array([-w, -w, g.lung_back_z_mm]) / spacing_mm) * spacing_mm
-    hi = np.array([w, w, g.skin_surface_z_mm])
-    x, y, z = (_lattice_axis(lo[k], hi[k], spacing_mm) for k in range(3))
-    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
-    cells = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=-1)
-    cell_cm3 = spacing_mm**3 * 1e-3
-
-    centre_labels = g.tissue_labels(cells)
-    near = np.linalg.norm(cells - g.cavity_centre_mm, axis=-1) <= reach_mm
-    points, weights, groups = [cells[centre_labels["breast_tissue"] & near]], [], {}
-    weights.append(np.full(len(points[0]), cell_cm3))
-    groups["breast"] = np.arange(len(points[0]))
-
-    # Only cells that can touch an OAR slab are sub-sampled.
-    half = 0.5 * spacing_mm
-    candidate = (cells[:, 2] >= g.skin_inner_z_mm - half) | (
-        cells[:, 2] <= g.muscle_front_z_mm + half
-    )
-    cand = cells[candidate]
-    offsets = ((np.arange(supersampling) + 0.5) / supersampling - 0.5) * spacing_mm
-    count = {name: np.zeros(len(cand)) for name in OAR_NAMES}
-    total = {name: np.zeros((len(cand), 3)) for name in OAR_NAMES}
-    for ox in offsets:
-        for oy in offsets:
-            for oz in offsets:
-                sub = cand + np.array([ox, oy, oz])
-                labels = g.tissue_labels(sub)
-                for name in OAR_NAMES:
-                    count[name] += labels[name]
-                    total[name] += labels[name][:, None] * sub
-    n = len(points[0])
-    for name in OAR_NAMES:
-        has = count[name] > 0
-        points.append(total[name][has] / count[name][has, None])
-        weights.append(count[name][has] / supersampling**3 * cell_cm3)
-        groups[name] = n + np.arange(int(has.sum()))
-        n += int(has.sum())
-
-    hw = SKIN_SAMPLE_HALF_WIDTH_MM
-    s = np.arange(-hw, hw + 1e-9, SKIN_SAMPLE_SPACING_MM)
-    sy, sx = np.meshgrid(s, s, indexing="ij")
-    skin = np.stack([sx.ravel(), sy.ravel(), np.full(sx.size, g.skin_inner_z_mm)], axis=-1)
-    points.append(skin)
-    weights.append(np.zeros(len(skin)))
-    groups["skin"] = np.concatenate([groups["skin"], n + np.arange(len(skin))])
-    return _EvalPoints(np.concatenate(points), np.concatenate(weights), groups)
 
 
 def _prescription_dose_per_min(radius_mm: float, mode: str, depth_mm: float, beam) -> float:
@@ -236,8 +184,8 @@ _METRIC_KEYS = (
 
 def _row_metrics(
     dose: np.ndarray,
-    ev: _EvalPoints,
-    g: BreastGeometry,
+    ev: EvalPoints,
+    g: SphereGeometry,
     radius_mm: float,
     centre_mm: np.ndarray,
     coverage_dose_gy: float,
@@ -485,126 +433,29 @@ def full_grid_dose_gy(
 @dataclass(frozen=True)
 class SphereSetting:
     """The case side of a sphere plan, for :func:`plan_spheres` (the breast phantom's from
-    :func:`breast_setting`; a DICOM case's from
+    :func:`iortopt.phantoms.breast.breast_setting`; a DICOM case's from
     :mod:`iortopt.modalities.xray_sphere.sphere_problem`).
 
-    ``geometry`` provides ``cavity_centre_mm`` (3,), ``cavity_wall_mm`` (N, 3) wall samples,
-    ``target_thickness_mm``, ``fit_tolerance_mm``, ``skin_distance_mm(radius, centre)`` and
-    ``wall_gap_mm(radius, centre)`` (as :class:`iortopt.cases.breast.BreastGeometry`), and
-    optionally ``traced_skin_distance_mm(centre, radius)`` (jax-traceable; default: the
-    phantom's skin plane, ``skin_surface_z_mm - c_z - a``).
-    ``evaluation_points(max_radius_mm, max_shift_mm)`` -> :class:`_EvalPoints`;
+    ``geometry`` (a :class:`SphereGeometry`) provides ``cavity_centre_mm`` (3,),
+    ``cavity_wall_mm`` (N, 3) wall samples, ``target_thickness_mm``, ``fit_tolerance_mm``,
+    ``skin_distance_mm(radius, centre)`` and ``wall_gap_mm(radius, centre)``, and optionally
+    ``traced_skin_distance_mm(centre, radius)`` (jax-traceable; default: the phantom's skin
+    plane, ``skin_surface_z_mm - c_z - a``).
+    ``evaluation_points(max_radius_mm, max_shift_mm)`` -> :class:`EvalPoints`;
     ``final_case(radius_mm, centre_mm, time_min, beam, shaft_axis, anisotropy, dtype)`` ->
     (Case, full-grid dose (nz, ny, nx) Gy, geometry of that case);
     ``grid_metrics(case, dose, coverage_dose_gy)`` -> the full-grid cross-check dict;
-    ``tissue_note``: the tissue model, for ``notes``.
+    ``tissue_note``: the tissue model, for ``notes``;
+    ``memory_sizes(max_radius_mm)`` -> ``n_voxels``, ``n_points``, ``supersampling`` and
+    ``spacing_mm`` of the plan's largest applicator, for the memory estimate (nothing built).
     """
 
-    geometry: object
+    geometry: SphereGeometry
     evaluation_points: Callable
     final_case: Callable
     grid_metrics: Callable
     tissue_note: str
-
-
-def breast_setting(params: BreastCaseParams, eval_spacing_mm: float | None = None) -> SphereSetting:
-    """The breast phantom as a :class:`SphereSetting` (evaluation lattice of ``eval_spacing_mm``,
-    default ``params.spacing_mm``)."""
-    g = breast_geometry(params)
-    spacing = float(eval_spacing_mm or params.spacing_mm)
-
-    def evaluation_points(max_radius_mm: float, max_shift_mm: float) -> _EvalPoints:
-        reach = max_radius_mm + params.target_thickness_mm + max_shift_mm + spacing
-        return _evaluation_points(g, spacing, reach, params.supersampling)
-
-    def final_case(radius_mm, centre_mm, time_min, beam, shaft_axis, anisotropy, dtype):
-        case, geometry = build_breast_case(params, radius_mm, centre_mm)
-        dose = full_grid_dose_gy(
-            case, centre_mm, radius_mm, time_min, beam, params.supersampling, shaft_axis,
-            anisotropy, dtype,
-        )  # fmt: skip
-        return case, dose, geometry
-
-    return SphereSetting(
-        geometry=g,
-        evaluation_points=evaluation_points,
-        final_case=final_case,
-        grid_metrics=_grid_metrics,
-        tissue_note=(
-            "tissue model: rigid anatomy, cavity conforming to the applicator "
-            "(iortopt.cases.breast)"
-        ),
-    )
-
-
-def optimise_xray(
-    params: BreastCaseParams,
-    beam: XrayBeam | str | Path = "generic_50kV_spheres",
-    prescription_gy: float = 20.0,
-    prescription_mode: str = "surface",
-    prescription_depth_mm: float = 10.0,
-    catalogue_diameters_cm=None,
-    min_skin_distance_mm: float = 5.0,
-    optimise_position: bool = True,
-    dtype=jnp.float32,
-    *,
-    coverage_fraction: float | None = None,
-    oar_weight: float = 0.1,
-    fit_weight: float = 0.1,
-    max_shift_mm: float = 3.0,
-    shaft_axis=(0.0, 0.0, 1.0),
-    anisotropy: float = 0.0,
-    eval_spacing_mm: float | None = None,
-    relaxation_iterations: int = 150,
-    shield_specs=None,
-) -> XrayPlanResult:
-    """Choose applicator size, position and time for the breast phantom (see module docstring).
-
-    Args:
-        params: the breast phantom.
-        beam: an :class:`XrayBeam`, or a packaged beam name / TOML path for
-            :func:`~iortopt.physics.xray.load_xray_beam`.
-        prescription_gy: prescribed dose, Gy.
-        prescription_mode: ``"surface"`` (at the applicator surface) or ``"depth"`` (at
-            ``prescription_depth_mm`` from it).
-        catalogue_diameters_cm: sizes to compare (default: all in the beam).
-        min_skin_distance_mm: applicator surface to skin surface, mm; smaller distances are
-            flagged.
-        optimise_position: optimise the centre (within ``max_shift_mm`` per axis) in the
-            relaxation and for the chosen size.
-        dtype: float dtype of the dose computations.
-        coverage_fraction: coverage level as a fraction of Rx (default 0.25 surface, 1.0 depth).
-        oar_weight, fit_weight: weights of the score.
-        shaft_axis, anisotropy: probe-shaft anisotropy model (default isotropic).
-        eval_spacing_mm: lattice spacing of the evaluation points (default ``params.spacing_mm``).
-        relaxation_iterations: Adam iterations of each continuous optimisation.
-        shield_specs: shields (:func:`iortopt.optimisation.shield_placement.build_specs`): placed
-        and sized for every
-            catalogue applicator (:mod:`iortopt.modalities.xray_sphere.shields`), so the
-            comparison, the choice and
-            the final dose include them; the continuous relaxation stays unshielded.
-    Returns:
-        :class:`XrayPlanResult`.
-    """
-    return plan_spheres(
-        breast_setting(params, eval_spacing_mm),
-        beam,
-        prescription_gy,
-        prescription_mode,
-        prescription_depth_mm,
-        catalogue_diameters_cm,
-        min_skin_distance_mm,
-        optimise_position,
-        dtype,
-        coverage_fraction=coverage_fraction,
-        oar_weight=oar_weight,
-        fit_weight=fit_weight,
-        max_shift_mm=max_shift_mm,
-        shaft_axis=shaft_axis,
-        anisotropy=anisotropy,
-        relaxation_iterations=relaxation_iterations,
-        shield_specs=shield_specs,
-    )
+    memory_sizes: Callable
 
 
 def plan_spheres(
@@ -871,20 +722,3 @@ def _catalogue_row(ctx: _Context, dose, diameter_cm, radius_mm, centre_mm, time_
         row, ctx.prescription_gy, ctx.oar_weight, ctx.fit_weight, g.fit_tolerance_mm
     )
     return row
-
-
-def _grid_metrics(case: Case, dose: np.ndarray, coverage_dose: float) -> dict:
-    """Cross-check metrics from the full grid and the fractional occupancies."""
-    v = case.grid.voxel_volume_cm3
-
-    def occ(name):
-        return case.structure(name).occupancy
-
-    return {
-        "target_coverage_percent": 100.0 * volume_at_dose(dose, occ("PTV_shell"), coverage_dose),
-        "PTV_shell_cm3": case.structure("PTV_shell").volume_cm3(case.grid),
-        "skin_max_gy": float(dose[occ("skin") > 0].max()),
-        "chest_wall_D2cc_gy": float(dose_at_volume_cm3(dose, occ("chest_wall"), v, D2CC_CM3)),
-        "rib_D2cc_gy": float(dose_at_volume_cm3(dose, occ("rib"), v, D2CC_CM3)),
-        "lung_mean_gy": float((dose * occ("lung")).sum() / occ("lung").sum()),
-    }

@@ -1,12 +1,15 @@
 """One 50 kV X-ray sphere plan from config to outputs (modality ``xray_sphere``).
 
-    prepare_xray(config)        -> PreparedXray   the case side (breast phantom, or a CT +
+    prepare_xray(config, dtype, builtin) -> PreparedXray   the case side (the breast phantom's
+                                                  :class:`SphereCaseSide` from
+                                                  :mod:`iortopt.phantoms.breast`, or a CT +
                                                   RTSTRUCT case: sphere_problem), beam, names
     run_xray(prepared, out_dir) -> XrayRunResult  catalogue comparison + continuous relaxation
                                                   (:func:`iortopt.modalities.xray_sphere.choice.plan_spheres`),
                                                   metrics/goals, the same outputs as HDR plans
 
-``case.kind = "builtin_breast"`` plans the breast phantom (:mod:`iortopt.cases.breast`);
+``case.kind = "builtin_breast"`` plans the breast phantom (:mod:`iortopt.cases.breast`, as
+:mod:`iortopt.phantoms.breast` sets it up);
 ``case.kind = "dicom"`` the imported case, with the cavity, target, skin and fit rules of
 :mod:`iortopt.modalities.xray_sphere.sphere_problem` (``[xray] centre_mm``,
 ``cavity_radius_mm``, ``target_thickness_mm``, ``fit_tolerance_mm``; shields not yet).
@@ -29,12 +32,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from iortopt.cases.breast import BreastCaseParams, build_breast_case
+from iortopt.cases.case import Case
 from iortopt.compute.run_context import RunContext
-from iortopt.config import PlanConfig, case_params
+from iortopt.config import PlanConfig
 from iortopt.errors import ConfigError
 from iortopt.modalities import stage_settings
-from iortopt.modalities.xray_sphere.choice import SphereSetting, breast_setting, plan_spheres
+from iortopt.modalities.xray_sphere.choice import SphereSetting, plan_spheres
 from iortopt.outputs.dicom_export import XRAY_NO_RTPLAN_NOTE, xray_writer
 from iortopt.outputs.plan_files import (
     common_summary,
@@ -48,10 +51,21 @@ from iortopt.outputs.plan_files import (
 from iortopt.physics.xray import XrayBeam, load_xray_beam
 
 
+@dataclass(frozen=True)
+class SphereCaseSide:
+    """The case side of a sphere plan on a built-in phantom, built by its adapter
+    (:mod:`iortopt.phantoms`) from the ``[case.<phantom>]`` parameters."""
+
+    setting: SphereSetting
+    case: Case  # at a centred sphere: the structure names the config may use
+    #: keyword arguments of ``shield_placement.build_specs`` naming the phantom whose surfaces
+    #: shields may be given on (e.g. ``{"breast": params}``)
+    shield_surfaces: dict = field(default_factory=dict)
+
+
 @dataclass
 class PreparedXray:
     config: PlanConfig
-    params: BreastCaseParams | None  # the breast phantom's (None for a DICOM case)
     beam: XrayBeam
     dtype: object
     setup_s: float
@@ -69,8 +83,13 @@ class XrayRunResult:
     out_dir: Path
 
 
-def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
-    """Validate the breast parameters, the beam and every structure name; nothing is written.
+def prepare_xray(
+    cfg: PlanConfig, dtype=jnp.float32, builtin: SphereCaseSide | None = None
+) -> PreparedXray:
+    """Validate the case side, the beam and every structure name; nothing is written.
+
+    ``builtin``: the built-in phantom's case side (:class:`SphereCaseSide`, from
+    :mod:`iortopt.phantoms`); None for a DICOM case, which is imported here.
 
     Raises:
         ConfigError / SourceDataError naming the field or file at fault.
@@ -97,18 +116,21 @@ def prepare_xray(cfg: PlanConfig, dtype=jnp.float32) -> PreparedXray:
             f'xray.{phantom_only[0]}: for case.kind "dicom" only; the breast phantom\'s cavity, '
             "target thickness and fit tolerance are [case.breast] fields"
         )
-    params = case_params(BreastCaseParams, cfg.case.breast, "breast")
-    # Structure names do not depend on the applicator size: check them on a centred sphere.
-    case, _ = build_breast_case(params)
+    if builtin is None:
+        raise ConfigError(
+            f"case.kind {cfg.case.kind!r}: a built-in phantom's case is built by its adapter "
+            "(iortopt.phantoms); prepare the plan with iortopt.pipeline.prepare"
+        )
+    case = builtin.case
     stage_settings.check_config_names(cfg, case)
     shield_specs = []
     if cfg.shields:
         from iortopt.optimisation.shield_placement import build_specs
 
-        shield_specs = build_specs(cfg.shields, case, cfg.plan.modality, dtype, breast=params)
-    return PreparedXray(
-        cfg, params, beam, dtype, time.perf_counter() - t0, shield_specs, breast_setting(params)
-    )
+        shield_specs = build_specs(
+            cfg.shields, case, cfg.plan.modality, dtype, **builtin.shield_surfaces
+        )
+    return PreparedXray(cfg, beam, dtype, time.perf_counter() - t0, shield_specs, builtin.setting)
 
 
 #: [xray] fields read only on DICOM cases.
@@ -167,7 +189,6 @@ def _prepare_dicom(cfg: PlanConfig, beam: XrayBeam, dtype, t0: float) -> Prepare
         )
     return PreparedXray(
         cfg,
-        None,
         beam,
         dtype,
         time.perf_counter() - t0,
@@ -376,34 +397,17 @@ def run(prepared: PreparedXray, out_dir: str | Path, ctx: RunContext):
 
 
 def memory_sizes(prepared: PreparedXray) -> dict:
-    import math
-
-    from iortopt.cases.breast import breast_geometry, case_grid
-
-    beam, params = prepared.beam, prepared.params
+    """The case side's sizes for the largest catalogue applicator (``SphereSetting.memory_sizes``)
+    and the number of sizes compared."""
+    beam = prepared.beam
     diameters = prepared.config.xray.catalogue_diameters_cm or list(beam.diameters_cm)
-    if prepared.problem is not None:
-        grid = prepared.problem.case.grid
-        points = prepared.setting.evaluation_points(5.0 * float(max(diameters)), 3.0)
-        return {
-            "n_voxels": grid.n_voxels,
-            "n_points": len(points.points_mm),
-            "n_sizes": len(diameters),
-            "supersampling": prepared.problem.options.supersampling,
-            "spacing_mm": float(min(grid.spacing_xyz_mm)),
-        }
-    radius_mm = 5.0 * float(max(diameters))
-    grid = case_grid(params, breast_geometry(params, radius_mm))
-    # Evaluation points: breast cells within reach of the cavity (a ball, at most the grid) plus
-    # at most one OAR point per cell.
-    reach_mm = radius_mm + params.target_thickness_mm + 3.0 + params.spacing_mm
-    ball = 4.0 / 3.0 * math.pi * reach_mm**3 / params.spacing_mm**3
+    s = prepared.setting.memory_sizes(5.0 * float(max(diameters)))
     return {
-        "n_voxels": grid.n_voxels,
-        "n_points": int(min(ball, grid.n_voxels)) + grid.n_voxels,
+        "n_voxels": s["n_voxels"],
+        "n_points": s["n_points"],
         "n_sizes": len(diameters),
-        "supersampling": params.supersampling,
-        "spacing_mm": float(params.spacing_mm),
+        "supersampling": s["supersampling"],
+        "spacing_mm": s["spacing_mm"],
     }
 
 

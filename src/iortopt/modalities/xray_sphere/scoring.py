@@ -22,7 +22,8 @@ def smooth_coverage_and_oar(
 ):
     """The smooth parts of the score, for optimisers: soft PTV coverage (fraction) and the OAR
     sum skin max + chest wall D2cc + rib D2cc + lung mean (Gy), from the dose at the evaluation
-    points (``idx``: groups of :class:`_EvalPoints`, ``weight``: their volumes per group)."""
+    points (``idx``: groups of :class:`~iortopt.modalities.xray_sphere.choice.EvalPoints`,
+    ``weight``: their volumes per group)."""
     breast = idx["breast"]
     depth = jnp.linalg.norm(pts[breast] - centre, axis=-1) - radius
     member = jax.nn.sigmoid(depth / SOFT_DEPTH_MM) * jax.nn.sigmoid(

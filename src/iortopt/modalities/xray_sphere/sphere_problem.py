@@ -57,8 +57,8 @@ from iortopt.errors import ConfigError
 from iortopt.evaluation.dvh import dose_at_volume_cm3, volume_at_dose
 from iortopt.modalities.xray_sphere.choice import (
     OAR_NAMES,
+    EvalPoints,
     SphereSetting,
-    _EvalPoints,
     full_grid_dose_gy,
 )
 from iortopt.modalities.xray_sphere.scoring import D2CC_CM3
@@ -418,7 +418,7 @@ def evaluation_points(problem: SphereProblem, max_radius_mm: float, max_shift_mm
         groups[name] = n + np.arange(len(idx))
         n += len(idx)
     absent = frozenset(name for name in OAR_NAMES if name not in names)
-    return _EvalPoints(
+    return EvalPoints(
         np.concatenate(points).astype(np.float64),
         np.concatenate(weights).astype(np.float64),
         groups,
@@ -469,4 +469,18 @@ def sphere_setting(problem: SphereProblem) -> SphereSetting:
         final_case=final_case,
         grid_metrics=lambda case, dose, cov: grid_metrics(problem, case, dose, cov),
         tissue_note="; ".join(problem.notes),
+        memory_sizes=lambda max_radius_mm: memory_sizes(problem, max_radius_mm),
     )
+
+
+def memory_sizes(problem: SphereProblem, max_radius_mm: float) -> dict:
+    """The memory-estimate sizes of a plan on ``problem`` whose largest applicator has radius
+    ``max_radius_mm``: the case grid and the evaluation points (3 mm shift)."""
+    grid = problem.case.grid
+    points = evaluation_points(problem, max_radius_mm, 3.0)
+    return {
+        "n_voxels": grid.n_voxels,
+        "n_points": len(points.points_mm),
+        "supersampling": problem.options.supersampling,
+        "spacing_mm": float(min(grid.spacing_xyz_mm)),
+    }
