@@ -348,8 +348,9 @@ def xray_plan_estimate(
     supersampling: int = 3,
     dtype=np.float32,
 ) -> MemoryEstimate:
-    """X-ray sphere plan (``iortopt.modalities.xray_sphere.choice.plan_spheres``): catalogue pass, continuous relaxation on
-    the evaluation points, full-grid dose with sub-samples in the applicator band, outputs."""
+    """X-ray sphere plan (``iortopt.modalities.xray_sphere.choice.plan_spheres``): catalogue
+    pass, continuous relaxation on the evaluation points, full-grid dose with sub-samples in the
+    applicator band, outputs."""
     b = _itemsize(dtype)
     catalogue = xray_catalogue_estimate(n_eval_points, n_sizes, dtype)
     stages = {
@@ -374,8 +375,9 @@ def electron_plan_estimate(
     supersampling: int = 3,
     dtype=np.float32,
 ) -> MemoryEstimate:
-    """Electron plan (``iortopt.modalities.electron.choice.optimise_electron``): catalogue passes of ``n_rows`` rows,
-    the joint cone/disc optimisation on the sample points, full-grid dose, outputs."""
+    """Electron plan (``iortopt.modalities.electron.choice.optimise_electron``): catalogue
+    passes of ``n_rows`` rows, the joint cone/disc optimisation on the sample points, full-grid
+    dose, outputs."""
     b = _itemsize(dtype)
     catalogue = electron_catalogue_estimate(n_sample_points, n_rows, batch_size, dtype)
     stages = {
