@@ -657,6 +657,20 @@ def _grid_metrics(case: Case, dose: np.ndarray, rx: float) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
+def plan_notes(
+    notes: list[str], beam: ElectronBeam, warnings: list[str], chosen_row: dict, margin_mm: float
+) -> list[str]:
+    """A plan's notes: the beam-data warning first (illustrative data), then ``notes``, the
+    choice's ``warnings`` and a flag when the chosen row's disc does not cover the field."""
+    out = ([ILLUSTRATIVE_NOTE] if beam.illustrative else []) + list(notes) + list(warnings)
+    if not chosen_row["disc_covers_field"]:
+        out.append(
+            f"FLAG: the disc does not cover the field plus {margin_mm:g} mm "
+            f"(margin {chosen_row['disc_margin_mm']:.1f} mm)"
+        )
+    return out
+
+
 def optimise_electron(
     setting: ElectronSetting,
     beam: ElectronBeam | str | Path = "generic_IOERT",
@@ -853,14 +867,7 @@ def optimise_electron(
         f"required margin over the field {disc_margin_mm:g} mm",
         "tissue model: rigid anatomy, flat gland surface; depth measured along the beam axis",
     ]
-    if beam.illustrative:
-        notes.insert(0, ILLUSTRATIVE_NOTE)
-    notes += warnings
-    if not chosen_row["disc_covers_field"]:
-        notes.append(
-            f"FLAG: the disc does not cover the field plus {disc_margin_mm:g} mm "
-            f"(margin {chosen_row['disc_margin_mm']:.1f} mm)"
-        )
+    notes = plan_notes(notes, beam, warnings, chosen_row, disc_margin_mm)
     timings = {
         "setup_s": setup_s,
         "catalogue_s": catalogue_s,

@@ -51,11 +51,11 @@ from iortopt.dicom.patient_frame import PatientFrame
 from iortopt.evaluation.dvh import dose_at_volume_cm3, volume_at_dose
 from iortopt.modalities.electron.choice import (
     D2CC_CM3,
-    ILLUSTRATIVE_NOTE,
     ElectronPlanResult,
     EvalPoints,
     choose_row,
     disc_fit,
+    plan_notes,
     row_score,
     stack_cones,
     stack_discs,
@@ -563,14 +563,7 @@ def plan_generic_case(
         "air gap on every ray, water-equivalent depth along the beam axis; the disc's volume "
         "counted as water; cone placement nominal (no joint pose optimisation on this case kind)",
     ]
-    if beam.illustrative:
-        notes.insert(0, ILLUSTRATIVE_NOTE)
-    notes += warnings
-    if not chosen_row["disc_covers_field"]:
-        notes.append(
-            f"FLAG: the disc does not cover the field plus {disc_margin_mm:g} mm "
-            f"(margin {chosen_row['disc_margin_mm']:.1f} mm)"
-        )
+    notes = plan_notes(notes, beam, warnings, chosen_row, disc_margin_mm)
     timings = {
         "setup_s": setup_s,
         "catalogue_s": catalogue_s,

@@ -182,26 +182,7 @@ def _optimise(prepared: PreparedElectron):
     from iortopt.modalities.electron.generic_case import plan_generic_case
 
     cfg, e = prepared.config, prepared.config.electron
-    if prepared.problem is not None:
-        return plan_generic_case(
-            prepared.problem,
-            prepared.beam,
-            prescription_gy=cfg.prescription.dose_gy,
-            isodose_percent=e.isodose_percent,
-            energies_mev=e.energies_mev,
-            diameters_cm=e.cone_diameters_cm,
-            bevels_deg=e.bevels_deg,
-            disc=e.disc,
-            disc_radius_mm=e.disc_radius_mm,
-            disc_margin_mm=e.disc_margin_mm,
-            dtype=prepared.dtype,
-            max_axis_tilt_deg=e.max_axis_tilt_deg,
-            oar_weight=e.oar_weight,
-            disc_edge_mm=e.disc_edge_mm,
-        )
-    return optimise_electron(
-        prepared.setting,
-        prepared.beam,
+    common = dict(
         prescription_gy=cfg.prescription.dose_gy,
         isodose_percent=e.isodose_percent,
         energies_mev=e.energies_mev,
@@ -210,12 +191,19 @@ def _optimise(prepared: PreparedElectron):
         disc=e.disc,
         disc_radius_mm=e.disc_radius_mm,
         disc_margin_mm=e.disc_margin_mm,
-        optimise_pose=e.optimise_pose,
         dtype=prepared.dtype,
-        toe_direction=e.toe_direction,
         max_axis_tilt_deg=e.max_axis_tilt_deg,
         oar_weight=e.oar_weight,
         disc_edge_mm=e.disc_edge_mm,
+    )
+    if prepared.problem is not None:
+        return plan_generic_case(prepared.problem, prepared.beam, **common)
+    return optimise_electron(
+        prepared.setting,
+        prepared.beam,
+        **common,
+        optimise_pose=e.optimise_pose,
+        toe_direction=e.toe_direction,
         max_shift_mm=e.max_shift_mm,
         max_air_gap_mm=e.max_air_gap_mm,
         max_tilt_deg=e.max_tilt_deg,
