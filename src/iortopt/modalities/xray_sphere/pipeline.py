@@ -12,7 +12,8 @@
 :mod:`iortopt.phantoms.breast` sets it up);
 ``case.kind = "dicom"`` the imported case, with the cavity, target, skin and fit rules of
 :mod:`iortopt.modalities.xray_sphere.sphere_problem` (``[xray] centre_mm``,
-``cavity_radius_mm``, ``target_thickness_mm``, ``fit_tolerance_mm``; shields not yet).
+``cavity_radius_mm``, ``target_thickness_mm``, ``fit_tolerance_mm``; ``[[shields]]`` as on the
+phantom, while the target is the tissue shell).
 
 ``summary.json`` carries the applicator comparison table (one row per catalogue size), the chosen
 size with the reason (``chosen_applicator``: ``diameter_cm``, ``centre_mm``, ``time_min``), the
