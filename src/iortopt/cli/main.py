@@ -453,5 +453,9 @@ from iortopt.cli.memory_commands import register as register_memory_commands  # 
 
 register_memory_commands(app)
 
+from iortopt.cli.evaluate_commands import register as register_evaluate_commands  # noqa: E402
+
+register_evaluate_commands(app)
+
 if __name__ == "__main__":  # python -m iortopt.cli
     entry()
