@@ -48,16 +48,18 @@ def _sphere_contours(centre, radius_mm, dz_mm, n_points=180) -> list[np.ndarray]
     return contours
 
 
-def _write_sphere_study(folder, centre=CENTRE_MM, ids=None):
+def _write_sphere_study(
+    folder, centre=CENTRE_MM, ids=None, radius_mm=RADIUS_MM, plane_mm=SPACING_MM, grid=None
+):
     """(RTSTRUCT path, RTDOSE path, ids): one sphere ROI and a linear gradient dose in x."""
     folder.mkdir(parents=True, exist_ok=True)
     ids = ids or StudyIds()
-    contours = _sphere_contours(centre, RADIUS_MM, SPACING_MM)
+    contours = _sphere_contours(centre, radius_mm, plane_mm)
     z = np.array([c[0, 2] for c in contours])
     rs = folder / "RS.dcm"
     write_rtstruct(rs, {"Sphere": contours}, {"Sphere": "PTV"}, z, [new_uid() for _ in z], ids)
     # voxel centres on even mm in x, y; in z on the contour planes (odd mm)
-    grid = Grid((31, 31, 31), (SPACING_MM,) * 3, (-26.0, -32.0, -25.0))
+    grid = grid or Grid((31, 31, 31), (SPACING_MM,) * 3, (-26.0, -32.0, -25.0))
     x = grid.axis_mm("x")[None, None, :]
     dose = np.broadcast_to(D0_GY + GRADIENT_GY_PER_MM * x, grid.shape_zyx)
     rd = folder / "RD.dcm"
@@ -82,7 +84,20 @@ def test_sphere_in_linear_gradient_analytic(tmp_path):
     voxel_gy = GRADIENT_GY_PER_MM * SPACING_MM
     assert abs(m["max_gy"] - (centre_gy + GRADIENT_GY_PER_MM * RADIUS_MM)) <= voxel_gy
     assert abs(m["min_gy"] - (centre_gy - GRADIENT_GY_PER_MM * RADIUS_MM)) <= voxel_gy
-    assert r.tps is None
+    assert r.tps is None and not r.partly_outside
+
+
+def test_small_sphere_on_a_coarse_grid(tmp_path):
+    """A 5 mm radius sphere (0.52 cm3) off-centre on a 3 mm dose grid, contours every 1 mm."""
+    centre, radius_mm = np.array([0.7, -0.4, 0.3]), 5.0
+    grid = Grid((9, 9, 9), (3.0,) * 3, (-12.0, -12.0, -12.0))
+    rs, rd, _ = _write_sphere_study(tmp_path, centre, None, radius_mm, 1.0, grid)
+    structure_set = read_structure_set(rs)
+    thickness = contour_slice_thickness_mm(structure_set, 99.0)
+    (r,), _ = evaluate_dose(read_rtdose(rd), structure_set, thickness, supersample=8)
+    assert r.metrics["volume_cm3"] == pytest.approx(4 / 3 * np.pi * radius_mm**3 / 1000, rel=0.01)
+    centre_gy = D0_GY + GRADIENT_GY_PER_MM * centre[0]
+    assert r.metrics["mean_gy"] == pytest.approx(centre_gy, rel=0.01)
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +144,8 @@ def test_run_rtdose_evaluated_back(run_out, tmp_path):
             summary[plan_name]["V100_percent"], rel=0.01, abs=0.1
         )
     assert rows["BODY"]["tps_mean_gy"] == ""  # no TPS DVH for it
+    assert rows["GTV"]["partly_outside_grid"] == "False"
+    assert rows["BODY"]["partly_outside_grid"] == "True"  # the cropped dose grid cuts the body
     # the same folder again: this evaluation's own output is replaced without --overwrite
     assert runner.invoke(app, args).exit_code == 0
 

@@ -50,6 +50,12 @@ def _print_table(evaluated, outside: list[str], title: str) -> None:
     console.print(table)
     if outside:
         console.print(f"no volume inside the dose grid: {', '.join(outside)}", markup=False)
+    cut = [r.name for r in evaluated if r.partly_outside]
+    if cut:
+        console.print(
+            f"partly outside the dose grid (only the volume inside is counted): {', '.join(cut)}",
+            markup=False,
+        )
 
 
 def evaluate(

@@ -52,6 +52,7 @@ class RoiDose:
     metrics: dict[str, float]
     dvh: DVH
     tps: dict[str, float] | None
+    partly_outside: bool = False
 
 
 def contour_slice_thickness_mm(structure_set: StructureSet, default_mm: float) -> float:
@@ -63,6 +64,22 @@ def contour_slice_thickness_mm(structure_set: StructureSet, default_mm: float) -
         if z.size > 1:
             steps.append(float(np.min(np.diff(z))))
     return min(steps) if steps else float(default_mm)
+
+
+def partly_outside_grid(contours, grid, slice_thickness_mm: float) -> bool:
+    """Whether the ROI's contours (each plane a slab of ``slice_thickness_mm``) reach beyond the
+    dose grid's voxel edges, so that its volume there is cut off."""
+    if len(contours) == 0:
+        return False
+    points = np.concatenate(list(contours))
+    half_slab = np.array([0.0, 0.0, slice_thickness_mm / 2])
+    low = points.min(axis=0) - half_slab
+    high = points.max(axis=0) + half_slab
+    half_voxel = np.asarray(grid.spacing_xyz_mm) / 2
+    edges_low = np.array([grid.axis_mm(a)[0] for a in "xyz"]) - half_voxel
+    edges_high = np.array([grid.axis_mm(a)[-1] for a in "xyz"]) + half_voxel
+    tol_mm = 1e-6
+    return bool(np.any(low < edges_low - tol_mm) or np.any(high > edges_high + tol_mm))
 
 
 def check_frame_of_reference(rtdose_path: Path, dose: RtDose, structure_set: StructureSet) -> None:
@@ -221,7 +238,8 @@ def evaluate_dose(
                 f"RTDOSE DVH Sequence: the DVH of ROI {roi.number} ({roi.name}) is malformed: {exc}"
             ) from None
         dvh = cumulative_dvh(dose.dose_gy, weights, voxel_cm3)
-        evaluated.append(RoiDose(roi.name, roi.number, row, dvh, tps))
+        cut = partly_outside_grid(roi.contours, dose.grid, slice_thickness_mm)
+        evaluated.append(RoiDose(roi.name, roi.number, row, dvh, tps, cut))
     if not evaluated:
         raise InputFileError(
             f"{where}: no ROI has volume inside the dose grid (x, y, z from "
@@ -232,12 +250,14 @@ def evaluate_dose(
 
 
 def metrics_rows(evaluated: list[RoiDose]) -> list[dict[str, object]]:
-    """One CSV row per ROI: ``name``, ``roi_number``, our metrics, and when any ROI has a TPS DVH
+    """One CSV row per ROI: ``name``, ``roi_number``, our metrics, ``partly_outside_grid`` (the
+    ROI's volume beyond the dose grid is not counted), and when any ROI has a TPS DVH
     ``tps_<metric>`` and ``diff_<metric>`` (ours - TPS) for each of :data:`METRICS`."""
     with_tps = any(r.tps is not None for r in evaluated)
     rows = []
     for r in evaluated:
         row: dict[str, object] = {"name": r.name, "roi_number": r.number, **r.metrics}
+        row["partly_outside_grid"] = r.partly_outside
         if with_tps:
             for key in METRICS:
                 tps = math.nan if r.tps is None else r.tps[key]
