@@ -148,6 +148,12 @@ def test_run_rtdose_evaluated_back(run_out, tmp_path):
     assert rows["BODY"]["partly_outside_grid"] == "True"  # the cropped dose grid cuts the body
     # the same folder again: this evaluation's own output is replaced without --overwrite
     assert runner.invoke(app, args).exit_code == 0
+    # never into the plan's output folder, which would be replaced whole
+    before = sorted(p.name for p in out.iterdir())
+    into_run = [*args[:-1], str(out), "--overwrite"]
+    result = runner.invoke(app, into_run)
+    assert result.exit_code == 2 and "holds the outputs of plan" in result.output
+    assert sorted(p.name for p in out.iterdir()) == before
 
 
 def test_bad_input_exits_2_and_writes_nothing(tmp_path):
