@@ -70,19 +70,17 @@ def _catheters_toml(catheters) -> str:
 DICOM_OUTPUT = "dicom = true                   # also write dicom/RTDOSE.dcm (and RTPLAN.dcm)\n"
 
 
-def flap_config_toml(study: PhantomStudy, catheters, source_to_surface_mm: float) -> str:
-    """The built-in flap plan (objectives, goals, prescription) on a written flap study.
-
-    The dose grid is the CT grid uncropped (``spacing_mm = "ct"``, ``crop = false``), i.e. the
-    phantom's grid, so that plans on the study and on the phantom compare voxel by voxel.
-    """
-    text = builtin_config_text()
-    case_at, source_at = text.index("[case]\n"), text.index("[source]\n")
+def dicom_case_toml(study: PhantomStudy, phantom: str, skip=()) -> str:
+    """The ``[case]`` section of a config planning a written phantom study: the CT grid
+    uncropped (the phantom's grid, so the plans compare voxel by voxel) and every ROI but
+    ``skip`` mapped under its own name and role."""
     mapping = "\n".join(
-        f'{name} = {{ roi = "{name}", role = "{role}" }}' for name, role in study.roles.items()
+        f'{name} = {{ roi = "{name}", role = "{role}" }}'
+        for name, role in study.roles.items()
+        if name not in skip
     )
-    case = f"""[case]
-kind = "dicom"                 # the flap phantom written by scripts/make_dicom_example.py
+    return f"""[case]
+kind = "dicom"                 # the {phantom} phantom written by scripts/make_dicom_example.py
 [case.dicom]
 ct_folder = "{study.ct_folder.as_posix()}"
 rtstruct = "{study.rtstruct.as_posix()}"
@@ -92,6 +90,17 @@ crop = false
 {mapping}
 
 """
+
+
+def flap_config_toml(study: PhantomStudy, catheters, source_to_surface_mm: float) -> str:
+    """The built-in flap plan (objectives, goals, prescription) on a written flap study.
+
+    The dose grid is the CT grid uncropped (``spacing_mm = "ct"``, ``crop = false``), i.e. the
+    phantom's grid, so that plans on the study and on the phantom compare voxel by voxel.
+    """
+    text = builtin_config_text()
+    case_at, source_at = text.index("[case]\n"), text.index("[source]\n")
+    case = dicom_case_toml(study, "flap")
     text = text[:case_at] + case + text[source_at:]
     applicator = (
         "[applicator]\n"
@@ -130,22 +139,7 @@ def xray_config_toml(study: PhantomStudy, params: BreastCaseParams) -> str:
     uncropped, so that plans on the study and on the phantom compare voxel by voxel."""
     text = XRAY_CONFIG.read_text()
     case_at, xray_at = text.index("[case]\n"), text.index("[xray]\n")
-    mapping = "\n".join(
-        f'{name} = {{ roi = "{name}", role = "{role}" }}'
-        for name, role in study.roles.items()
-        if name != "PTV_shell"
-    )
-    case = f"""[case]
-kind = "dicom"                 # the breast phantom written by scripts/make_dicom_example.py
-[case.dicom]
-ct_folder = "{study.ct_folder.as_posix()}"
-rtstruct = "{study.rtstruct.as_posix()}"
-spacing_mm = "ct"              # the CT voxels = the phantom's grid
-crop = false
-[case.dicom.structures]        # planning name = {{ roi = RTSTRUCT ROI name, role }}
-{mapping}
-
-"""
+    case = dicom_case_toml(study, "breast", skip=("PTV_shell",))
     xray = (
         "[xray]\n"
         "# centre_mm = [x, y, z]       # applicator centre, patient mm (default: cavity centroid)\n"
@@ -195,9 +189,7 @@ def eliot_config_toml(study: PhantomStudy, case, geometry) -> str:
     end = frame.points_to_patient(geometry.surface_point_mm)
     axis = frame.vectors_to_patient(-geometry.surface_normal)
     toe = frame.vectors_to_patient([0.0, -1.0, 0.0])
-    mapping = "\n".join(
-        f'{name} = {{ roi = "{name}", role = "{role}" }}' for name, role in study.roles.items()
-    )
+    case = dicom_case_toml(study, "ELIOT")
     return f"""# The ELIOT-type electron plan (configs/breast_electron.toml) on the ELIOT phantom's
 # DICOM study (scripts/make_dicom_example.py). GENERIC, ILLUSTRATIVE beam data: NOT FOR
 # CLINICAL USE.
@@ -207,17 +199,7 @@ name = "eliot_from_dicom"
 modality = "electron"
 description = "ELIOT-type breast phantom from CT + RTSTRUCT"
 
-[case]
-kind = "dicom"
-[case.dicom]
-ct_folder = "{study.ct_folder.as_posix()}"
-rtstruct = "{study.rtstruct.as_posix()}"
-spacing_mm = "ct"              # the CT voxels = the phantom's grid
-crop = false
-[case.dicom.structures]        # planning name = {{ roi = RTSTRUCT ROI name, role }}
-{mapping}
-
-[electron]
+{case}[electron]
 beam = "generic_IOERT"
 isodose_percent = 90.0
 cone_end_mm = {_vector(end)}   # flat cone's end-face centre, patient LPS mm

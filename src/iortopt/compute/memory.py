@@ -340,6 +340,40 @@ def _full_grid_sampled(n_voxels: int, n_band: int, supersampling: int, b: int) -
     }
 
 
+def _point_plan_estimate(
+    name: str,
+    catalogue: MemoryEstimate,
+    n_voxels: int,
+    n_points: int,
+    labels: tuple[str, str, str],
+    *,
+    band_thickness: int,
+    n_structures: int,
+    supersampling: int,
+    dtype,
+    sizes: dict,
+) -> MemoryEstimate:
+    """The X-ray and electron plans' shared shape: a catalogue pass on ``n_points`` points, a
+    pose optimisation on them (``labels``: its stage name, the points' name in the table and in
+    ``sizes``), the full-grid dose with sub-samples in a band ``band_thickness`` voxels thick,
+    outputs."""
+    b = _itemsize(dtype)
+    stage, points, points_key = labels
+    stages = {
+        stage: {"step vectors": POSE_STEP_VECTORS_PER_POINT * n_points * b},
+        "full grid dose": _full_grid_sampled(
+            n_voxels, band_voxels(n_voxels, band_thickness), supersampling, b
+        ),
+        "outputs": {"evaluation and files (host)": OUTPUT_BYTES_PER_VOXEL * n_voxels},
+    }
+    persistent = {
+        "structure occupancies (host float32)": 4 * n_structures * n_voxels,
+        f"{points} (host)": 40 * n_points,
+    }
+    sizes = {"voxels": n_voxels, points_key: n_points} | sizes
+    return _merge(name, persistent, catalogue, extra_stages=stages, sizes=sizes)
+
+
 def xray_plan_estimate(
     n_voxels: int,
     n_eval_points: int,
@@ -351,19 +385,18 @@ def xray_plan_estimate(
     """X-ray sphere plan (``iortopt.modalities.xray_sphere.choice.plan_spheres``): catalogue
     pass, continuous relaxation on the evaluation points, full-grid dose with sub-samples in the
     applicator band, outputs."""
-    b = _itemsize(dtype)
-    catalogue = xray_catalogue_estimate(n_eval_points, n_sizes, dtype)
-    stages = {
-        "relaxation": {"step vectors": POSE_STEP_VECTORS_PER_POINT * n_eval_points * b},
-        "full grid dose": _full_grid_sampled(n_voxels, band_voxels(n_voxels, 1), supersampling, b),
-        "outputs": {"evaluation and files (host)": OUTPUT_BYTES_PER_VOXEL * n_voxels},
-    }
-    persistent = {
-        "structure occupancies (host float32)": 4 * n_structures * n_voxels,
-        "evaluation points (host)": 40 * n_eval_points,
-    }
-    sizes = {"voxels": n_voxels, "evaluation_points": n_eval_points, "sizes": n_sizes}
-    return _merge("xray_plan", persistent, catalogue, extra_stages=stages, sizes=sizes)
+    return _point_plan_estimate(
+        "xray_plan",
+        xray_catalogue_estimate(n_eval_points, n_sizes, dtype),
+        n_voxels,
+        n_eval_points,
+        ("relaxation", "evaluation points", "evaluation_points"),
+        band_thickness=1,
+        n_structures=n_structures,
+        supersampling=supersampling,
+        dtype=dtype,
+        sizes={"sizes": n_sizes},
+    )
 
 
 def electron_plan_estimate(
@@ -378,19 +411,18 @@ def electron_plan_estimate(
     """Electron plan (``iortopt.modalities.electron.choice.optimise_electron``): catalogue
     passes of ``n_rows`` rows, the joint cone/disc optimisation on the sample points, full-grid
     dose, outputs."""
-    b = _itemsize(dtype)
-    catalogue = electron_catalogue_estimate(n_sample_points, n_rows, batch_size, dtype)
-    stages = {
-        "joint optimisation": {"step vectors": POSE_STEP_VECTORS_PER_POINT * n_sample_points * b},
-        "full grid dose": _full_grid_sampled(n_voxels, band_voxels(n_voxels, 4), supersampling, b),
-        "outputs": {"evaluation and files (host)": OUTPUT_BYTES_PER_VOXEL * n_voxels},
-    }
-    persistent = {
-        "structure occupancies (host float32)": 4 * n_structures * n_voxels,
-        "sample points (host)": 40 * n_sample_points,
-    }
-    sizes = {"voxels": n_voxels, "sample_points": n_sample_points, "rows": n_rows}
-    return _merge("electron_plan", persistent, catalogue, extra_stages=stages, sizes=sizes)
+    return _point_plan_estimate(
+        "electron_plan",
+        electron_catalogue_estimate(n_sample_points, n_rows, batch_size, dtype),
+        n_voxels,
+        n_sample_points,
+        ("joint optimisation", "sample points", "sample_points"),
+        band_thickness=4,
+        n_structures=n_structures,
+        supersampling=supersampling,
+        dtype=dtype,
+        sizes={"rows": n_rows},
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -657,6 +657,40 @@ def _grid_metrics(case: Case, dose: np.ndarray, rx: float) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
+def nominal_rows(
+    beam: ElectronBeam,
+    e_idx,
+    c_idx,
+    b_idx,
+    surface_point_mm,
+    surface_normal,
+    toe_direction,
+    disc_at,
+) -> tuple[list[dict], list[dict]]:
+    """Cone and disc placements of every (energy, cone, bevel) row: each cone laid flush on the
+    surface at ``surface_point_mm`` (:func:`iortopt.physics.electron.flush_pose`), its disc
+    ``disc_at(end_mm, axis)`` (a dict with ``centre_mm`` and ``normal``)."""
+    cones, discs = [], []
+    for ke in e_idx:
+        for kc in c_idx:
+            for kb in b_idx:
+                end, axis, toe = flush_pose(
+                    surface_point_mm, surface_normal, beam.bevels[kb], toe_direction
+                )
+                cones.append(
+                    {
+                        "energy_index": ke,
+                        "bevel_index": kb,
+                        "diameter_mm": float(beam.diameters_mm[kc]),
+                        "end_mm": end,
+                        "axis": axis,
+                        "toe": toe,
+                    }
+                )
+                discs.append(disc_at(end, axis))
+    return cones, discs
+
+
 def plan_notes(
     notes: list[str], beam: ElectronBeam, warnings: list[str], chosen_row: dict, margin_mm: float
 ) -> list[str]:
@@ -761,26 +795,19 @@ def optimise_electron(
 
     # 1. catalogue: nominal placements, one batched pass.
     t0 = time.perf_counter()
-    cones, discs = [], []
-    for ke in e_idx:
-        for kc in c_idx:
-            for kb in b_idx:
-                end, axis, toe = flush_pose(
-                    g.surface_point_mm, g.surface_normal, beam.bevels[kb], toe_direction
-                )
-                cones.append(
-                    {
-                        "energy_index": ke,
-                        "bevel_index": kb,
-                        "diameter_mm": float(beam.diameters_mm[kc]),
-                        "end_mm": end,
-                        "axis": axis,
-                        "toe": toe,
-                    }
-                )
-                discs.append(
-                    {"centre_mm": _nominal_disc_centre(g, end, axis), "normal": g.surface_normal}
-                )
+    cones, discs = nominal_rows(
+        beam,
+        e_idx,
+        c_idx,
+        b_idx,
+        g.surface_point_mm,
+        g.surface_normal,
+        toe_direction,
+        lambda end, axis: {
+            "centre_mm": _nominal_disc_centre(g, end, axis),
+            "normal": g.surface_normal,
+        },
+    )
     batch = _batch_function(ctx)
     rows = _evaluate(ctx, batch, cones, discs)
     best, reason, warnings = choose_row(rows, ctx)

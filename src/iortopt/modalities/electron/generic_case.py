@@ -55,6 +55,7 @@ from iortopt.modalities.electron.choice import (
     EvalPoints,
     choose_row,
     disc_fit,
+    nominal_rows,
     plan_notes,
     row_score,
     stack_cones,
@@ -67,7 +68,6 @@ from iortopt.physics.electron import (
     VoxelMedium,
     catalogue_dose_gy,
     cone_dose_gy,
-    flush_pose,
     longest_ray_mm,
     ray_depths,
     reference_dose_per_mu_gy,
@@ -438,27 +438,19 @@ def _grid_metrics(problem: GenericElectronProblem, dose: np.ndarray, rx: float) 
 
 def _nominal_rows(problem: GenericElectronProblem, beam: ElectronBeam, e_idx, c_idx, b_idx):
     """Cone and disc placements of every catalogue row (module docstring)."""
-    cones, discs = [], []
-    for ke in e_idx:
-        for kc in c_idx:
-            for kb in b_idx:
-                end, axis, toe = flush_pose(
-                    problem.cone_end_mm, -problem.cone_axis, beam.bevels[kb], problem.toe_direction
-                )
-                cones.append(
-                    {
-                        "energy_index": ke,
-                        "bevel_index": kb,
-                        "diameter_mm": float(beam.diameters_mm[kc]),
-                        "end_mm": end,
-                        "axis": axis,
-                        "toe": toe,
-                    }
-                )
-                discs.append(
-                    {"centre_mm": _axis_crossing(end, axis, problem), "normal": problem.disc_normal}
-                )
-    return cones, discs
+    return nominal_rows(
+        beam,
+        e_idx,
+        c_idx,
+        b_idx,
+        problem.cone_end_mm,
+        -problem.cone_axis,
+        problem.toe_direction,
+        lambda end, axis: {
+            "centre_mm": _axis_crossing(end, axis, problem),
+            "normal": problem.disc_normal,
+        },
+    )
 
 
 def plan_generic_case(
