@@ -81,6 +81,13 @@ class Grid:
         )
         return rel[..., ::-1]
 
+    def contains_mm(self, point_mm, margin_voxels: float = 0.0) -> bool:
+        """Whether the (x, y, z) mm point lies within the voxel centres' box widened by
+        ``margin_voxels`` voxels on every side (0.5: the voxels' outer faces)."""
+        index = self.mm_to_index(point_mm)
+        high = np.asarray(self.shape_zyx) - 1 + margin_voxels
+        return bool(np.all(index >= -margin_voxels - 1e-6) and np.all(index <= high + 1e-6))
+
     def to_attrs(self) -> dict:
         """JSON-serialisable metadata (stored with every dose array)."""
         return {

@@ -132,13 +132,6 @@ def _unit(v, what: str) -> np.ndarray:
     return v / n
 
 
-def _inside_grid(case: Case, point_mm) -> bool:
-    grid = case.grid
-    lo = np.asarray(grid.origin_xyz_mm)
-    hi = lo + np.asarray(grid.spacing_xyz_mm) * (np.asarray(grid.shape_zyx[::-1]) - 1)
-    return bool(np.all(point_mm >= lo - 1e-6) and np.all(point_mm <= hi + 1e-6))
-
-
 def _sample(case: Case, volume: np.ndarray, points_mm) -> np.ndarray:
     from scipy import ndimage
 
@@ -203,7 +196,7 @@ def build_problem(
     """
     end = np.asarray(cone_end_mm, np.float64)
     axis = _unit(cone_axis, "electron.cone_axis")
-    if not _inside_grid(case, end):
+    if not case.grid.contains_mm(end):
         grid = case.grid
         lo = np.asarray(grid.origin_xyz_mm)
         hi = lo + np.asarray(grid.spacing_xyz_mm) * (np.asarray(grid.shape_zyx[::-1]) - 1)

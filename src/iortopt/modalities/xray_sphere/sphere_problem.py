@@ -135,11 +135,6 @@ def _occupancy_centroid_mm(case: Case, occupancy: np.ndarray) -> np.ndarray:
     return (case.grid.points_mm() * w[:, None]).sum(axis=0) / w.sum()
 
 
-def _inside_grid(case: Case, point_mm) -> bool:
-    index = case.grid.mm_to_index(np.asarray(point_mm, float)[None])[0]
-    return bool(np.all(index >= -0.5) and np.all(index <= np.asarray(case.grid.shape_zyx) - 0.5))
-
-
 def wall_from_occupancy(case: Case, occupancy: np.ndarray, centre_mm, where: str) -> np.ndarray:
     """(N, 3) cavity wall points seen from ``centre_mm`` (module docstring).
 
@@ -300,7 +295,7 @@ def _cavity(case: Case, options: SphereOptions) -> tuple[np.ndarray, np.ndarray,
             centre = np.asarray(options.centre_mm, float)
         else:
             centre = _occupancy_centroid_mm(case, occupancy)
-        if not _inside_grid(case, centre):
+        if not case.grid.contains_mm(centre, margin_voxels=0.5):
             raise ConfigError(f"{where}: the centre {centre.tolist()} mm is outside the dose grid")
         wall = wall_from_occupancy(case, occupancy, centre, where)
         return centre, wall, f"cavity ROI {names!r} (wall: its 0.5-isosurface)"
