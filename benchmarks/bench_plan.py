@@ -9,6 +9,17 @@ Usage::
 
 Prints a summary and writes ``benchmarks/results/plan_<name>_<device>_<utc>.json`` (via a temporary
 name), plus a markdown row for ``benchmarks/RESULTS.md``.
+
+Whole CLI processes, cold and warm (issue 18: what a user waits for)::
+
+    python benchmarks/bench_plan.py --processes                  # every shipped CPU config
+    python benchmarks/bench_plan.py --processes configs/flap_default.toml --repeats 3
+
+For each config: ``iortopt run`` in a new process with an empty compilation cache (cold), then
+again with the cache that run filled (warm), ``--repeats`` times each; the process wall time and
+summary.json's split (imports, JAX start-up, case build, compiles, optimisation, writing). Writes
+``benchmarks/results/plan_processes_<device>_<utc>.json``. "Cold" means an empty compilation
+cache; the operating system's file cache (Python modules already read once) is not emptied.
 """
 
 from __future__ import annotations
@@ -52,7 +63,92 @@ def device_peak_mib() -> float | None:
     return None if peak is None else peak / 2**20
 
 
+SHIPPED_CPU_CONFIGS = sorted(
+    p for p in (HERE.parent / "configs").glob("*.toml") if not p.stem.endswith("_gpu")
+)
+
+
+def _cli_run(config: Path, out: Path, cache: Path) -> tuple[float, dict]:
+    """One ``iortopt run`` process: (wall time s, its summary.json)."""
+    import subprocess
+
+    env = {**os.environ, "IORTOPT_CACHE_DIR": str(cache)}
+    env.pop("IORTOPT_NO_COMPILE_CACHE", None)
+    cmd = [sys.executable, "-m", "iortopt.cli", "run", str(config), "--out", str(out), "--quiet"]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        tail = done.stderr[-2000:]
+        raise SystemExit(f"{config}: iortopt run failed ({done.returncode}):\n{tail}")
+    return wall, json.loads((out / "summary.json").read_text())
+
+
+def bench_processes(configs: list[Path], repeats: int, out_dir: Path) -> dict:
+    """Cold and warm whole-process runs of each config (see the module docstring)."""
+    from iortopt.compute.runtime import device_info
+
+    rows = []
+    for config in configs:
+        for rep in range(repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                cache = Path(tmp) / "cache"
+                for phase in ("cold", "warm"):
+                    wall, s = _cli_run(config, Path(tmp) / phase, cache)
+                    rows.append(
+                        {
+                            "config": config.name,
+                            "repeat": rep,
+                            "phase": phase,
+                            "process_wall_s": wall,
+                            "wall_times_s": s["wall_times_s"],
+                            "grid_shape_zyx": s["grid_shape_zyx"],
+                            "goals_all_met": s["goals_all_met"],
+                        }
+                    )
+                    print(f"{config.name} {phase} #{rep}: {wall:.2f} s", flush=True)
+    record = {
+        "benchmark": "plan_processes",
+        "utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "device": device_info(),
+        "cpu_count": os.cpu_count(),
+        "repeats": repeats,
+        "runs": rows,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = record["utc"].replace(":", "").replace("-", "")
+    path = out_dir / f"plan_processes_{record['device']['platform']}_{stamp}.json"
+    tmp_path = path.with_name(path.name + ".tmp")
+    tmp_path.write_text(json.dumps(record, indent=2))
+    tmp_path.replace(path)
+    print(f"\nwrote {path}\n")
+    print("| config | phase | process wall s (median) | split (median of repeats) |")
+    print("|---|---|---|---|")
+    for config in configs:
+        for phase in ("cold", "warm"):
+            mine = [r for r in rows if r["config"] == config.name and r["phase"] == phase]
+            walls = sorted(r["process_wall_s"] for r in mine)
+            keys = mine[0]["wall_times_s"].keys()
+            split = {
+                k: sorted(r["wall_times_s"].get(k) or 0.0 for r in mine)[len(mine) // 2]
+                for k in keys
+            }
+            text = ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in split.items())
+            print(f"| {config.name} | {phase} | {walls[len(walls) // 2]:.2f} | {text} |")
+    return record
+
+
 def main(argv: list[str] | None = None) -> dict:
+    if argv is None:
+        argv = sys.argv[1:]
+    if "--processes" in argv:
+        proc = argparse.ArgumentParser(description="cold/warm whole-process runs")
+        proc.add_argument("--processes", action="store_true")
+        proc.add_argument("configs", nargs="*", type=Path)
+        proc.add_argument("--repeats", type=int, default=1)
+        proc.add_argument("--out", default=str(HERE / "results"))
+        a = proc.parse_args(argv)
+        return bench_processes(a.configs or SHIPPED_CPU_CONFIGS, a.repeats, Path(a.out))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

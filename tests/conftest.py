@@ -7,6 +7,8 @@ arithmetic as it runs on accelerators (where x64 is off), not a float32/float64 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -24,6 +26,19 @@ _FUZZ = {
 settings.register_profile("ci", max_examples=12, derandomize=True, **_FUZZ)
 settings.register_profile("long", max_examples=200, **_FUZZ)
 settings.load_profile(os.environ.get("IORTOPT_FUZZ_PROFILE", "ci"))
+
+# `iortopt run` keeps compiled programs in the user's cache folder; the tests use a folder of
+# their own (shared by the session's runs, removed at its end), never the user's.
+_OWN_CACHE = None
+if not os.environ.get("IORTOPT_CACHE_DIR"):
+    _OWN_CACHE = tempfile.mkdtemp(prefix="iortopt-test-cache-")
+    os.environ["IORTOPT_CACHE_DIR"] = _OWN_CACHE
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE is not None:
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
 
 TESTS_DIR = Path(__file__).resolve().parent
 DATA_DIR = TESTS_DIR / "data"

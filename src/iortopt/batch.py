@@ -66,7 +66,6 @@ import subprocess
 import time
 import traceback
 import uuid
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -629,35 +628,16 @@ def init_store(store: str | Path, batch: Batch, coordinator: bool = True) -> Sto
 # --------------------------------------------------------------------------- one job
 
 
-def enable_compilation_cache(cache_dir: str | Path) -> bool:
-    """Turn on JAX's persistent compilation cache in this process, caching every compile (CPU
-    compiles are short, and the default thresholds would skip them). The first folder set in a
-    process stays; returns whether ``cache_dir`` is the one in use."""
-    import jax
-
-    current = jax.config.jax_compilation_cache_dir
-    if current and Path(current) != Path(cache_dir):
-        return False
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(cache_dir))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return True
-
-
 def _configure_process(settings: dict):
     """Device, precision and compilation cache of this (worker) process; returns the dtype."""
+    from iortopt.compute.compile_cache import enable_compile_cache
     from iortopt.compute.runtime import configure
 
-    if settings.get("jax_cache_dir"):
-        enable_compilation_cache(settings["jax_cache_dir"])
-        # JAX writes cache entries in place (no lock unless a size limit is set), so a worker may
-        # read an entry another worker is still writing; JAX then warns and compiles, which is
-        # the right outcome, so that one warning is not shown.
-        warnings.filterwarnings(
-            "ignore", message="Error reading persistent compilation cache entry"
-        )
-    return configure(settings.get("device"), settings.get("precision", "float32"))
+    dtype = configure(settings.get("device"), settings.get("precision", "float32"))
+    cache = settings.get("jax_cache_dir")
+    if cache:
+        enable_compile_cache(folder=Path(cache))
+    return dtype
 
 
 def check_finite(summary: dict) -> None:

@@ -89,6 +89,12 @@ def configure(
     return PRECISIONS[precision]
 
 
+def start_backend() -> None:
+    """Start JAX's backends now (after :func:`configure`), so their start-up is timed apart from
+    the first computation."""
+    jax.devices()
+
+
 def gpu_memory_env(share_with_cupy: bool, jax_fraction: float | None = None) -> dict[str, str]:
     """Environment settings for JAX's GPU allocator (see the module docstring).
 

@@ -89,6 +89,26 @@ def check_structure_names(
             )
 
 
+def goal_rows(goals, metrics: dict[str, dict[str, float]]) -> list[dict]:
+    """Each clinical goal (structure, metric, op, value) with its value in ``metrics`` and
+    whether it is met (a non-finite value never is)."""
+    rows = []
+    for g in goals:
+        value = metrics[g.structure][g.metric]
+        met = bool(np.isfinite(value) and (value >= g.value if g.op == ">=" else value <= g.value))
+        rows.append(
+            {
+                "structure": g.structure,
+                "metric": g.metric,
+                "op": g.op,
+                "limit": g.value,
+                "value": value,
+                "met": met,
+            }
+        )
+    return rows
+
+
 def evaluate_plan(settings: EvaluationSettings, case: Case, dose: np.ndarray) -> dict:
     """DVHs, metrics per structure, plan indices, goals and BED/EQD2 for a full-grid dose (Gy).
 
@@ -108,20 +128,7 @@ def evaluate_plan(settings: EvaluationSettings, case: Case, dose: np.ndarray) ->
     indices = dvh.plan_indices(
         dose, target.occupancy, {s.name: s.occupancy for s in case.oars}, rx, vv
     )
-    goals = []
-    for g in settings.goals:
-        value = metrics[g.structure][g.metric]
-        met = bool(np.isfinite(value) and (value >= g.value if g.op == ">=" else value <= g.value))
-        goals.append(
-            {
-                "structure": g.structure,
-                "metric": g.metric,
-                "op": g.op,
-                "limit": g.value,
-                "value": value,
-                "met": met,
-            }
-        )
+    goals = goal_rows(settings.goals, metrics)
     bio = {}
     n = settings.n_fractions
 
