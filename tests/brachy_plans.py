@@ -21,6 +21,9 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 RT_PLAN = "1.2.840.10008.5.1.4.1.1.481.5"
 RT_STRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
+#: The study and frame of reference of the synthetic plans and structure sets.
+STUDY_UID = "1.2.826.0.1.3680043.8.498.91"
+FRAME_UID = "1.2.826.0.1.3680043.8.498.92"
 
 
 # --- independent TG-43 ---
@@ -217,9 +220,9 @@ def build_plan(
     ds = _file_dataset(RT_PLAN)
     ds.Modality = "RTPLAN"
     ds.Manufacturer = manufacturer
-    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.StudyInstanceUID = study_uid or STUDY_UID
     ds.SeriesInstanceUID = generate_uid()
-    ds.FrameOfReferenceUID = frame_uid or generate_uid()
+    ds.FrameOfReferenceUID = frame_uid or FRAME_UID
     ds.RTPlanLabel = "test"
     if plan_time is not None:
         ds.RTPlanDate = plan_time.strftime("%Y%m%d")

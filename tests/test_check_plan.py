@@ -9,14 +9,25 @@ import json
 
 import numpy as np
 import pytest
-from brachy_plans import build_plan, channel_spec, square_prism, tg43_dose_gy, write_rtstruct
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
+from brachy_plans import (
+    FRAME_UID as FRAME,
+)
+from brachy_plans import (
+    STUDY_UID as STUDY,
+)
+from brachy_plans import (
+    build_plan,
+    channel_spec,
+    square_prism,
+    tg43_dose_gy,
+    write_rtstruct,
+)
 from iortopt.cli import app
 
 runner = CliRunner()
-STUDY, FRAME = "1.2.826.0.1.3680043.8.498.91", "1.2.826.0.1.3680043.8.498.92"
 PATH_A = np.array([[10.0, -5.0, 20.0], [10.0, 5.0, 0.0], [10.0, 5.0, -30.0]])
 PATH_B = np.array([[-10.0, 0.0, 20.0], [-10.0, 0.0, -30.0]])
 POINTS = [("A", (0.0, 0.0, 5.0)), ("B", (0.0, 20.0, -10.0)), ("C", (25.0, -5.0, 0.0))]
@@ -184,6 +195,8 @@ def test_treatment_override_and_failure_exit_1(vendor_plans):
 def own_export(tmp_path_factory):
     """iortopt's own RTPLAN (dicom/rtplan.py) and RTDOSE: S_K written at calibration 10 days
     before the plan, the dose computed with the S_K at treatment."""
+    import jax
+
     from iortopt.dicom.files import save_atomic
     from iortopt.dicom.rtdose import write_rtdose
     from iortopt.dicom.rtplan import BrachyDwells, BrachySource, build_brachy_plan
@@ -221,9 +234,8 @@ def own_export(tmp_path_factory):
     save_atomic(plan, root / "RP.dcm")
     grid = Grid.from_bounds((-21.0, -21.0, -18.0), (21.0, 21.0, 18.0), 3.0)
     kernel = make_kernel(source)
-    dose = np.asarray(
-        dose_gy(grid.points_mm(), positions, dwells.axes, dwells.times_s, kernel, sk)
-    ).reshape(grid.shape_zyx)
+    dose = jax.jit(lambda pts: dose_gy(pts, positions, dwells.axes, dwells.times_s, kernel, sk))
+    dose = np.asarray(dose(grid.points_mm())).reshape(grid.shape_zyx)
     write_rtdose(
         root / "RD.dcm",
         dose,
@@ -273,6 +285,10 @@ def test_gamma_fails_on_a_scaled_dose(own_export, tmp_path):
     assert result.exit_code == 1, result.output
     gamma = json.loads((root / "out" / "check.json").read_text())["gamma"]
     assert gamma["pass_rate_percent"] < 95.0
+    rd.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.99"
+    rd.save_as(root / "RD_other.dcm")
+    result = _check([report["plan"], "--rtdose", root / "RD_other.dcm", "--out", root / "o2"])
+    assert result.exit_code == 2 and "frame of reference" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize(
@@ -285,6 +301,8 @@ def test_gamma_fails_on_a_scaled_dose(own_export, tmp_path):
         ("no_points", [], "DoseReferencePointCoordinates"),
         ("relative", [], "ControlPoint3DPosition"),
         ("oncentra", ["--tolerance-percent", "0"], "--tolerance-percent"),
+        ("oncentra", ["--rtdose", get_testdata_file("rtdose.dcm")], "DoseUnits"),
+        ("oncentra", ["--rtstruct", get_testdata_file("rtstruct.dcm")], "frame of reference"),
     ],
 )
 def test_refusals_exit_2(vendor_plans, tmp_path, case, extra, message):

@@ -9,7 +9,17 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from brachy_plans import build_plan, channel_spec, write_rtstruct
+from brachy_plans import (
+    FRAME_UID as FRAME,
+)
+from brachy_plans import (
+    STUDY_UID as STUDY,
+)
+from brachy_plans import (
+    build_plan,
+    channel_spec,
+    write_rtstruct,
+)
 from iortopt.dicom.rtplan_reader import (
     model_of,
     normalise_isotope,
@@ -19,7 +29,6 @@ from iortopt.dicom.rtplan_reader import (
 )
 from iortopt.errors import ConfigError, InputFileError, SourceDataError
 
-STUDY, FRAME = "1.2.826.0.1.3680043.8.498.77", "1.2.826.0.1.3680043.8.498.78"
 #: A bent applicator path (tip first): two segments.
 BENT = np.array([[10.0, -5.0, 20.0], [10.0, 5.0, 0.0], [10.0, 5.0, -30.0]])
 STRAIGHT = np.array([[-10.0, 0.0, 20.0], [-10.0, 0.0, -30.0]])

@@ -149,6 +149,7 @@ class BrachyPlan:
     setup_dose_gy: dict[int, float]
     total_reference_air_kerma_plan: float | None
     warnings: tuple[str, ...]
+    frame_of_reference_uid: str = ""
 
     @property
     def positions_mm(self) -> np.ndarray:
@@ -280,16 +281,33 @@ def _sources(ds: Dataset, path: Path) -> dict[int, PlanSource]:
     return out
 
 
-def applicator_roi_paths(rtstruct_path: str | Path | None) -> dict[int, np.ndarray]:
+def applicator_roi_paths(
+    rtstruct_path: str | Path | None, plan_frame_uid: str = ""
+) -> dict[int, np.ndarray]:
     """ROI number -> (K, 3) mm polyline of all its contour points in order (any geometric type:
     applicators are usually OPEN_NONPLANAR or POINT contours, which the structure-set reader for
-    volumes skips)."""
+    volumes skips).
+
+    Raises:
+        InputFileError: not an RTSTRUCT, malformed contour data, or a frame of reference other
+            than ``plan_frame_uid`` (when both are given).
+    """
     if rtstruct_path is None:
         return {}
     path = Path(rtstruct_path)
     ds = read_dataset(path)
     if ds.get("Modality") != "RTSTRUCT" and "ROIContourSequence" not in ds:
         raise InputFileError(f"{path}: not an RTSTRUCT (Modality {ds.get('Modality')!r})")
+    frames = {
+        str(f.get("FrameOfReferenceUID", "") or "")
+        for f in ds.get("ReferencedFrameOfReferenceSequence", [])
+    } | {str(ds.get("FrameOfReferenceUID", "") or "")}
+    frames -= {""}
+    if plan_frame_uid and frames and plan_frame_uid not in frames:
+        raise InputFileError(
+            f"{path}: the RTSTRUCT is in frame of reference {sorted(frames)}, the RTPLAN in "
+            f"{plan_frame_uid}; they do not belong to the same study"
+        )
     paths = {}
     for i, item in enumerate(ds.get("ROIContourSequence", [])):
         if "ReferencedROINumber" not in item:
@@ -587,7 +605,8 @@ def read_brachy_plan(path: str | Path, rtstruct: str | Path | None = None) -> Br
             "HDR and PDR plans can be checked"
         )
     sources = _sources(ds, path)
-    roi_paths = applicator_roi_paths(rtstruct)
+    frame = str(ds.get("FrameOfReferenceUID", "") or "")
+    roi_paths = applicator_roi_paths(rtstruct, frame)
     warnings: list[str] = []
     channels, trak, setup_numbers = [], 0.0, []
     used_sources = set()
@@ -636,6 +655,7 @@ def read_brachy_plan(path: str | Path, rtstruct: str | Path | None = None) -> Br
         setup_dose_gy=setup_dose,
         total_reference_air_kerma_plan=trak if trak else None,
         warnings=tuple(warnings),
+        frame_of_reference_uid=frame,
     )
 
 
