@@ -77,14 +77,16 @@ def print_report(report: dict) -> None:
     for label, line in report["second_check"]["lines"].items():
         console.print(f"{label}: {line}", markup=False, highlight=False)
     if report["dvh"]:
-        dvh = Table(title="DVH metrics: TPS / iortopt")
+        dvh = Table(title="DVH metrics (Gy, %, cm3): TPS dose, then iortopt's")
         dvh.add_column("ROI")
         keys = [k.removeprefix("tps_") for k in report["dvh"][0] if k.startswith("tps_")]
         for key in keys:
-            dvh.add_column(key.removesuffix("_gy").removesuffix("_percent"), justify="right")
+            label = key.removesuffix("_gy").removesuffix("_percent").replace("volume_cm3", "cm3")
+            dvh.add_column(label, justify="right")
         for row in report["dvh"]:
-            cells = [f"{_fmt(row[f'tps_{k}'], 2)} / {_fmt(row[f'iortopt_{k}'], 2)}" for k in keys]
-            dvh.add_row(escape(row["name"]), *cells)
+            dvh.add_row(escape(row["name"]), *(_fmt(row[f"tps_{k}"], 1) for k in keys))
+            cells = (_fmt(row[f"iortopt_{k}"], 1) for k in keys)
+            dvh.add_row("  ours", *cells, style="dim")
         console.print(dvh)
     for warning in report["warnings"]:
         console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
