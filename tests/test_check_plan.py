@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
 from typer.testing import CliRunner
 
 from brachy_plans import (
@@ -84,6 +85,13 @@ def vendor_plans(tmp_path_factory):
         reference=dt.datetime(2026, 3, 1, 8),
         plan_time=dt.datetime(2026, 3, 6, 8),
     )
+    extra = Dataset()  # a point with coordinates but no TPS dose: reported, not judged
+    extra.DoseReferenceNumber = 9
+    extra.DoseReferenceStructureType = "POINT"
+    extra.DoseReferenceDescription = "no TPS dose"
+    extra.DoseReferencePointCoordinates = [0.0, -20.0, 0.0]
+    extra.DoseReferenceType = "ORGAN_AT_RISK"
+    plans["oncentra"].DoseReferenceSequence.append(extra)
     # BrachyVision: Control Point Orientation; point dose in Target Prescription Dose
     orient = _unit([0.0, 0.6, 0.8])
     chans = [
@@ -148,12 +156,13 @@ def test_vendor_point_doses_within_half_a_percent(vendor_plans, vendor):
     result, report, out = results[vendor]
     assert result.exit_code == 0, result.output
     assert report["vendor"] == vendor and report["passed"] is True
-    assert len(report["points"]) == 3
-    for row in report["points"]:
+    judged = [p for p in report["points"] if p["tps_gy"] is not None]
+    assert len(judged) == 3
+    for row in judged:
         assert abs(row["diff_percent"]) < 0.5, row
         assert row["within_tolerance"] is True
     expected_from = "target_prescription_dose" if vendor == "brachyvision" else "coefficient"
-    assert {p["tps_from"] for p in report["points"]} == {expected_from}
+    assert {p["tps_from"] for p in judged} == {expected_from}
     assert (out / "check.png").stat().st_size > 0
     assert report["second_check"]["passed"] is True and "Points" in report["second_check"]["lines"]
 
@@ -171,6 +180,9 @@ def test_report_fields(vendor_plans):
     assert decay["decay_factor"] == pytest.approx(2 ** (-5.0 / 73.83))
     assert decay["dwell_time_scaling"] == pytest.approx(1 / decay["decay_factor"])
     assert report["axis_rules"] == {"applicator": 6}
+    (unjudged,) = [p for p in report["points"] if p["tps_gy"] is None]
+    assert unjudged["name"] == "no TPS dose" and unjudged["within_tolerance"] is None
+    assert unjudged["tps_from"] == "none" and unjudged["iortopt_gy"] > 0
     pdr = results["sagiplan"][1]
     assert pdr["n_pulses"] == 4 and pdr["total_time_s"] == pytest.approx(4 * 150.0)
     assert pdr["axis_rules"] == {"neighbours": 3, "fallback": 1}

@@ -62,7 +62,7 @@ def print_report(report: dict) -> None:
     for column in ("point", "x, y, z (mm)", "TPS (Gy)", "iortopt (Gy)", "diff (%)", "ok", "from"):
         table.add_column(column, justify="left" if column in ("point", "from") else "right")
     for p in report["points"]:
-        ok = "[green]yes[/]" if p["within_tolerance"] else "[red]NO[/]"
+        ok = {None: "-", True: "[green]yes[/]", False: "[red]NO[/]"}[p["within_tolerance"]]
         xyz = ", ".join(f"{v:.1f}" for v in p["xyz_mm"])
         table.add_row(
             escape(p["name"]),

@@ -141,16 +141,19 @@ def decay_report(plan: BrachyPlan, treatment: dt.datetime | None) -> dict:
 
 
 def point_rows(plan: BrachyPlan, source, tolerance_percent: float) -> list[dict]:
-    """One row per dose reference with coordinates and a TPS dose."""
+    """One row per dose reference with coordinates; one without a TPS dose has ``tps_gy``,
+    ``diff_percent`` and ``within_tolerance`` None (reported, not judged)."""
     refs = [r for r in plan.dose_references if r.xyz_mm is not None]
+    if not refs:
+        return []
+    ours = iortopt_dose_gy(plan, source, np.array([r.xyz_mm for r in refs]), plan.n_fractions)
     rows = []
-    tps = [tps_point_dose_gy(plan, r) for r in refs]
-    keep = [(r, t) for r, t in zip(refs, tps, strict=True) if t[0] is not None]
-    if not keep:
-        return rows
-    ours = iortopt_dose_gy(plan, source, np.array([r.xyz_mm for r, _ in keep]), plan.n_fractions)
-    for (ref, (tps_gy, how)), our in zip(keep, ours, strict=True):
-        diff = 100.0 * (our - tps_gy) / tps_gy if tps_gy > 0 else math.nan
+    for ref, our in zip(refs, ours, strict=True):
+        tps_gy, how = tps_point_dose_gy(plan, ref)
+        diff = within = None
+        if tps_gy is not None:
+            diff = 100.0 * (our - tps_gy) / tps_gy if tps_gy > 0 else math.nan
+            within = bool(abs(diff) <= tolerance_percent)
         rows.append(
             {
                 "name": ref.name,
@@ -159,11 +162,16 @@ def point_rows(plan: BrachyPlan, source, tolerance_percent: float) -> list[dict]
                 "tps_gy": tps_gy,
                 "iortopt_gy": float(our),
                 "diff_percent": diff,
-                "within_tolerance": bool(abs(diff) <= tolerance_percent),
+                "within_tolerance": within,
                 "tps_from": how,
             }
         )
     return rows
+
+
+def judged(points: list[dict]) -> list[dict]:
+    """The points with a TPS dose."""
+    return [p for p in points if p["within_tolerance"] is not None]
 
 
 def gamma_pass(tps, ours, grid, settings: CheckSettings, norm_gy: float) -> dict:
@@ -268,7 +276,7 @@ def run_check(
             RTDOSE).
     """
     points = point_rows(plan, source, settings.tolerance_percent)
-    if not points and rtdose is None:
+    if not judged(points) and rtdose is None:
         raise InputFileError(
             f"{plan.path}: no DoseReferenceSequence point with DoseReferencePointCoordinates "
             "(300A,0018) and a TPS dose, and no --rtdose: nothing to check against"
@@ -291,7 +299,9 @@ def run_check(
         "sk_used_U": plan.sk_tps_U,
         "sk_rule": plan.sk_rule,
         "decay": decay_report(plan, settings.treatment),
-        "warnings": list(plan.warnings) + list(source_warnings),
+        "warnings": list(plan.warnings)
+        + list(source_warnings)
+        + _treatment_warning(plan, settings),
         "n_channels": len(plan.channels),
         "n_dwells": plan.n_dwells,
         "n_fractions": plan.n_fractions,
@@ -320,7 +330,7 @@ def run_check(
         "dose_difference": None,
         "dvh": [],
     }
-    passed = all(p["within_tolerance"] for p in points)
+    passed = all(p["within_tolerance"] for p in judged(points))
     result = CheckResult(report, passed)
     if rtdose is not None:
         dose_frame = str(rtdose.dataset.get("FrameOfReferenceUID", "") or "")
@@ -355,6 +365,16 @@ def run_check(
     return result
 
 
+def _treatment_warning(plan: BrachyPlan, settings: CheckSettings) -> list[str]:
+    ref = plan.source.reference_datetime
+    if settings.treatment and ref and settings.treatment < ref:
+        return [
+            f"the treatment time {settings.treatment.isoformat()} is before the source strength "
+            f"reference date {ref.isoformat()}"
+        ]
+    return []
+
+
 def _count(items) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in items:
@@ -364,7 +384,7 @@ def _count(items) -> dict[str, int]:
 
 def second_check_summary(report: dict) -> dict:
     """A flat dict a report can render: title, verdict, and label -> text lines."""
-    points = report["points"]
+    points = judged(report["points"])
     worst = max((abs(p["diff_percent"]) for p in points), default=math.nan)
     decay = report["decay"]
     lines = {
@@ -424,7 +444,7 @@ def plot_check(result: CheckResult, path: Path) -> Path:
 
     from iortopt.io.store import atomic_path
 
-    points = result.report["points"]
+    points = judged(result.report["points"])
     n_panels = bool(points) + (3 if result.tps_dose is not None else 0) + bool(result.dvhs)
     n_panels = max(n_panels, 1)
     fig = Figure(figsize=(4.0 * n_panels, 3.6), dpi=100, layout="constrained")
