@@ -175,6 +175,7 @@ def test_report_fields(vendor_plans):
     assert report["total_time_s"] == pytest.approx(70.0)
     assert report["plan_channel_total_time_s"] == pytest.approx(70.0)
     assert report["trak_iortopt_uGy_m2"] == pytest.approx(report["trak_plan_uGy_m2"], rel=1e-6)
+    assert abs(report["trak_diff_percent"]) < 1e-4 and report["total_time_diff_percent"] == 0.0
     decay = report["decay"]
     assert decay["sk_written_U"] == 40000.0
     assert decay["decay_factor"] == pytest.approx(2 ** (-5.0 / 73.83))

@@ -310,6 +310,8 @@ def run_check(
         "plan_channel_total_time_s": plan_time,
         "trak_iortopt_uGy_m2": trak_ours,
         "trak_plan_uGy_m2": plan.total_reference_air_kerma_plan,
+        "trak_diff_percent": _percent(trak_ours, plan.total_reference_air_kerma_plan),
+        "total_time_diff_percent": _percent(total_time, plan_time),
         "prescription_gy": rx,
         "axis_rules": _count(r for c in plan.channels for r in c.axis_rules),
         "channels": [
@@ -363,6 +365,10 @@ def run_check(
     report["second_check"] = second_check_summary(report)
     result.passed = bool(passed)
     return result
+
+
+def _percent(ours: float, theirs: float | None) -> float | None:
+    return None if not theirs else 100.0 * (ours - theirs) / theirs
 
 
 def _treatment_warning(plan: BrachyPlan, settings: CheckSettings) -> list[str]:
