@@ -285,22 +285,27 @@ def test_own_export_reproduces_its_dose(own_export):
 
 
 def test_gamma_fails_on_a_scaled_dose(own_export, tmp_path):
-    """The same plan against an RTDOSE 30 % low: gamma (3 %/2 mm) must not pass at 95 %. (Near
-    the dwells a 10 % scaling still passes: 1/r^2 falls 10 % within 2 mm out to r = 40 mm.)"""
+    """The TPS dose against itself 30 % low: gamma (3 %/2 mm) must not pass at 95 %. (Near the
+    dwells a 10 % scaling still passes: 1/r^2 falls 10 % within 2 mm out to r = 40 mm.) And an
+    RTDOSE of another frame of reference is refused."""
     import pydicom
 
+    from iortopt.dicom.rtdose import read_rtdose
+    from iortopt.outputs.second_check import CheckSettings, gamma_pass
+
     _, report, _ = own_export
-    root = tmp_path
-    rd = pydicom.dcmread(report["plan"].replace("RP.dcm", "RD.dcm"))
-    rd.DoseGridScaling = f"{float(rd.DoseGridScaling) * 0.7:.10g}"
-    rd.save_as(root / "RD.dcm")
-    result = _check([report["plan"], "--rtdose", root / "RD.dcm", "--out", root / "out"])
-    assert result.exit_code == 1, result.output
-    gamma = json.loads((root / "out" / "check.json").read_text())["gamma"]
-    assert gamma["pass_rate_percent"] < 95.0
+    rd_path = report["plan"].replace("RP.dcm", "RD.dcm")
+    dose = read_rtdose(rd_path)
+    same = gamma_pass(dose.dose_gy, dose.dose_gy, dose.grid, CheckSettings(), 5.0)
+    low = gamma_pass(dose.dose_gy, 0.7 * dose.dose_gy, dose.grid, CheckSettings(), 5.0)
+    assert same["pass_rate_percent"] == 100.0 and same["passed"]
+    assert low["pass_rate_percent"] < 95.0 and not low["passed"]
+    rd = pydicom.dcmread(rd_path)
     rd.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.99"
-    rd.save_as(root / "RD_other.dcm")
-    result = _check([report["plan"], "--rtdose", root / "RD_other.dcm", "--out", root / "o2"])
+    rd.save_as(tmp_path / "RD_other.dcm")
+    result = _check(
+        [report["plan"], "--rtdose", tmp_path / "RD_other.dcm", "--out", tmp_path / "o"]
+    )
     assert result.exit_code == 2 and "frame of reference" in " ".join(result.output.split())
 
 

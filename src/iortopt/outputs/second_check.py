@@ -453,9 +453,13 @@ def plot_check(result: CheckResult, path: Path) -> Path:
     points = judged(result.report["points"])
     n_panels = bool(points) + (3 if result.tps_dose is not None else 0) + bool(result.dvhs)
     n_panels = max(n_panels, 1)
-    fig = Figure(figsize=(4.0 * n_panels, 3.6), dpi=100, layout="constrained")
+    # A fixed layout: the constrained layout engine would double the drawing time.
+    fig = Figure(figsize=(4.2 * n_panels, 3.8), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
+    width_in = 4.2 * n_panels
+    fig.subplots_adjust(left=0.8 / width_in, right=1 - 0.15 / width_in, bottom=0.2, top=0.9)
+    fig.subplots_adjust(wspace=0.45)
     k = 0
     if points:
         ax = axes[0]
@@ -487,6 +491,7 @@ def plot_check(result: CheckResult, path: Path) -> Path:
                 image, origin="lower", extent=extent, cmap="RdBu_r", vmin=-limit, vmax=limit
             )
             ax.set_title(f"{name}: iortopt - TPS (Gy)", fontsize=9)
+            ax.set_xlabel("mm", fontsize=8)
             k += 1
         fig.colorbar(shown, ax=axes[k - 1], shrink=0.8)
     if result.dvhs:
