@@ -201,6 +201,8 @@ def test_source_mapping_and_mismatch():
     assert data.name == "VS2000" and "unverified" in warnings[0]
     with pytest.raises(ConfigError, match="Co-60"):
         resolve_source(src("mHDR-v2", "Co-60"), None)
+    no_half_life = PlanSource(1, "mHDR-v2", "", "Ir-192", None, 3.5, 40000.0, None)
+    assert "no SourceIsotopeHalfLife" in resolve_source(no_half_life, None)[1][0]
     with pytest.raises(SourceDataError, match="unknown source"):
         resolve_source(src("X7"), "nonesuch")
 

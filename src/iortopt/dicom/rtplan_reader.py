@@ -94,7 +94,7 @@ class PlanSource:
     model: str
     manufacturer: str
     isotope: str
-    half_life_days: float
+    half_life_days: float | None  # None: not in the plan (the dataset's is used)
     active_length_mm: float
     sk_U: float
     reference_datetime: dt.datetime | None
@@ -263,7 +263,9 @@ def _sources(ds: Dataset, path: Path) -> dict[int, PlanSource]:
                 f"{where}: ReferenceAirKermaRate (300A,022A) is {sk}; expected S_K > 0 in U "
                 "(uGy m^2 h^-1)"
             )
-        half_life = _float(item, "SourceIsotopeHalfLife", where) or 73.83
+        half_life = _float(item, "SourceIsotopeHalfLife", where)
+        if half_life is not None and half_life <= 0:
+            raise InputFileError(f"{where}: SourceIsotopeHalfLife (300A,0228) is {half_life}")
         number = int(item.get("SourceNumber", i + 1) or i + 1)
         out[number] = PlanSource(
             number=number,
@@ -780,7 +782,12 @@ def resolve_source(source: PlanSource, requested: str | None):
             f"--source: dataset {data.key} is {data.isotope}, the plan's source is "
             f"{source.isotope!r}"
         )
-    if abs(source.half_life_days - data.half_life_days) > 0.01 * data.half_life_days:
+    if source.half_life_days is None:
+        warnings.append(
+            f"the plan gives no SourceIsotopeHalfLife; the dataset's {data.half_life_days:g} d "
+            "is used for the decay"
+        )
+    elif abs(source.half_life_days - data.half_life_days) > 0.01 * data.half_life_days:
         warnings.append(
             f"the plan's half-life {source.half_life_days:g} d differs from the dataset's "
             f"{data.half_life_days:g} d; the plan's is used for the decay"

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from iortopt.dicom.rtplan_reader import BrachyPlan, tps_point_dose_gy
+from iortopt.dicom.rtplan_reader import BrachyPlan, is_placeholder, tps_point_dose_gy
 from iortopt.errors import InputFileError
 
 CHECK_JSON = "check.json"
@@ -109,12 +109,12 @@ def prescription_gy(plan: BrachyPlan) -> float | None:
     return float(sum(plan.setup_dose_gy.values())) * plan.n_fractions * pulses
 
 
-def decay_report(plan: BrachyPlan, treatment: dt.datetime | None) -> dict:
-    """S_K as written and at treatment, the decay factor and the afterloader's time scaling."""
+def decay_report(plan: BrachyPlan, treatment: dt.datetime | None, source=None) -> dict:
+    """S_K as written and at treatment, the decay factor and the afterloader's time scaling
+    (half-life: the plan's, else the dataset ``source``'s)."""
     src = plan.source
-    when = treatment or (plan.plan_datetime if plan.plan_datetime else None)
-    from iortopt.dicom.rtplan_reader import is_placeholder
-
+    half_life = src.half_life_days or (source.half_life_days if source is not None else None)
+    when = treatment or plan.plan_datetime
     out = {
         "sk_written_U": src.sk_U,
         "sk_reference_datetime": src.reference_datetime.isoformat()
@@ -122,15 +122,15 @@ def decay_report(plan: BrachyPlan, treatment: dt.datetime | None) -> dict:
         else None,
         "treatment_datetime": when.isoformat() if when else None,
         "treatment_from": "--treatment" if treatment else "plan date-time",
-        "half_life_days": src.half_life_days,
+        "half_life_days": half_life,
         "sk_at_treatment_U": None,
         "decay_factor": None,
         "dwell_time_scaling": None,
     }
-    if when is None or is_placeholder(when) or is_placeholder(src.reference_datetime):
+    if is_placeholder(when) or is_placeholder(src.reference_datetime) or not half_life:
         return out
     days = (when - src.reference_datetime).total_seconds() / 86400.0
-    factor = 2.0 ** (-days / src.half_life_days)
+    factor = 2.0 ** (-days / half_life)
     out.update(
         sk_at_treatment_U=src.sk_U * factor,
         decay_factor=factor,
@@ -298,7 +298,7 @@ def run_check(
         },
         "sk_used_U": plan.sk_tps_U,
         "sk_rule": plan.sk_rule,
-        "decay": decay_report(plan, settings.treatment),
+        "decay": decay_report(plan, settings.treatment, source),
         "warnings": list(plan.warnings)
         + list(source_warnings)
         + _treatment_warning(plan, settings),
