@@ -321,6 +321,7 @@ def test_gamma_fails_on_a_scaled_dose(own_export, tmp_path):
         ("oncentra", ["--tolerance-percent", "0"], "--tolerance-percent"),
         ("oncentra", ["--rtdose", get_testdata_file("rtdose.dcm")], "DoseUnits"),
         ("oncentra", ["--rtstruct", get_testdata_file("rtstruct.dcm")], "frame of reference"),
+        ("missing", [], "DICOM file not found"),
     ],
 )
 def test_refusals_exit_2(vendor_plans, tmp_path, case, extra, message):
@@ -328,6 +329,8 @@ def test_refusals_exit_2(vendor_plans, tmp_path, case, extra, message):
     chan = [channel_spec([[0, 0, 0], [0, 0, 5]], [1.0, 1.0])]
     if case == "external":
         plan = get_testdata_file("rtplan.dcm")
+    elif case == "missing":
+        plan = tmp_path / "absent.dcm"
     elif case in files:
         plan = files[case]
     else:
@@ -343,3 +346,19 @@ def test_refusals_exit_2(vendor_plans, tmp_path, case, extra, message):
     result = _check([plan, "--out", tmp_path / "out", *extra])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
+
+
+def test_source_from_a_toml_file(vendor_plans, tmp_path):
+    """``--source FILE.toml``: a user file of the plan's model is accepted."""
+    from importlib import resources
+
+    files, _, _ = vendor_plans
+    toml = tmp_path / "my_mhdr.toml"
+    data = resources.files("iortopt") / "data" / "sources" / "mHDR-v2_HEBD2012.toml"
+    toml.write_bytes(data.read_bytes())
+    result = _check(
+        [files["oncentra"], "--rtstruct", files["rs"], "--source", toml, "--out", tmp_path / "out"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert report["source"]["dataset"] == "mHDR-v2_HEBD2012"
