@@ -362,3 +362,24 @@ def test_source_from_a_toml_file(vendor_plans, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "check.json").read_text())
     assert report["source"]["dataset"] == "mHDR-v2_HEBD2012"
+
+
+def test_output_folder_rules(vendor_plans, tmp_path):
+    """A rerun into its own folder replaces it; another command's output folder is refused even
+    with --overwrite; a foreign folder needs --overwrite and keeps its files."""
+    files, results, root = vendor_plans
+    _, _, own = results["brachyvision"]
+    assert _check([files["brachyvision"], "--out", own]).exit_code == 0
+    plan_out = tmp_path / "plan"
+    plan_out.mkdir()
+    (plan_out / "summary.json").write_text("{}")
+    (plan_out / ".iortopt-output.json").write_text('{"plan": "flap", "iortopt_output": 1}')
+    result = _check([files["brachyvision"], "--out", plan_out, "--overwrite"])
+    assert result.exit_code == 2 and "'flap'" in result.output
+    assert (plan_out / "summary.json").read_text() == "{}"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    assert _check([files["brachyvision"], "--out", foreign]).exit_code == 2
+    assert _check([files["brachyvision"], "--out", foreign, "--overwrite"]).exit_code == 0
+    assert (foreign / "notes.txt").read_text() == "keep" and (foreign / "check.json").is_file()

@@ -50,6 +50,23 @@ def parse_treatment(text: str | None) -> dt.datetime | None:
     return when.replace(tzinfo=None)
 
 
+def refuse_plan_output(out: Path) -> None:
+    """A plan's (or another command's) output folder would be replaced whole: refuse it, even
+    with --overwrite.
+
+    Raises:
+        ConfigError: naming the folder and what it holds.
+    """
+    from iortopt.io.output_dir import read_marker
+
+    marker = read_marker(out) if out.is_dir() else None
+    if marker is not None and marker["plan"] != CHECK_PLAN:
+        raise ConfigError(
+            f"--out {out}: holds the outputs of {marker['plan']!r}, which the check would "
+            "replace; choose another folder (even with --overwrite)"
+        )
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -159,6 +176,7 @@ def check_plan(
             gamma_pass_percent=gamma_pass_percent,
             treatment=parse_treatment(treatment),
         )
+        refuse_plan_output(out)
         check_output_target(out, overwrite, CHECK_PLAN)
         plan = read_brachy_plan(rtplan, rtstruct)
         data, source_warnings = resolve_source(plan.source, source)
@@ -177,6 +195,7 @@ def check_plan(
                 check_frame_of_reference(rtdose, dose, structure_set)
         result = sc.run_check(plan, data, source_warnings, settings, dose, structure_set)
         with output_lock(out):
+            refuse_plan_output(out)
             check_output_target(out, overwrite, CHECK_PLAN)
             clean_stale_temporaries(out)
             tmp = new_temp_folder(out)
