@@ -179,7 +179,7 @@ def square_prism(centre_mm, half_mm: float, z_planes_mm) -> list[np.ndarray]:
 def channel_spec(positions_mm, times_s, **extra) -> dict:
     """A channel: dwell positions (K, 3) mm and times (K,) s of one pulse, plus options:
     ``orientation`` (K, 3), ``relative_mm`` (K,), ``no_3d`` (write only relative positions),
-    ``roi_number`` (standard reference), ``private_roi`` (Oncentra-style private sequence),
+    ``roi_number`` (standard reference to an RTSTRUCT or embedded ROI),
     ``pulses``/``interval_s`` (PDR), ``afterloader_id``, ``applicator_id``, ``weights_scale``
     (the cumulative weights are seconds x this: checks the final-weight normalisation)."""
     return {
@@ -212,11 +212,13 @@ def build_plan(
     study_uid: str | None = None,
     frame_uid: str | None = None,
     with_trak: bool = True,
+    embedded_paths: dict[int, np.ndarray] | None = None,
 ) -> Dataset:
     """A brachy RTPLAN. ``point_doses[c][p]``: the dose (Gy, one pulse of one fraction) channel
     ``c`` gives point ``p``; written as Cumulative Dose Reference Coefficients of each channel's
     last control point (``encoding="coefficient"``) or summed into Target Prescription Dose
-    (``"target"``)."""
+    (``"target"``). ``embedded_paths``: ROI number -> catheter path, written as Oncentra does, in
+    an embedded structure set under the private element (300F,1000)."""
     ds = _file_dataset(RT_PLAN)
     ds.Modality = "RTPLAN"
     ds.Manufacturer = manufacturer
@@ -274,6 +276,21 @@ def build_plan(
         items.append(_channel_item(c, spec, points, point_doses, encoding, setup_dose_gy))
     setup.ChannelSequence = items
     ds.ApplicationSetupSequence = Sequence([setup])
+    if embedded_paths:
+        contours = Sequence()
+        for number, points in embedded_paths.items():
+            contour = Dataset()
+            contour.ContourGeometricType = "OPEN_NONPLANAR"
+            contour.NumberOfContourPoints = len(points)
+            contour.ContourData = [f"{v:.4f}" for v in np.asarray(points, float).ravel()]
+            roi = Dataset()
+            roi.ReferencedROINumber = number
+            roi.ContourSequence = Sequence([contour])
+            contours.append(roi)
+        embedded = Dataset()
+        embedded.ROIContourSequence = contours
+        ds.add_new(0x300F0010, "LO", "ONCENTRA TEST")
+        ds.add_new(0x300F1000, "SQ", Sequence([embedded]))
     return ds
 
 
@@ -290,11 +307,6 @@ def _channel_item(c, spec, points, point_doses, encoding, setup_dose_gy) -> Data
     channel.SourceApplicatorID = spec.get("applicator_id", f"app {c + 1}")
     if "roi_number" in spec:
         channel.ReferencedROINumber = spec["roi_number"]
-    if "private_roi" in spec:
-        channel.add_new(0x300B0010, "LO", "NUCLETRON")
-        item = Dataset()
-        item.ReferencedROINumber = spec["private_roi"]
-        channel.add_new(0x300B1020, "SQ", Sequence([item]))
     if "pulses" in spec:
         channel.NumberOfPulses = spec["pulses"]
         channel.PulseRepetitionInterval = _ds(spec.get("interval_s", 3600.0))

@@ -54,8 +54,9 @@ def _check(args):
 
 @pytest.fixture(scope="module")
 def vendor_plans(tmp_path_factory):
-    """Oncentra (private applicator sequence + ROI), BrachyVision (Control Point Orientation,
-    Target Prescription Dose) and SagiPlan PDR (neighbouring dwells, single-dwell fallback)."""
+    """Oncentra (embedded applicator structure set + RTSTRUCT ROI), BrachyVision (Control Point
+    Orientation, Target Prescription Dose) and SagiPlan PDR (neighbouring dwells, single-dwell
+    fallback)."""
     root = tmp_path_factory.mktemp("check_plan")
     rs = root / "RS.dcm"
     write_rtstruct(
@@ -69,7 +70,7 @@ def vendor_plans(tmp_path_factory):
     on_a = np.array([[10.0, -3.0, 16.0], [10.0, 1.0, 8.0], [10.0, 5.0, -5.0]])
     on_b = np.array([[-10.0, 0.0, 10.0], [-10.0, 0.0, 5.0], [-10.0, 0.0, 0.0]])
     chans = [
-        channel_spec(on_a, [12.0, 8.0, 15.0], private_roi=10),
+        channel_spec(on_a, [12.0, 8.0, 15.0], roi_number=3),  # in the embedded set only
         channel_spec(on_b, [10.0, 20.0, 5.0], roi_number=11),
     ]
     seg1, seg2 = _unit(PATH_A[0] - PATH_A[1]), _unit(PATH_A[1] - PATH_A[2])
@@ -82,6 +83,7 @@ def vendor_plans(tmp_path_factory):
         points=POINTS,
         point_doses=doses,
         fractions=2,
+        embedded_paths={3: PATH_A},
         reference=dt.datetime(2026, 3, 1, 8),
         plan_time=dt.datetime(2026, 3, 6, 8),
     )

@@ -53,9 +53,10 @@ def files(tmp_path_factory):
     on_straight = np.array([[-10.0, 0.0, 10.0], [-10.0, 0.0, 5.0]])
     oncentra = build_plan(
         [
-            channel_spec(on_bent, [3.0, 4.0, 5.0], private_roi=10, afterloader_id="7"),
+            channel_spec(on_bent, [3.0, 4.0, 5.0], afterloader_id="7"),
             channel_spec(on_straight, [6.0, 0.0], roi_number=11, applicator_id="needle 2"),
         ],
+        embedded_paths={3: BENT},
         manufacturer="Nucletron B.V.",
         model="mHDR-v2r",
         points=[("A", (0.0, 0.0, 5.0))],
@@ -103,7 +104,7 @@ def files(tmp_path_factory):
     return out
 
 
-def test_oncentra_private_applicator_sequence_and_roi_give_the_axes(files):
+def test_oncentra_embedded_applicators_and_roi_give_the_axes(files):
     plan = read_brachy_plan(files["oncentra"], files["rs"])
     assert plan.vendor == "oncentra" and plan.treatment_type == "HDR"
     a, b = plan.channels
@@ -124,9 +125,17 @@ def test_oncentra_private_applicator_sequence_and_roi_give_the_axes(files):
 
 def test_without_the_rtstruct_the_neighbouring_dwells_give_the_axes(files):
     plan = read_brachy_plan(files["oncentra"])
-    a = plan.channels[0]
+    a, b = plan.channels
+    assert a.axis_rules == ("applicator",) * 3  # the embedded path still holds channel 1
+    assert b.axis_rules == ("neighbours",)
+    np.testing.assert_allclose(b.axes, [[0, 0, 1]], atol=1e-12)
+
+
+def test_neighbouring_dwells_give_the_axes(tmp_path):
+    p = np.array([[10.0, -3.0, 16.0], [10.0, 1.0, 8.0], [10.0, 5.0, -5.0]])
+    ds = build_plan([channel_spec(p, [1.0, 1.0, 1.0])], manufacturer="x", model="mHDR-v2")
+    a = read_brachy_plan(_save(ds, tmp_path / "RP.dcm")).channels[0]
     assert a.axis_rules == ("neighbours",) * 3
-    p = a.positions_mm
     expected = [p[0] - p[1], p[0] - p[2], p[1] - p[2]]
     expected = [v / np.linalg.norm(v) for v in expected]
     np.testing.assert_allclose(a.axes, expected, atol=1e-12)

@@ -39,12 +39,14 @@ Relative Position is placed on the channel's applicator path (below) at that arc
 path's first point; with no applicator path the plan is refused (relative positions alone do not
 say where the dwells are).
 
-Applicator path of a channel, in this order: (a) the RTSTRUCT ROI the channel's Referenced ROI
-Number (300C,0006) names (its contour points in order, joined into one polyline); (b) Oncentra's
-private applicator sequence: any private sequence (odd group) of the channel item whose items
-carry either a Referenced ROI Number (the ROI of the RTSTRUCT) or 3-D points (Control Point 3D
-Position or Contour Data), in item order. The private element number is not fixed by the
-standard, so every private sequence of the channel is searched.
+Applicator path of a channel, in this order: (a) the ROI the channel's Referenced ROI Number
+(300C,0006) names, in the RTSTRUCT given, else in Oncentra's embedded structure set (below): its
+contour points in order (any contour type), joined into one polyline; (b) Oncentra's private
+applicator sequence: Oncentra Brachy embeds a structure set in its RTPLAN under the private
+element (300F,1000) (items with a ROIContourSequence whose contours are the catheter paths, as
+open-source readers such as pyTG43 use it); a channel without a Referenced ROI Number takes the
+one embedded path that all its dwells lie on (within 1 mm), none when zero or several do (the
+order of the embedded ROIs is not the channel order in every Oncentra version).
 
 Source axis per dwell, in this order (the rule used is kept per dwell, ``axis_rules``):
 ``orientation``: Control Point Orientation (300A,0412) of the dwell's first control point when
@@ -83,6 +85,9 @@ SAME_POSITION_MM = 0.01
 #: Dates before this year are anonymisation placeholders (19000101, 00010101, ...).
 PLACEHOLDER_BEFORE_YEAR = 1950
 FALLBACK_AXIS = (0.0, 0.0, 1.0)
+#: A channel without a Referenced ROI Number lies on an embedded applicator path when every one
+#: of its dwells is within this distance (mm) of it.
+PATH_MATCH_MM = 1.0
 AXIS_RULES = ("orientation", "applicator", "neighbours", "fallback")
 
 
@@ -310,12 +315,18 @@ def applicator_roi_paths(
             f"{path}: the RTSTRUCT is in frame of reference {sorted(frames)}, the RTPLAN in "
             f"{plan_frame_uid}; they do not belong to the same study"
         )
+    return contour_paths(ds, str(path))
+
+
+def contour_paths(ds: Dataset, where: str) -> dict[int, np.ndarray]:
+    """Referenced ROI Number -> all contour points of the ROI in order, (K, 3) mm, from the
+    ROIContourSequence of ``ds`` (an RTSTRUCT, or Oncentra's embedded structure set)."""
     paths = {}
-    for i, item in enumerate(ds.get("ROIContourSequence", [])):
-        if "ReferencedROINumber" not in item:
+    for i, item in enumerate(ds.get("ROIContourSequence", []) or []):
+        if item.get("ReferencedROINumber", None) in (None, ""):
             continue
         points = []
-        for k, contour in enumerate(item.get("ContourSequence", [])):
+        for k, contour in enumerate(item.get("ContourSequence", []) or []):
             data = contour.get("ContourData", None) or []
             try:
                 values = np.asarray([float(v) for v in data], float)
@@ -323,7 +334,7 @@ def applicator_roi_paths(
                 values = np.array([np.nan])
             if values.size % 3 or not np.all(np.isfinite(values)):
                 raise InputFileError(
-                    f"{path}: ROIContourSequence item {i} contour {k}: ContourData must be "
+                    f"{where}: ROIContourSequence item {i} contour {k}: ContourData must be "
                     "x, y, z triplets"
                 )
             points.append(values.reshape(-1, 3))
@@ -332,37 +343,56 @@ def applicator_roi_paths(
     return paths
 
 
-def _private_path(channel: Dataset, roi_paths: dict[int, np.ndarray]) -> np.ndarray | None:
-    """Oncentra's private applicator sequence (module docstring, rule b), or None."""
-    for element in channel:
-        if element.tag.group % 2 == 0 or element.VR != "SQ":
-            continue
-        points = []
-        for item in element.value:
-            if "ReferencedROINumber" in item and int(item.ReferencedROINumber) in roi_paths:
-                return roi_paths[int(item.ReferencedROINumber)]
-            for keyword in ("ControlPoint3DPosition", "ContourData"):
-                value = item.get(keyword, None)
-                if value:
-                    values = np.asarray([float(v) for v in value], float)
-                    if values.size % 3 == 0:
-                        points.append(values.reshape(-1, 3))
-        if points:
-            return np.concatenate(points)
-    return None
+#: Oncentra's private element holding an embedded structure set with the applicator paths.
+ONCENTRA_APPLICATORS_TAG = 0x300F1000
 
 
-def _applicator_path(channel, roi_paths) -> np.ndarray | None:
-    roi = channel.get("ReferencedROINumber", None)
-    if roi not in (None, "") and int(roi) in roi_paths:
-        path = roi_paths[int(roi)]
-    else:
-        path = _private_path(channel, roi_paths)
-    if path is None or len(path) < 2:
+def embedded_applicator_paths(ds: Dataset, path: Path) -> dict[int, np.ndarray]:
+    """ROI number -> path of the structure set Oncentra embeds in its RTPLAN (private element
+    (300F,1000), a sequence whose items carry a ROIContourSequence); {} when absent."""
+    if ONCENTRA_APPLICATORS_TAG not in ds:
+        return {}
+    element = ds[ONCENTRA_APPLICATORS_TAG]
+    if element.VR != "SQ":
+        return {}
+    paths = {}
+    for item in element.value:
+        paths |= contour_paths(item, f"{path}: private (300F,1000)")
+    return paths
+
+
+def _polyline(points: np.ndarray | None) -> np.ndarray | None:
+    if points is None or len(points) < 2:
         return None
-    keep = np.concatenate([[True], np.linalg.norm(np.diff(path, axis=0), axis=1) > 1e-9])
-    path = path[keep]
-    return path if len(path) >= 2 else None
+    keep = np.concatenate([[True], np.linalg.norm(np.diff(points, axis=0), axis=1) > 1e-9])
+    points = points[keep]
+    return points if len(points) >= 2 else None
+
+
+def distance_to_path_mm(path_mm: np.ndarray, points_mm: np.ndarray) -> np.ndarray:
+    """Distance (mm) of each point (N, 3) to the polyline (K, 3)."""
+    a, ab = path_mm[:-1], np.diff(path_mm, axis=0)
+    rel = points_mm[:, None, :] - a[None]
+    t = np.clip(np.einsum("nkj,kj->nk", rel, ab) / np.einsum("kj,kj->k", ab, ab), 0, 1)
+    nearest = a[None] + t[..., None] * ab[None]
+    return np.linalg.norm(nearest - points_mm[:, None, :], axis=-1).min(axis=1)
+
+
+def _applicator_path(channel, roi_paths, embedded, positions_mm) -> np.ndarray | None:
+    """The channel's applicator path (module docstring, rules a and b), or None."""
+    roi = channel.get("ReferencedROINumber", None)
+    if roi not in (None, ""):
+        path = _polyline(roi_paths.get(int(roi), embedded.get(int(roi))))
+        if path is not None:
+            return path
+    if positions_mm is None or not embedded:
+        return None
+    hits = []
+    for candidate in embedded.values():
+        path = _polyline(candidate)
+        if path is not None and distance_to_path_mm(path, positions_mm).max() <= PATH_MATCH_MM:
+            hits.append(path)
+    return hits[0] if len(hits) == 1 else None
 
 
 def point_at_arc_length(path_mm: np.ndarray, arc_mm: float) -> np.ndarray:
@@ -447,8 +477,24 @@ def _coefficients(cp: Dataset) -> dict[int, float]:
     return out
 
 
-def _read_channel(channel, setup_number, where, roi_paths, treatment_type, warnings) -> Channel:
-    path_mm = _applicator_path(channel, roi_paths)
+def _all_3d_positions(channel) -> np.ndarray | None:
+    """The 3-D positions of every control point, or None when any lacks one."""
+    points = []
+    for cp in channel.get("BrachyControlPointSequence", []) or []:
+        value = cp.get("ControlPoint3DPosition", None)
+        if not value or len(value) != 3:
+            return None
+        try:
+            points.append([float(v) for v in value])
+        except (TypeError, ValueError):
+            return None
+    return np.asarray(points, float) if points else None
+
+
+def _read_channel(
+    channel, setup_number, where, roi_paths, embedded, treatment_type, warnings
+) -> Channel:
+    path_mm = _applicator_path(channel, roi_paths, embedded, _all_3d_positions(channel))
     positions, weights, orientations, cps = _control_points(channel, where, path_mm)
     total = _float(channel, "ChannelTotalTime", where, required=True)
     if total < 0:
@@ -609,6 +655,7 @@ def read_brachy_plan(path: str | Path, rtstruct: str | Path | None = None) -> Br
     sources = _sources(ds, path)
     frame = str(ds.get("FrameOfReferenceUID", "") or "")
     roi_paths = applicator_roi_paths(rtstruct, frame)
+    embedded = embedded_applicator_paths(ds, path)
     warnings: list[str] = []
     channels, trak, setup_numbers = [], 0.0, []
     used_sources = set()
@@ -627,7 +674,9 @@ def read_brachy_plan(path: str | Path, rtstruct: str | Path | None = None) -> Br
                 )
             used_sources.add(number)
             channels.append(
-                _read_channel(channel, setup_number, where, roi_paths, treatment_type, warnings)
+                _read_channel(
+                    channel, setup_number, where, roi_paths, embedded, treatment_type, warnings
+                )
             )
     if not channels or not any(len(c.times_s) for c in channels):
         raise InputFileError(f"{path}: no channel has a dwell with time > 0")
