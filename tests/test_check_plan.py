@@ -324,6 +324,7 @@ def test_gamma_fails_on_a_scaled_dose(own_export, tmp_path):
         ("oncentra", ["--rtdose", get_testdata_file("rtdose.dcm")], "DoseUnits"),
         ("oncentra", ["--rtstruct", get_testdata_file("rtstruct.dcm")], "frame of reference"),
         ("missing", [], "DICOM file not found"),
+        ("no_setup_dose", [], "BrachyApplicationSetupDose (300A,00A4)"),
     ],
 )
 def test_refusals_exit_2(vendor_plans, tmp_path, case, extra, message):
@@ -340,11 +341,17 @@ def test_refusals_exit_2(vendor_plans, tmp_path, case, extra, message):
             "unknown_model": {"model": "X7", "points": POINTS[:1], "point_doses": [[1.0]]},
             "no_points": {"model": "mHDR-v2"},
             "relative": {"model": "mHDR-v2"},
+            "no_setup_dose": {"model": "mHDR-v2", "points": POINTS[:1], "point_doses": [[1.0]]},
         }[case]
         if case == "relative":
             chan = [channel_spec([[0, 0, 0]], [1.0], relative_mm=[5.0], no_3d=True)]
         plan = tmp_path / "RP.dcm"
-        build_plan(chan, manufacturer="x", **kw).save_as(plan, enforce_file_format=True)
+        ds = build_plan(chan, manufacturer="x", **kw)
+        if case == "no_setup_dose":
+            del ds.FractionGroupSequence[0].ReferencedBrachyApplicationSetupSequence[0][
+                "BrachyApplicationSetupDose"
+            ]
+        ds.save_as(plan, enforce_file_format=True)
     result = _check([plan, "--out", tmp_path / "out", *extra])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
