@@ -293,7 +293,7 @@ def test_gamma_fails_on_a_scaled_dose(own_export, tmp_path):
     import pydicom
 
     from iortopt.dicom.rtdose import read_rtdose
-    from iortopt.outputs.second_check import CheckSettings, gamma_pass
+    from iortopt.outputs.second_check import CheckSettings, dose_difference_stats, gamma_pass
 
     _, report, _ = own_export
     rd_path = report["plan"].replace("RP.dcm", "RD.dcm")
@@ -302,6 +302,8 @@ def test_gamma_fails_on_a_scaled_dose(own_export, tmp_path):
     low = gamma_pass(dose.dose_gy, 0.7 * dose.dose_gy, dose.grid, CheckSettings(), 5.0)
     assert same["pass_rate_percent"] == 100.0 and same["passed"]
     assert low["pass_rate_percent"] < 95.0 and not low["passed"]
+    stats = dose_difference_stats(dose.dose_gy, 0.9 * dose.dose_gy, 0.5)
+    assert stats["mean_diff_percent"] == pytest.approx(-10.0)
     rd = pydicom.dcmread(rd_path)
     rd.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.99"
     rd.save_as(tmp_path / "RD_other.dcm")

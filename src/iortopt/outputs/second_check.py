@@ -354,6 +354,13 @@ def run_check(
             tps, ours, settings.gamma_cutoff_percent / 100.0 * norm
         )
         passed = passed and report["gamma"]["passed"]
+        mean_diff = report["dose_difference"].get("mean_diff_percent")
+        if mean_diff is not None and abs(mean_diff) > settings.tolerance_percent:
+            report["warnings"].append(
+                f"iortopt's dose differs from the RTDOSE by {mean_diff:+.2f} % on average over "
+                f"the voxels above the gamma cut-off (more than the {settings.tolerance_percent:g}"
+                " % tolerance): a systematic difference that gamma hides in steep gradients"
+            )
         result.tps_dose, result.our_dose, result.grid = tps, ours, rtdose.grid
         if structure_set is not None:
             from iortopt.outputs.external_dose import contour_slice_thickness_mm
