@@ -14,8 +14,9 @@ vendor changes one rule only: see "Strength the TPS used".
 
 Source. The channel's Referenced Source Number picks the Source Sequence item. Reference Air
 Kerma Rate (300A,022A) is S_K in U (1 U = 1 uGy m^2 h^-1 = 1 cGy cm^2 h^-1), valid at Source
-Strength Reference Date/Time; a missing or non-positive value is refused. The isotope and Source
-Model ID are kept as written; mapping them to a TG-43 dataset is
+Strength Reference Date/Time; a missing or non-positive value is refused. Source Isotope Half
+Life (days) is kept when given (else the dataset's is used for the decay, with a warning). The
+isotope and Source Model ID are kept as written; mapping them to a TG-43 dataset is
 :func:`resolve_source` (a known model alias -> the packaged dataset; otherwise the user names one;
 a named dataset whose model differs from the plan's is an error, never a guess).
 
@@ -30,8 +31,8 @@ Total Reference Air Kerma / total dwell time: for vendor ``iortopt`` that ratio 
 
 Dwells. Control points are read in order. Two consecutive control points at the same position
 (within 0.01 mm) are a dwell of time (w1 - w0) x Channel Total Time / Final Cumulative Time Weight
-(the last weight normalises; a Final Cumulative Time Weight of 0 or absent means the weights are
-already seconds of Channel Total Time's scale, i.e. the final control point's weight is used).
+(the final weight normalises the weights; when Final Cumulative Time Weight is absent or 0 the
+last control point's weight is used).
 Consecutive control points at different positions with increasing weight (a moving source) are
 refused. Zero-time dwells are dropped after the axes are found. Positions: Control Point 3D
 Position (300A,02D4) in patient coordinates mm. A control point with only a Control Point
@@ -39,14 +40,14 @@ Relative Position is placed on the channel's applicator path (below) at that arc
 path's first point; with no applicator path the plan is refused (relative positions alone do not
 say where the dwells are).
 
-Applicator path of a channel, in this order: (a) the ROI the channel's Referenced ROI Number
-(300C,0006) names, in the RTSTRUCT given, else in Oncentra's embedded structure set (below): its
-contour points in order (any contour type), joined into one polyline; (b) Oncentra's private
-applicator sequence: Oncentra Brachy embeds a structure set in its RTPLAN under the private
-element (300F,1000) (items with a ROIContourSequence whose contours are the catheter paths, as
-open-source readers such as pyTG43 use it); a channel without a Referenced ROI Number takes the
-one embedded path that all its dwells lie on (within 1 mm), none when zero or several do (the
-order of the embedded ROIs is not the channel order in every Oncentra version).
+Applicator path of a channel. Oncentra Brachy embeds a structure set in its RTPLAN under the
+private element (300F,1000) (items with a ROIContourSequence whose contours are the catheter
+paths; open-source readers such as pyTG43 use it). The path is, in this order: (a) the ROI the
+channel's Referenced ROI Number (300C,0006) names, in the RTSTRUCT given (which must share the
+plan's frame of reference), else in the embedded structure set: its contour points in order (any
+contour type), joined into one polyline; (b) without a usable number, the one embedded path that
+all the channel's dwells lie on (within 1 mm); none when zero or several do (the order of the
+embedded ROIs is not the channel order in every Oncentra version).
 
 Source axis per dwell, in this order (the rule used is kept per dwell, ``axis_rules``):
 ``orientation``: Control Point Orientation (300A,0412) of the dwell's first control point when
