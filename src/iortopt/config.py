@@ -148,6 +148,15 @@ class ApplicatorSection(_Model):
     # catheter-to-tissue distance used for automatic active dwells.
     catheters_mm: list[list[tuple[FiniteFloat, FiniteFloat, FiniteFloat]]] | None = None
     source_to_surface_mm: PositiveFloat = 5.0
+    # DICOM cases: catheters and dwell positions from a clinical brachy RTPLAN (its dwell times
+    # are re-optimised; both plans are reported in summary.json). Excludes catheters_mm.
+    from_rtplan: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_catheter_source(self):
+        if self.from_rtplan is not None and self.catheters_mm is not None:
+            raise ValueError("give catheters_mm or from_rtplan, not both")
+        return self
 
 
 class PrescriptionSection(_Model):

@@ -38,7 +38,8 @@ BUILTIN = {
 
 #: How a DICOM case provides each capability (the config fields to give).
 DICOM_HOW = {
-    CATHETERS: "give applicator.catheters_mm: catheter polylines in patient mm, tip first",
+    CATHETERS: "give applicator.catheters_mm: catheter polylines in patient mm, tip first "
+    "(or applicator.from_rtplan: a brachy RTPLAN)",
     CAVITY: (
         'map a ROI with role "cavity" in [case.dicom.structures] or give xray.centre_mm and '
         "xray.cavity_radius_mm"
@@ -65,7 +66,7 @@ def dicom_capabilities(cfg: PlanConfig) -> frozenset[str]:
     """What a ``case.kind = "dicom"`` case provides with this config (a CT always has a tissue
     surface; the rest depends on the fields given, see :data:`DICOM_HOW`)."""
     provided = {TISSUE_SURFACE}
-    if cfg.applicator.catheters_mm:
+    if cfg.applicator.catheters_mm or cfg.applicator.from_rtplan:
         provided.add(CATHETERS)
     structures = cfg.case.dicom.structures if cfg.case.dicom is not None else {}
     if any(s.role == "cavity" for s in structures.values()) or _given(

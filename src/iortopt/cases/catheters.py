@@ -224,6 +224,18 @@ class FlapApplicator:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class PlannedApplicator(FlapApplicator):
+    """Catheters whose dwell positions an existing plan fixed (``applicator.from_rtplan``):
+    :meth:`dwells` returns those positions and axes whatever the step."""
+
+    planned: Dwells | None = None
+
+    def dwells(self, step_mm: float = 5.0, first_offset_mm: float = 0.0) -> Dwells:
+        """The planned dwells (``step_mm`` and ``first_offset_mm`` do not apply)."""
+        return self.planned
+
+
 def select_active(
     dwells: Dwells, target_occupancy: np.ndarray, grid: Grid, max_distance_mm: float
 ) -> np.ndarray:

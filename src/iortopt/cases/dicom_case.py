@@ -2,6 +2,7 @@
 
     import_case(section)          CT series + RTSTRUCT -> Case on the dose grid
     flap_case_from_config(config) the Case and the flap applicator of an HDR plan
+    flap_case_from_rtplan(config) the same with the catheters and dwells of a clinical RTPLAN
 
 The dose grid is the CT grid (``spacing_mm = "ct"``) or a regular grid of the given spacing over
 the CT, cropped (``crop``) to the mapped ROIs and the catheters plus ``margin_mm``. Structures are
@@ -15,6 +16,7 @@ before the CT is read). A ROI mapped with role ``body`` is the body mask (else H
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +189,66 @@ def flap_case_from_config(cfg: PlanConfig):
         raise ConfigError(f"applicator.catheters_mm: {exc}") from None
     case = import_case(cfg.case.dicom, cfg.plan.name, np.concatenate(catheters))
     return case, applicator
+
+
+@dataclass(frozen=True, eq=False)
+class ClinicalPlan:
+    """The dwell times of a clinical RTPLAN (``applicator.from_rtplan``), one per dwell of its
+    :class:`~iortopt.cases.catheters.PlannedApplicator`: seconds of one fraction (all pulses),
+    with the S_K (U) its TPS computed them for."""
+
+    path: str
+    times_s: np.ndarray
+    sk_U: float
+    source_model: str
+    warnings: tuple[str, ...]
+
+
+def flap_case_from_rtplan(cfg: PlanConfig):
+    """(Case, PlannedApplicator, ClinicalPlan) of an HDR flap plan whose catheters and dwell
+    positions come from ``applicator.from_rtplan`` (read by
+    :func:`iortopt.dicom.rtplan_reader.read_brachy_plan`, with ``case.dicom.rtstruct`` for the
+    applicator ROIs). Each channel becomes a catheter through its dwells (first dwell = tip); the
+    plan's own dwell axes are kept.
+
+    Raises:
+        ConfigError: the plan's source model is not ``source.model``'s.
+        InputFileError: the RTPLAN cannot be read (naming the file and attribute).
+    """
+    from iortopt.cases.catheters import Dwells, PlannedApplicator
+    from iortopt.dicom.rtplan_reader import model_of, read_brachy_plan
+    from iortopt.physics.sources import load_source
+
+    where = "applicator.from_rtplan"
+    try:
+        plan = read_brachy_plan(cfg.applicator.from_rtplan, cfg.case.dicom.rtstruct)
+    except InputFileError as exc:
+        raise InputFileError(f"{where}: {exc}") from None
+    model, data = model_of(plan.source), load_source(cfg.source.model)
+    if model is not None and model.casefold() != data.name.casefold():
+        raise ConfigError(
+            f"source.model: {cfg.source.model!r} is model {data.name!r}, but the RTPLAN "
+            f"{plan.path} was planned for {plan.source.model!r} ({model})"
+        )
+    catheters, catheter, index = [], [], []
+    for number, channel in enumerate(c for c in plan.channels if len(c.times_s)):
+        points = channel.positions_mm
+        if len(np.unique(np.round(points, 6), axis=0)) < 2:  # one position: a 1 mm stub behind it
+            points = np.stack([points[0], points[0] - channel.axes[0]])
+        catheters.append(_without_repeats(points))
+        catheter.append(np.full(len(channel.times_s), number))
+        index.append(np.arange(len(channel.times_s)))
+    planned = Dwells(plan.positions_mm, plan.axes, np.concatenate(catheter), np.concatenate(index))
+    try:
+        applicator = PlannedApplicator(tuple(catheters), planned)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    case = import_case(cfg.case.dicom, cfg.plan.name, plan.positions_mm)
+    times = plan.times_s * plan.pulses
+    clinical = ClinicalPlan(plan.path, times, plan.sk_tps_U, plan.source.model, plan.warnings)
+    return case, applicator, clinical
+
+
+def _without_repeats(points: np.ndarray) -> np.ndarray:
+    keep = np.concatenate([[True], np.linalg.norm(np.diff(points, axis=0), axis=1) > 1e-6])
+    return points[keep]

@@ -506,5 +506,9 @@ from iortopt.cli.evaluate_commands import register as register_evaluate_commands
 
 register_evaluate_commands(app)
 
+from iortopt.cli.check_plan_commands import register as register_check_plan  # noqa: E402
+
+register_check_plan(app)
+
 if __name__ == "__main__":  # python -m iortopt.cli
     entry()

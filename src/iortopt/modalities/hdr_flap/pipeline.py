@@ -69,6 +69,9 @@ class FlapCaseSide:
     #: keyword arguments of ``shield_placement.build_specs`` naming the phantom whose surfaces
     #: shields may be given on (e.g. ``{"flap": params}`` for ``surface = "behind_flap"``)
     shield_surfaces: dict = field(default_factory=dict)
+    #: a DICOM case's clinical plan (``applicator.from_rtplan``): its dwell times and S_K
+    #: (:class:`iortopt.cases.dicom_case.ClinicalPlan`), reported beside the re-optimised plan
+    clinical: object = None
 
 
 @dataclass
@@ -86,6 +89,7 @@ class PreparedPlan:
     setup_s: float
     notes: list[str] = field(default_factory=list)
     shield_specs: list = field(default_factory=list)  # shield_placement.ShieldSpec
+    clinical: object = None  # FlapCaseSide.clinical
 
 
 @dataclass
@@ -112,11 +116,21 @@ def _case_side(cfg: PlanConfig, builtin: FlapCaseSide | None) -> FlapCaseSide:
         ConfigError: a built-in case kind without its ``builtin`` (built by
             :func:`iortopt.pipeline.prepare_modality`).
     """
+    if cfg.case.kind == "dicom" and cfg.applicator.from_rtplan:
+        from iortopt.cases.dicom_case import flap_case_from_rtplan
+
+        case, applicator, clinical = flap_case_from_rtplan(cfg)
+        return FlapCaseSide(case, applicator, cfg.applicator.source_to_surface_mm, {}, clinical)
     if cfg.case.kind == "dicom":
         from iortopt.cases.dicom_case import flap_case_from_config
 
         case, applicator = flap_case_from_config(cfg)
         return FlapCaseSide(case, applicator, cfg.applicator.source_to_surface_mm)
+    if cfg.applicator.from_rtplan:
+        raise ConfigError(
+            f"applicator.from_rtplan: needs case.kind = 'dicom' (the RTPLAN's CT and RTSTRUCT), "
+            f"not {cfg.case.kind!r}"
+        )
     if builtin is None:
         raise ConfigError(
             f"case.kind {cfg.case.kind!r}: a built-in phantom's case is built by its adapter "
@@ -129,6 +143,8 @@ def _active_mask(
     cfg: PlanConfig, case: Case, dwells: Dwells, spacing_mm: float, source_to_surface_mm: float
 ) -> np.ndarray:
     app = cfg.applicator
+    if app.active == "auto" and app.from_rtplan:
+        return np.ones(len(dwells), bool)  # the clinical plan's dwells, all of them
     if app.active == "auto":
         target = case.structure(cfg.prescription.structure)
         source_to_surface = float(source_to_surface_mm)
@@ -270,6 +286,7 @@ def prepare_plan(
         time.perf_counter() - t0,
         notes,
         shield_specs,
+        clinical=side.clinical,
     )
 
 
@@ -582,6 +599,8 @@ def optimise_and_write(
     if stage is not None:
         summary["objective"] = stage.optimum.objective
         summary |= hdr_shields.shield_summary(prepared, stage, evaluation, result.times_s, ctx)
+    if prepared.clinical is not None:
+        summary["from_rtplan"] = clinical_comparison(prepared, evaluation, times_s, chunk)
     t0 = time.perf_counter()
     summary["wall_times_s"] = timings
     d = dwells
@@ -628,6 +647,41 @@ def optimise_and_write(
     return PlanResult(
         prepared, times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir
     )
+
+
+def clinical_comparison(prepared: PreparedPlan, evaluation: dict, times_s, chunk: int) -> dict:
+    """The clinical plan (``applicator.from_rtplan``: its dwell times with the S_K its TPS used,
+    on every planned dwell, no shields) beside the re-optimised plan: total time, S_K, metrics."""
+    cfg, case, clinical = prepared.config, prepared.case, prepared.clinical
+    all_dwells = prepared.all_dwells
+    dose = dose_gy(
+        case.grid.points_mm(np.float32),
+        all_dwells.positions_mm,
+        all_dwells.axes,
+        clinical.times_s,
+        prepared.kernel,
+        clinical.sk_U,
+        chunk_size=cfg.output.dose_chunk_size or chunk,
+    )
+    dose = np.asarray(dose, np.float32).reshape(case.grid.shape_zyx)
+    theirs = evaluate_plan(stage_settings.evaluation_settings(cfg), case, dose)
+    return {
+        "rtplan": clinical.path,
+        "source_model": clinical.source_model,
+        "warnings": list(clinical.warnings),
+        "clinical": {
+            "air_kerma_strength_U": clinical.sk_U,
+            "total_treatment_time_s": float(np.sum(clinical.times_s)),
+            "metrics": theirs["metrics"],
+            "goals": theirs["goals"],
+        },
+        "reoptimised": {
+            "air_kerma_strength_U": prepared.sk_U,
+            "total_treatment_time_s": float(np.sum(times_s)),
+            "metrics": evaluation["metrics"],
+            "goals": evaluation["goals"],
+        },
+    }
 
 
 def _dicom_writer(prepared: PreparedPlan, dose_gy: np.ndarray, evaluation: dict, times_s):
