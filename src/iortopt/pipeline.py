@@ -154,21 +154,21 @@ def _record_process_times(result, before_s: dict, t0: float, compile_cache: str 
 
 
 def replan_session(config, dtype=None):
-    """An in-memory HDR flap plan to re-optimise quickly after changes (notebooks, the OR):
-    :class:`iortopt.modalities.hdr_flap.replan.ReplanSession`. ``config``: a path or a
+    """An in-memory plan to re-optimise quickly after changes (notebooks, the OR), for a modality
+    that offers one (its ``replan_session``; HDR flaps:
+    :class:`iortopt.modalities.hdr_flap.replan.ReplanSession`). ``config``: a path or a
     :class:`PlanConfig`; ``dtype``: jnp.float32 unless given."""
     import jax.numpy as jnp
 
     from iortopt.config import load_config
-    from iortopt.modalities.hdr_flap.replan import ReplanSession
 
     cfg = config if isinstance(config, PlanConfig) else load_config(config)
-    if cfg.plan.modality != "hdr_flap":
-        raise ConfigError(
-            f"plan.modality: a replanning session is for hdr_flap plans, not {cfg.plan.modality!r}"
-        )
+    name = cfg.plan.modality
+    factory = getattr(modalities.get(name), "replan_session", None)
+    if factory is None:
+        raise ConfigError(f"plan.modality: {name!r} plans offer no replanning session")
     prepared = prepare(cfg, jnp.float32 if dtype is None else dtype)
-    return ReplanSession(prepared, run_context(plan_memory(prepared)))
+    return factory(prepared, run_context(plan_memory(prepared)))
 
 
 def run_context(plan: PlanMemory, console: Console | None = None) -> RunContext:

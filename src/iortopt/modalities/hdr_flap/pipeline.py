@@ -752,6 +752,13 @@ def run(prepared: PreparedPlan, out_dir: str | Path, ctx: RunContext) -> PlanRes
     return optimise_and_write(prepared, out_dir, ctx)
 
 
+def replan_session(prepared: PreparedPlan, ctx: RunContext):
+    """The plan kept in memory for fast replans (:mod:`iortopt.modalities.hdr_flap.replan`)."""
+    from iortopt.modalities.hdr_flap.replan import ReplanSession
+
+    return ReplanSession(prepared, ctx)
+
+
 def memory_sizes(prepared: PreparedPlan) -> dict:
     grid = prepared.case.grid
     return {
