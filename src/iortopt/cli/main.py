@@ -367,7 +367,7 @@ def run(
     precision: PrecisionOpt = "float32",
     quiet: Annotated[bool, typer.Option("--quiet", help="no progress display")] = False,
 ):
-    """Optimise a plan and write plan.zarr, summary.json, dvh.png and dose_slices.png.
+    """Optimise a plan and write plan.zarr, summary.json, dvh.png, dose_slices.png, report.html.
 
     The output folder must be new, empty or this plan's previous output (else --overwrite); a
     second run into the same folder at the same time is refused.
@@ -456,6 +456,10 @@ register_memory_commands(app)
 from iortopt.cli.evaluate_commands import register as register_evaluate_commands  # noqa: E402
 
 register_evaluate_commands(app)
+
+from iortopt.cli.report_commands import register as register_report_commands  # noqa: E402
+
+register_report_commands(app)
 
 if __name__ == "__main__":  # python -m iortopt.cli
     entry()
