@@ -95,6 +95,15 @@ def test_outputs_include_dicom(run_out):
     assert not list(out.parent.glob(".out.tmp-*"))
 
 
+def test_report_names_the_patient_and_study_of_the_ct(run_out):
+    study, out = run_out
+    ct = pydicom.dcmread(sorted(study.ct_folder.iterdir())[0])
+    html = (out / "report.html").read_text(encoding="utf-8")
+    ident = html[html.index('id="identification"') : html.index('id="technique"')]
+    for keyword in ("PatientID", "StudyInstanceUID"):
+        assert f"<td>{ct[keyword].value}</td>" in ident, keyword
+
+
 def test_rtdose_attributes_uids_and_dose(run_out):
     study, out = run_out
     ds = pydicom.dcmread(out / "dicom" / "RTDOSE.dcm")

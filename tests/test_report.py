@@ -287,7 +287,9 @@ def test_report_dwell_table_times_and_trak(plan_report):
         rows = _cells(html, f"catheter {c + 1}")
         mine = np.flatnonzero(catheter == c)
         assert len(rows) == mine.size
-        assert sum(float(r[4]) for r in rows) == pytest.approx(times[mine].sum(), abs=0.05 * len(rows))
+        assert sum(float(r[4]) for r in rows) == pytest.approx(
+            times[mine].sum(), abs=0.05 * len(rows)
+        )
         x_shown = sorted(float(r[1]) for r in rows)
         np.testing.assert_allclose(x_shown, np.sort(positions[mine, 0]), atol=0.051)
         shown += len(rows)
@@ -296,7 +298,9 @@ def test_report_dwell_table_times_and_trak(plan_report):
     assert summary["total_reference_air_kerma_uGy_m2"] == pytest.approx(trak, rel=1e-5)
     assert f"{trak:.4g} µGy m²" in html
     strength = summary["source_strength"]
-    assert strength["decay_factor"] == 1.0 and strength["air_kerma_strength_U_at_treatment"] == 40700
+    assert (
+        strength["decay_factor"] == 1.0 and strength["air_kerma_strength_U_at_treatment"] == 40700
+    )
 
 
 def test_report_provenance_shows_the_config_and_its_hash(plan_report):

@@ -23,7 +23,9 @@ def register(app: typer.Typer) -> None:
 def report_command(
     out: Annotated[
         Path,
-        typer.Argument(help="a plan's output folder (iortopt run --out), or a batch job's files/<id>"),
+        typer.Argument(
+            help="a plan's output folder (iortopt run --out), or a batch job's files/<id>"
+        ),
     ],
 ):
     """Rebuild OUT/report.html from OUT's summary.json, plan.zarr and figures.

@@ -150,7 +150,11 @@ def _structure_list(store: Path) -> list[dict]:
     for prop in sorted(label.get("properties", []), key=lambda p: p["label-value"]):
         r, g, b = (colours.get(prop["label-value"]) or [128, 128, 128])[:3]
         out.append(
-            {"name": prop["name"], "role": prop.get("role", ""), "colour": f"#{r:02x}{g:02x}{b:02x}"}
+            {
+                "name": prop["name"],
+                "role": prop.get("role", ""),
+                "colour": f"#{r:02x}{g:02x}{b:02x}",
+            }
         )
     return out
 
@@ -405,8 +409,11 @@ def hdr_context(s: dict, dwells: dict[str, np.ndarray]) -> dict:
             "total reference air kerma (TRAK = S_K × time)",
             f"{fmt(trak)} µGy m² (= {fmt(trak / 1e4)} cGy m²)" if _finite(trak) else "–",
         ),
-        ("optimiser", f"{s.get('method', '')}: {fmt(s.get('iterations'))} iterations, "
-         f"{s.get('stop_reason', '')}"),
+        (
+            "optimiser",
+            f"{s.get('method', '')}: {fmt(s.get('iterations'))} iterations, "
+            f"{s.get('stop_reason', '')}",
+        ),
     ]
     return {
         "source": [(k, fmt(v)) for k, v in source_rows if v not in ("", None)],
@@ -527,7 +534,9 @@ def generic_blocks(value: Any) -> list[dict]:
                 }
             )
         elif isinstance(v, dict):
-            blocks.append({"title": key, "kind": "pairs", "rows": [(k, fmt(x)) for k, x in v.items()]})
+            blocks.append(
+                {"title": key, "kind": "pairs", "rows": [(k, fmt(x)) for k, x in v.items()]}
+            )
     return blocks
 
 
@@ -537,7 +546,9 @@ def provenance_rows(s: dict, attrs: dict) -> list[tuple[str, str]]:
     data_files = []
     if s.get("modality") == "hdr_flap":
         src = s.get("source_strength") or {}
-        data_files.append(f"source {src.get('model', s.get('source', ''))}: {src.get('citation', '')}")
+        data_files.append(
+            f"source {src.get('model', s.get('source', ''))}: {src.get('citation', '')}"
+        )
     for key in ("beam", "machine", "dosimetry_formalism"):
         if s.get(key):
             data_files.append(f"{key.replace('_', ' ')}: {s[key]}")
@@ -545,8 +556,11 @@ def provenance_rows(s: dict, attrs: dict) -> list[tuple[str, str]]:
         data_files.append(f"shield materials: {shield.get('materials', '')}")
     rows = [
         ("iortopt version", s.get("iortopt_version")),
-        ("device", f"{device.get('platform', '')} ({device.get('device_kind', '')}, "
-         f"{fmt(device.get('device_count'))} device(s), JAX {device.get('jax_version', '')})"),
+        (
+            "device",
+            f"{device.get('platform', '')} ({device.get('device_kind', '')}, "
+            f"{fmt(device.get('device_count'))} device(s), JAX {device.get('jax_version', '')})",
+        ),
         ("precision", s.get("precision")),
         ("grid (z, y, x voxels)", s.get("grid_shape_zyx")),
         ("data files", "; ".join(dict.fromkeys(data_files)) or None),
