@@ -376,3 +376,25 @@ def test_iortopt_report_refuses_what_is_not_an_output(tmp_path, make):
     assert str(target) in res.output  # the message names the path
     if target.is_dir():
         assert not (target / "report.html").exists()
+
+
+def test_report_lists_each_oars_hottest_voxel(plan_report):
+    """Against the stored dose and occupancies: the maximum over the voxels inside each OAR."""
+    out, html, summary = plan_report
+    root = zarr.open_group(str(out / "plan.zarr"), mode="r")
+    dose = np.asarray(root["dose_gy"][...])
+    grid = root["dose_gy"].attrs["grid"]
+    spots = {h["structure"]: h for h in summary["oar_hot_spots"]}
+    assert set(spots) == {"sacrum", "ureter", "bowel"}
+    for name, spot in spots.items():
+        inside = np.asarray(root[f"structures/{name}"][...]) >= 0.5
+        assert spot["dose_gy"] == pytest.approx(float(dose[inside].max()), rel=1e-6)
+        k, j, i = np.argwhere(inside & (dose == dose[inside].max()))[0]
+        x0, y0, z0 = grid["origin_xyz_mm"]
+        sx, sy, sz = grid["spacing_xyz_mm"]
+        assert spot["position_mm"] == pytest.approx([x0 + i * sx, y0 + j * sy, z0 + k * sz])
+    isodoses = html[html.index('id="isodoses"') : html.index('id="provenance"')]
+    hottest = summary["oar_hot_spots"][0]
+    assert (
+        f'<td>{hottest["structure"]}</td><td class="num">{hottest["dose_gy"]:.4g}</td>' in isodoses
+    )

@@ -147,7 +147,28 @@ def evaluate_plan(settings: EvaluationSettings, case: Case, dose: np.ndarray) ->
         "indices": indices,
         "goals": goals,
         "radiobiology": bio,
+        "oar_hot_spots": oar_hot_spots(case, dose),
     }
+
+
+def oar_hot_spots(case: Case, dose: np.ndarray) -> list[dict]:
+    """Per OAR, its hottest voxel (occupancy >= 0.5): dose (Gy) and centre (x, y, z) mm, the
+    hottest OAR first."""
+    spots = []
+    for s in case.oars:
+        inside = s.occupancy >= 0.5
+        if not inside.any():
+            continue
+        masked = np.where(inside, dose, -np.inf)
+        k = np.unravel_index(int(np.argmax(masked)), dose.shape)
+        spots.append(
+            {
+                "structure": s.name,
+                "dose_gy": float(dose[k]),
+                "position_mm": [round(float(v), 2) for v in case.grid.index_to_mm(k)],
+            }
+        )
+    return sorted(spots, key=lambda spot: -spot["dose_gy"])
 
 
 def common_summary(settings: OutputSettings, case: Case, evaluation: dict, dtype) -> dict:
@@ -164,6 +185,7 @@ def common_summary(settings: OutputSettings, case: Case, evaluation: dict, dtype
         "radiobiology": evaluation["radiobiology"],
         "goals": evaluation["goals"],
         "goals_all_met": all(g["met"] for g in evaluation["goals"]),
+        "oar_hot_spots": evaluation.get("oar_hot_spots", []),
         "device": device_info(),
         "precision": np.dtype(dtype).name,
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

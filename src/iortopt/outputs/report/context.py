@@ -198,6 +198,10 @@ def report_context(output: PlanOutput) -> dict:
         "radiobiology": s.get("radiobiology", {}),
         "dvh_data": dvh_data(output, roles),
         "figures": output.figures,
+        "hot_spots": [
+            (h["structure"], fmt(h["dose_gy"]), fmt(h["position_mm"]))
+            for h in s.get("oar_hot_spots", [])
+        ],
         "missing": output.missing,
         "hdr": hdr_context(s, output.dwells) if modality == "hdr_flap" else None,
         "xray": xray_rows(s) if modality == "xray_sphere" else None,
