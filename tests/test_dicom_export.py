@@ -101,7 +101,7 @@ def test_report_names_the_patient_and_study_of_the_ct(run_out):
     html = (out / "report.html").read_text(encoding="utf-8")
     ident = html[html.index('id="identification"') : html.index('id="technique"')]
     for keyword in ("PatientID", "StudyInstanceUID"):
-        assert f"<td>{ct[keyword].value}</td>" in ident, keyword
+        assert ct[keyword].value and f"<td>{ct[keyword].value}</td>" in ident, keyword
 
 
 def test_rtdose_attributes_uids_and_dose(run_out):
