@@ -4,6 +4,7 @@ resume after an interruption, job-index (SLURM array) mode, the job script, the 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -297,6 +298,11 @@ def test_batch_index_links_every_done_jobs_report(finished_batch):
     assert runner.invoke(app, ["report", str(files)]).exit_code == 0
     assert (files / "report.html").read_text(encoding="utf-8") == before
     assert "catheter 1" in before  # the dwell table, from the job's plan store
+    # a job has no TOML file: its resolved config is shown as canonical JSON, with that hash
+    source = json.loads((files / "summary.json").read_text())["config_source"]
+    assert source["format"] == "json" and source["origin"] == f"job {done[files.name]!r}"
+    assert json.loads(source["text"])["prescription"]["dose_gy"] in (9.0, 10.0)
+    assert source["sha256"] == hashlib.sha256(source["text"].encode()).hexdigest()
 
 
 def test_resume_redoes_only_unfinished_jobs(finished_batch, tmp_path):

@@ -22,11 +22,13 @@ import numpy as np
 
 from iortopt.errors import InputFileError
 
-#: Modality -> how the report names its technique.
+#: The kind of plan a summary describes (:func:`plan_kind`, read from the fields it holds, never
+#: from the modality's name) -> how the report names its technique.
 TECHNIQUES = {
-    "hdr_flap": "HDR brachytherapy, flap applicator (Ir-192, AAPM TG-43 dose calculation)",
-    "xray_sphere": "Low-energy (50 kV) X-ray IORT, spherical applicator",
-    "electron": "Electron IORT (IOERT), cone applicator with a protective disc",
+    "dwells": "HDR brachytherapy: source dwell positions and times in catheters (AAPM TG-43)",
+    "sphere": "Low-energy X-ray IORT with a spherical applicator",
+    "beam": "Electron IORT (IOERT): cone applicator, protective disc",
+    "": "",
 }
 #: Metrics per structure in the report's table: (column title, summary key).
 METRIC_COLUMNS = (
@@ -182,10 +184,11 @@ def report_context(output: PlanOutput) -> dict:
     modality = str(s.get("modality", ""))
     config = output.attrs.get("config") or {}
     roles = {st["name"]: st["role"] for st in output.structures}
+    kind = plan_kind(s)
     ctx = {
         "plan": s.get("plan", ""),
         "modality": modality,
-        "technique": TECHNIQUES.get(modality, modality),
+        "technique": TECHNIQUES[kind] or modality,
         "identification": identification_rows(s, config, output.attrs),
         "warnings": warnings(s),
         "notes": [n for n in s.get("notes", []) if not _is_warning(n)],
@@ -203,9 +206,9 @@ def report_context(output: PlanOutput) -> dict:
             for h in s.get("oar_hot_spots", [])
         ],
         "missing": output.missing,
-        "hdr": hdr_context(s, output.dwells) if modality == "hdr_flap" else None,
-        "xray": xray_rows(s) if modality == "xray_sphere" else None,
-        "electron": electron_rows(s) if modality == "electron" else None,
+        "hdr": hdr_context(s, output.dwells) if kind == "dwells" else None,
+        "xray": xray_rows(s) if kind == "sphere" else None,
+        "electron": electron_rows(s) if kind == "beam" else None,
         "shields": s.get("shields", []),
         "disc": disc_rows(s.get("disc")),
         "extra_sections": [
@@ -221,6 +224,19 @@ def report_context(output: PlanOutput) -> dict:
     }
     ctx["section_ids"] = section_ids(ctx)
     return ctx
+
+
+def plan_kind(s: dict) -> str:
+    """What the summary describes, from its fields: ``"dwells"`` (dwell times: HDR),
+    ``"sphere"`` (a spherical applicator's time and formalism: X-ray), ``"beam"`` (energy, cone
+    and MU: electrons) or ``""``."""
+    if "n_dwells_active" in s:
+        return "dwells"
+    if "dosimetry_formalism" in s:
+        return "sphere"
+    if "energy_MeV" in (s.get("chosen_applicator") or {}):
+        return "beam"
+    return ""
 
 
 def section_ids(ctx: dict) -> list[str]:
@@ -328,8 +344,8 @@ def warnings(s: dict) -> list[str]:
 def prescription_rows(s: dict, config: dict) -> list[tuple[str, str]]:
     rx, structure = s.get("prescription_gy"), s.get("prescription_structure", "")
     fractions = (config.get("prescription") or {}).get("n_fractions")
-    modality = s.get("modality")
-    if modality == "xray_sphere":
+    kind = plan_kind(s)
+    if kind == "sphere":
         mode = s.get("prescription_mode", "")
         depth = (config.get("xray") or {}).get("prescription_depth_mm")
         spec = (
@@ -337,7 +353,7 @@ def prescription_rows(s: dict, config: dict) -> list[tuple[str, str]]:
             if mode == "depth"
             else f"{fmt(rx)} Gy at the applicator surface"
         )
-    elif modality == "electron":
+    elif kind == "beam":
         spec = (
             f"{fmt(rx)} Gy to the {fmt(s.get('isodose_percent'))} % isodose "
             f"(100 % = {fmt(s.get('d100_gy'))} Gy at dmax on the central axis)"
@@ -548,7 +564,7 @@ def provenance_rows(s: dict, attrs: dict) -> list[tuple[str, str]]:
     prov = attrs.get("provenance") or {}
     device = s.get("device") or prov.get("device") or {}
     data_files = []
-    if s.get("modality") == "hdr_flap":
+    if "source_strength" in s or "source" in s:
         src = s.get("source_strength") or {}
         data_files.append(
             f"source {src.get('model', s.get('source', ''))}: {src.get('citation', '')}"
