@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from html import escape as html_escape
 from html import unescape as html_unescape
 from html.parser import HTMLParser
@@ -398,4 +399,26 @@ def test_report_lists_each_oars_hottest_voxel(plan_report):
     hottest = summary["oar_hot_spots"][0]
     assert (
         f'<td>{hottest["structure"]}</td><td class="num">{hottest["dose_gy"]:.4g}</td>' in isodoses
+    )
+
+
+def test_source_strength_gives_both_s_k_and_the_decay_factor():
+    """Ir-192 over 30 days: S_K(treatment) = S_K(calibration) x 2^(-30 / 73.83)."""
+    import jax.numpy as jnp
+
+    from iortopt.config import builtin_config_text, parse_config
+    from iortopt.modalities.hdr_flap.pipeline import source_strength
+    from iortopt.pipeline import prepare_modality
+
+    text = builtin_config_text().replace("spacing_mm = 2.0", "spacing_mm = 5.0", 1)
+    doc = tomllib.loads(text)
+    doc["source"] |= {"calibration": "2026-11-01T08:00:00", "treatment": "2026-12-01T08:00:00"}
+    strength = source_strength(prepare_modality(parse_config(doc), jnp.float32))
+    factor = 2.0 ** (-30.0 / 73.83)
+    assert strength["decay_factor"] == pytest.approx(factor, rel=1e-9)
+    assert strength["air_kerma_strength_U_at_calibration"] == 40700.0
+    assert strength["air_kerma_strength_U_at_treatment"] == pytest.approx(40700.0 * factor)
+    assert (
+        strength["calibration"] == "2026-11-01T08:00:00"
+        and "Perez-Calatayud" in strength["citation"]
     )
