@@ -63,3 +63,30 @@ def no_x64():
 @pytest.fixture
 def data_dir() -> Path:
     return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def small_plan_output(tmp_path_factory) -> Path:
+    """A coarse built-in HDR flap plan (4 mm grid, 4 catheters, 5 Adam iterations) run once
+    through ``iortopt run``: its output folder, for the report tests."""
+    from typer.testing import CliRunner
+
+    from iortopt.cli import app
+    from iortopt.config import builtin_config_text
+
+    text = builtin_config_text()
+    for old, new in (
+        ("spacing_mm = 2.0", "spacing_mm = 4.0"),
+        ("n_catheters = 8", "n_catheters = 4"),
+        ("max_iterations = 300", "max_iterations = 5"),
+        ('method = "lbfgs"', 'method = "adam"'),  # half the compile time of L-BFGS
+    ):
+        assert old in text, old
+        text = text.replace(old, new, 1)
+    folder = tmp_path_factory.mktemp("small_plan")
+    config = folder / "small_flap.toml"
+    config.write_text(text)
+    out = folder / "out"
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    return out

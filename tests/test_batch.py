@@ -4,8 +4,10 @@ resume after an interruption, job-index (SLURM array) mode, the job script, the 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -252,6 +254,7 @@ def test_failing_jobs_are_isolated_and_recorded(finished_batch):
         assert sorted(p.name for p in paths.files(job_id).iterdir()) == [
             "dose_slices.png",
             "dvh.png",
+            "report.html",
             "summary.json",
         ]
     assert not any((store / ".scratch").iterdir())
@@ -275,6 +278,31 @@ def test_results_table_and_batch_summary(finished_batch):
     assert len(list(csv.DictReader((store / "results.csv").open()))) == 4
     other = runner.invoke(app, ["batch-summary", str(store / "status")])
     assert other.exit_code == 2 and "not an iortopt batch store" in " ".join(other.output.split())
+
+
+def test_batch_index_links_every_done_jobs_report(finished_batch):
+    manifest, store, _ = finished_batch
+    batch = load_manifest(manifest)
+    (store / "index.html").unlink()
+    assert runner.invoke(app, ["batch-summary", str(store)]).exit_code == 0  # rebuilds it
+    html = (store / "index.html").read_text(encoding="utf-8")
+    links = re.findall(r'<a href="([^"]+)">([^<]+)</a>', html)
+    done = {job_named(batch, n).job_id: n for n in ("rx9", "rx10")}
+    assert sorted(links) == sorted((f"files/{i}/report.html", n) for i, n in done.items())
+    for target, _ in links:
+        assert (store / target).is_file()
+    assert "bad_structure" in html and "PTV_missing" in html  # failed jobs: rows, no link
+    # a job's report rebuilt from its files folder reads the job's group in batch.zarr
+    files = store / "files" / next(iter(done))
+    before = (files / "report.html").read_text(encoding="utf-8")
+    assert runner.invoke(app, ["report", str(files)]).exit_code == 0
+    assert (files / "report.html").read_text(encoding="utf-8") == before
+    assert "catheter 1" in before  # the dwell table, from the job's plan store
+    # a job has no TOML file: its resolved config is shown as canonical JSON, with that hash
+    source = json.loads((files / "summary.json").read_text())["config_source"]
+    assert source["format"] == "json" and source["origin"] == f"job {done[files.name]!r}"
+    assert json.loads(source["text"])["prescription"]["dose_gy"] in (9.0, 10.0)
+    assert source["sha256"] == hashlib.sha256(source["text"].encode()).hexdigest()
 
 
 def test_resume_redoes_only_unfinished_jobs(finished_batch, tmp_path):

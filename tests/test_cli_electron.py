@@ -29,6 +29,7 @@ def test_outputs_comparison_choice_and_disc(electron_run):
         "dose_slices.png",
         "dvh.png",
         "plan.zarr",
+        "report.html",
         "summary.json",
     ]
     s = json.loads((out / "summary.json").read_text())

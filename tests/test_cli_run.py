@@ -29,6 +29,7 @@ def test_outputs_exist_and_open(builtin_run):
         "dose_slices.png",
         "dvh.png",
         "plan.zarr",
+        "report.html",
         "summary.json",
     ]
     for png in ("dvh.png", "dose_slices.png"):

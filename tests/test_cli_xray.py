@@ -29,6 +29,7 @@ def test_outputs_and_comparison_table(xray_run):
         "dose_slices.png",
         "dvh.png",
         "plan.zarr",
+        "report.html",
         "summary.json",
     ]
     summary = json.loads((out / "summary.json").read_text())

@@ -88,10 +88,20 @@ def run_out(tmp_path_factory):
 def test_outputs_include_dicom(run_out):
     _, out = run_out
     assert sorted(p.name for p in out.iterdir()) == [
-        ".iortopt-output.json", "dicom", "dose_slices.png", "dvh.png", "plan.zarr", "summary.json",
+        ".iortopt-output.json", "dicom", "dose_slices.png", "dvh.png", "plan.zarr", "report.html",
+        "summary.json",
     ]  # fmt: skip
     assert sorted(p.name for p in (out / "dicom").iterdir()) == ["RTDOSE.dcm", "RTPLAN.dcm"]
     assert not list(out.parent.glob(".out.tmp-*"))
+
+
+def test_report_names_the_patient_and_study_of_the_ct(run_out):
+    study, out = run_out
+    ct = pydicom.dcmread(sorted(study.ct_folder.iterdir())[0])
+    html = (out / "report.html").read_text(encoding="utf-8")
+    ident = html[html.index('id="identification"') : html.index('id="technique"')]
+    for keyword in ("PatientID", "StudyInstanceUID"):
+        assert ct[keyword].value and f"<td>{ct[keyword].value}</td>" in ident, keyword
 
 
 def test_rtdose_attributes_uids_and_dose(run_out):

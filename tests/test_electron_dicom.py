@@ -23,6 +23,7 @@ from iortopt.grid import Grid
 from iortopt.modalities.electron.pipeline import run_electron
 from iortopt.modalities.stage_settings import dicom_plan_info
 from iortopt.outputs.dicom_export import electron_writer
+from iortopt.outputs.report.context import fmt
 from iortopt.pipeline import check_config, prepare_modality
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,6 +96,11 @@ def test_eliot_plan_from_its_dicom_study_matches_the_phantom_plan(study_config, 
     dose = pydicom.dcmread(tmp_path / "dicom" / "dicom" / "RTDOSE.dcm")
     assert dose.StudyInstanceUID == ct.study.study_uid
     assert dose.FrameOfReferenceUID == ct.study.frame_of_reference_uid
+    # the plan report names the CT's study and patient, and gives the beam and MU
+    html = (tmp_path / "dicom" / "report.html").read_text(encoding="utf-8")
+    assert f"<td>{ct.study.study_uid}</td>" in html
+    assert ct.study.patient["PatientID"] and f"<td>{ct.study.patient['PatientID']}</td>" in html
+    assert f"<td>{fmt(b['chosen_applicator']['mu'])}</td>" in html  # the MU row
     plan = read_electron_beam(tmp_path / "dicom" / "dicom" / "RTPLAN.dcm")
     planned = np.asarray(b["chosen_applicator"]["cone_axis"])  # the DICOM case is in LPS
     assert angle_between_deg(plan.beam_axis, planned) < 0.5

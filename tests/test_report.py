@@ -1,15 +1,30 @@
-"""Report figures: valid PNGs written atomically; importing the module does not load matplotlib."""
+"""Report figures (valid PNGs written atomically; importing the module does not load
+matplotlib) and the plan report, report.html, built from an output folder alone."""
 
+import base64
+import hashlib
+import json
+import re
+import shutil
 import subprocess
 import sys
+import time
+import tomllib
+from html import escape as html_escape
+from html import unescape as html_unescape
+from html.parser import HTMLParser
 
 import numpy as np
 import pytest
+import zarr
+from typer.testing import CliRunner
 
 from iortopt.cases.case import Structure
+from iortopt.cli import app
 from iortopt.evaluation import dvh
 from iortopt.grid import Grid
 from iortopt.outputs import figures as report
+from iortopt.outputs.report import build_report_html
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -193,3 +208,217 @@ def test_dvh_marks_the_goals(tmp_path, small_case, monkeypatch):
     assert "3: rectum D0.1cc <= 4 Gy (NOT met)" in labels
     assert sorted(t.get_text() for t in ax.texts) == ["1", "2", "3", "4"]
     assert report.goal_text(goals[1]) == "CTV V100 >= 95 %"
+
+
+# ----------------------------------------------------------------------------------------------
+# report.html: the plan report built from an output folder alone (iortopt.outputs.report)
+# ----------------------------------------------------------------------------------------------
+
+HDR_SECTIONS = [
+    "warnings", "identification", "technique", "dwells", "prescription", "goals", "metrics",
+    "dvh", "isodoses", "provenance", "signature",
+]  # fmt: skip
+
+
+class _Sections(HTMLParser):
+    """Ids of the <section> elements, <img> sources and external references of a page."""
+
+    def __init__(self):
+        super().__init__()
+        self.ids, self.images, self.external = [], [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "section":
+            self.ids.append(attrs.get("id"))
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        for key in ("src", "href"):
+            if (attrs.get(key) or "").startswith(("http:", "https:", "//")):
+                self.external.append(attrs[key])
+        if tag == "link":
+            self.external.append(attrs.get("href", ""))
+
+
+def parse_report(html: str) -> _Sections:
+    parser = _Sections()
+    parser.feed(html)
+    return parser
+
+
+def _cells(html: str, table_caption: str) -> list[list[str]]:
+    """Body rows (cell texts) of the table with ``<caption>table_caption</caption>``."""
+    start = html.index(f"<caption>{table_caption}</caption>")
+    body = html[html.index("<tbody>", start) : html.index("</tbody>", start)]
+    return [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in body.split("</tr>") if "<td" in row]
+
+
+@pytest.fixture(scope="module")
+def plan_report(small_plan_output):
+    html = (small_plan_output / "report.html").read_text(encoding="utf-8")
+    return small_plan_output, html, json.loads((small_plan_output / "summary.json").read_text())
+
+
+def test_report_holds_every_section_and_embeds_its_figures(plan_report):
+    out, html, summary = plan_report
+    page = parse_report(html)
+    assert page.ids == HDR_SECTIONS
+    assert page.external == []  # nothing fetched when it is opened
+    # both figures embedded byte for byte
+    embedded = [base64.b64decode(src.split(",", 1)[1]) for src in page.images]
+    assert embedded == [(out / "dvh.png").read_bytes(), (out / "dose_slices.png").read_bytes()]
+    # the DVH data for the interactive plot: every clinical structure, none of role "other"
+    data = json.loads(re.search(r'id="dvh-data">(.*?)</script>', html, re.S).group(1))
+    assert [c["name"] for c in data["curves"]] == ["CTV", "sacrum", "ureter", "bowel"]
+    for curve in data["curves"]:
+        assert curve["volume_percent"][0] == pytest.approx(100.0, abs=0.5)
+        assert np.all(np.diff(curve["volume_percent"]) <= 1e-9)  # cumulative: never rises
+    assert "IORT plan report: flap_default" in html and "Perez-Calatayud" in html
+
+
+def test_report_dwell_table_times_and_trak(plan_report):
+    """The dwell tables against the stored dwells; TRAK = S_K x total time (1 U = 1 uGy m^2/h)."""
+    out, html, summary = plan_report
+    root = zarr.open_group(str(out / "plan.zarr"), mode="r")
+    times = np.asarray(root["dwells/times_s"][...])
+    catheter = np.asarray(root["dwells/catheter"][...])
+    positions = np.asarray(root["dwells/positions_mm"][...])
+    shown = 0
+    for c in np.unique(catheter):
+        rows = _cells(html, f"catheter {c + 1}")
+        mine = np.flatnonzero(catheter == c)
+        assert len(rows) == mine.size
+        assert sum(float(r[4]) for r in rows) == pytest.approx(
+            times[mine].sum(), abs=0.05 * len(rows)
+        )
+        x_shown = sorted(float(r[1]) for r in rows)
+        np.testing.assert_allclose(x_shown, np.sort(positions[mine, 0]), atol=0.051)
+        shown += len(rows)
+    assert shown == times.size == summary["n_dwells_active"]
+    trak = 40700.0 * times.sum() / 3600.0  # the built-in source: 40700 U, no decay
+    assert summary["total_reference_air_kerma_uGy_m2"] == pytest.approx(trak, rel=1e-5)
+    shown_trak = float(re.search(r"<td>([\d.e+]+) µGy m² \(= ", html).group(1))
+    assert shown_trak == pytest.approx(trak, rel=1e-3)  # printed to 4 figures at least
+    strength = summary["source_strength"]
+    assert (
+        strength["decay_factor"] == 1.0 and strength["air_kerma_strength_U_at_treatment"] == 40700
+    )
+
+
+def test_report_provenance_shows_the_config_and_its_hash(plan_report):
+    out, html, summary = plan_report
+    text = (out.parent / "small_flap.toml").read_text(encoding="utf-8")
+    assert summary["config_source"]["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert hashlib.sha256(text.encode()).hexdigest() in html
+    shown = re.search(r'<pre class="config">(.*?)</pre>', html, re.S).group(1)
+    assert html_unescape(shown) == text  # the whole file, escaped as text
+    assert "float32" in html and "optimise_s" in html
+
+
+def test_iortopt_report_rebuilds_the_same_file_fast(plan_report, tmp_path):
+    out, html, _ = plan_report
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "report.html").unlink()
+    res = CliRunner().invoke(app, ["report", str(copy)])
+    assert res.exit_code == 0, res.output
+    assert (copy / "report.html").read_text(encoding="utf-8") == html
+    build_report_html(copy)  # warm (imports, template compiled), then time it
+    t0 = time.perf_counter()
+    build_report_html(copy)
+    assert time.perf_counter() - t0 < 0.3
+    assert not [p.name for p in copy.iterdir() if ".tmp" in p.name]
+
+
+def test_report_escapes_names_and_renders_optional_results(plan_report, tmp_path):
+    """A structure named with markup is shown as text; robust / second-check blocks render as
+    tables; an illustrative-data note and an unmet goal go to the warnings box."""
+    out, _, summary = plan_report
+    copy = tmp_path / "edited"
+    copy.mkdir()
+    for name in ("dvh.png", "dose_slices.png"):
+        shutil.copy(out / name, copy / name)
+    evil = "<img src=x onerror=alert(1)>"
+    summary = json.loads(json.dumps(summary))
+    summary["metrics"][evil] = summary["metrics"].pop("bowel")
+    summary["goals"][0] |= {"structure": evil, "met": False}
+    summary["notes"] = ["ILLUSTRATIVE transmission data, not for clinical use"]
+    summary["robust"] = {"scenarios": 7, "bands": [{"structure": "CTV", "D90_min_gy": 9.5}]}
+    summary["second_check"] = {"method": "independent TG-43", "max_deviation_percent": 1.25}
+    (copy / "summary.json").write_text(json.dumps(summary))
+    html = build_report_html(copy)
+    assert evil not in html and html_escape(evil) in html
+    page = parse_report(html)
+    assert page.ids == [
+        "warnings", "identification", "technique", "dwells", "prescription", "goals", "metrics",
+        "dvh", "isodoses", "robust", "second-check", "provenance", "signature",
+    ]  # fmt: skip
+    assert page.images[0].startswith("data:image/png;base64,")
+    warnings = html[html.index('id="warnings"') : html.index('id="identification"')]
+    assert "ILLUSTRATIVE transmission data" in warnings and "goal not met" in warnings
+    robust = html[html.index('id="robust"') : html.index('id="second-check"')]
+    assert "D90_min_gy" in robust and "9.5" in robust and "7" in robust
+    assert "1.25" in html[html.index('id="second-check"') : html.index('id="provenance"')]
+    # without plan.zarr the report says what it could not show
+    assert "plan.zarr" in warnings and "dwells/" in html
+
+
+@pytest.mark.parametrize("make", ["missing", "no_summary", "bad_json", "file"])
+def test_iortopt_report_refuses_what_is_not_an_output(tmp_path, make):
+    target = tmp_path / "out"
+    if make != "missing":
+        target.mkdir()
+    if make == "bad_json":
+        (target / "summary.json").write_text("{not json")
+    if make == "file":
+        target.rmdir()
+        target.write_text("x")
+    res = CliRunner().invoke(app, ["report", str(target)])
+    assert res.exit_code == 2, res.output
+    assert str(target) in res.output  # the message names the path
+    if target.is_dir():
+        assert not (target / "report.html").exists()
+
+
+def test_report_lists_each_oars_hottest_voxel(plan_report):
+    """Against the stored dose and occupancies: the maximum over the voxels inside each OAR."""
+    out, html, summary = plan_report
+    root = zarr.open_group(str(out / "plan.zarr"), mode="r")
+    dose = np.asarray(root["dose_gy"][...])
+    grid = root["dose_gy"].attrs["grid"]
+    spots = {h["structure"]: h for h in summary["oar_hot_spots"]}
+    assert set(spots) == {"sacrum", "ureter", "bowel"}
+    for name, spot in spots.items():
+        inside = np.asarray(root[f"structures/{name}"][...]) >= 0.5
+        assert spot["dose_gy"] == pytest.approx(float(dose[inside].max()), rel=1e-6)
+        k, j, i = np.argwhere(inside & (dose == dose[inside].max()))[0]
+        x0, y0, z0 = grid["origin_xyz_mm"]
+        sx, sy, sz = grid["spacing_xyz_mm"]
+        assert spot["position_mm"] == pytest.approx([x0 + i * sx, y0 + j * sy, z0 + k * sz])
+    isodoses = html[html.index('id="isodoses"') : html.index('id="provenance"')]
+    hottest = summary["oar_hot_spots"][0]
+    assert (
+        f'<td>{hottest["structure"]}</td><td class="num">{hottest["dose_gy"]:.4g}</td>' in isodoses
+    )
+
+
+def test_source_strength_gives_both_s_k_and_the_decay_factor():
+    """Ir-192 over 30 days: S_K(treatment) = S_K(calibration) x 2^(-30 / 73.83)."""
+    import jax.numpy as jnp
+
+    from iortopt.config import builtin_config_text, parse_config
+    from iortopt.modalities.hdr_flap.pipeline import source_strength
+    from iortopt.pipeline import prepare_modality
+
+    text = builtin_config_text().replace("spacing_mm = 2.0", "spacing_mm = 5.0", 1)
+    doc = tomllib.loads(text)
+    doc["source"] |= {"calibration": "2026-11-01T08:00:00", "treatment": "2026-12-01T08:00:00"}
+    strength = source_strength(prepare_modality(parse_config(doc), jnp.float32))
+    factor = 2.0 ** (-30.0 / 73.83)
+    assert strength["decay_factor"] == pytest.approx(factor, rel=1e-9)
+    assert strength["air_kerma_strength_U_at_calibration"] == 40700.0
+    assert strength["air_kerma_strength_U_at_treatment"] == pytest.approx(40700.0 * factor)
+    assert (
+        strength["calibration"] == "2026-11-01T08:00:00"
+        and "Perez-Calatayud" in strength["citation"]
+    )

@@ -111,6 +111,13 @@ def test_dicom_xray_plan_writes_rtdose_with_the_ct_uids(round_trip):
     assert "formalism: " + dicom["dosimetry_formalism"] in comments
     assert "centre_mm: " in comments and "4 cm sphere" in comments
     assert len(ds.DVHSequence) >= 4  # the mapped ROIs
+    # the plan report identifies the study, and gives the applicator, time and formalism
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert ds.PatientID and f"<td>{ds.PatientID}</td>" in html
+    assert f"<td>{study.study_uid}</td>" in html
+    technique = html[html.index('id="technique"') : html.index('id="prescription"')]
+    assert "sphere 4 cm diameter" in technique and dicom["dosimetry_formalism"] in technique
+    assert f"{chosen['time_min']:.4g} min" in technique
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,8 +38,10 @@ Store layout (the folder given as ``--out``)::
                                 attrs ``batch_job`` (id, name, overrides)
     status/<job_id>.json        the job's record: running / done / failed, error, timings, metrics;
                                 "done" is written last, so it marks a complete job
-    files/<job_id>/             summary.json, dvh.png, dose_slices.png of the job
+    files/<job_id>/             summary.json, dvh.png, dose_slices.png, report.html of the job
     results.csv                 one row per job (rebuilt from status/ by ``iortopt batch-summary``)
+    index.html                  the same table, each job linking to its report.html (rebuilt with
+                                results.csv)
     .scratch/<job_id>/          a running job's work folder (its optimiser checkpoint survives a
                                 kill, so a resumed long job continues)
     .jax_cache/                 JAX persistent compilation cache shared by the jobs
@@ -1155,7 +1157,8 @@ def _cell(value: Any) -> str:
 
 
 def write_results_table(store: str | Path) -> Path:
-    """Rebuild ``results.csv`` (one row per job, every column any job has) atomically."""
+    """Rebuild ``results.csv`` (one row per job, every column any job has) and ``index.html``
+    (:func:`write_batch_index`) atomically."""
     from iortopt.io.store import atomic_path
 
     paths = StorePaths(Path(store))
@@ -1169,7 +1172,29 @@ def write_results_table(store: str | Path) -> Path:
             writer.writerow(columns)
             for row in rows:
                 writer.writerow([_cell(row.get(c)) for c in columns])
+    write_batch_index(paths, list(columns), rows)
     return paths.results_csv
+
+
+def write_batch_index(paths: StorePaths, columns: list[str], rows: list[dict]) -> Path:
+    """Write ``index.html`` at the store root: the results table, each done job's name linking
+    to its ``files/<job_id>/report.html`` (temp name, then renamed)."""
+    from iortopt.io.store import atomic_path
+    from iortopt.outputs.report import INDEX_NAME, REPORT_NAME, render_batch_index
+
+    links = {
+        row["job_id"]: f"files/{row['job_id']}/{REPORT_NAME}"
+        for row in rows
+        if (paths.files(row["job_id"]) / REPORT_NAME).is_file()
+    }
+    try:
+        title = read_batch_meta(paths.root).get("name", paths.root.name)
+    except IortoptError:
+        title = paths.root.name
+    target = paths.root / INDEX_NAME
+    with atomic_path(target) as tmp:
+        tmp.write_text(render_batch_index(str(title), columns, rows, links), encoding="utf-8")
+    return target
 
 
 def status_counts(rows: list[dict]) -> dict[str, int]:

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from iortopt.errors import ConfigError
-from iortopt.io.toml_file import read_toml
+from iortopt.io.toml_file import read_toml_and_text
 
 #: Every float of a config is finite: ``inf`` and ``nan`` (valid TOML) are refused, whether the
 #: field is typed with these aliases or not (``allow_inf_nan=False`` in the models' config covers
@@ -426,6 +426,9 @@ class PlanConfig(_Model):
     # Where the config came from (file path, "job 'x'"), set by parse_config: errors found after
     # parsing (e.g. in run_plan.prepare) are prefixed with it. Not a field: never dumped.
     _origin: str = PrivateAttr(default="<config>")
+    # The TOML text the config was read from (None: built from a dict, e.g. a batch job); kept
+    # so a plan's outputs can show the exact file and its hash.
+    _text: str | None = PrivateAttr(default=None)
 
     plan: PlanSection = PlanSection()
     case: CaseSection = CaseSection()
@@ -526,12 +529,19 @@ def _check_not_empty(doc: dict, origin: str) -> None:
 def load_config(path: str | Path | None = None) -> PlanConfig:
     """Read and validate a TOML plan config; ``None`` gives the built-in example plan."""
     if path is None:
-        resource = resources.files("iortopt") / "data" / "configs" / "flap_default.toml"
-        with resource.open("rb") as fh:
-            return parse_config(tomllib.load(fh), "built-in flap_default.toml")
-    doc = read_toml(path, ConfigError)
-    _check_not_empty(doc, str(path))
-    return parse_config(doc, str(path))
+        text = builtin_config_text()
+        cfg = parse_config(tomllib.loads(text), "built-in flap_default.toml")
+    else:
+        doc, text = read_toml_and_text(path, ConfigError)
+        _check_not_empty(doc, str(path))
+        cfg = parse_config(doc, str(path))
+    cfg._text = text
+    return cfg
+
+
+def config_text(cfg: PlanConfig) -> str | None:
+    """The TOML text ``cfg`` was loaded from (None when it was built from a dict)."""
+    return cfg._text
 
 
 def builtin_config_text() -> str:

@@ -375,7 +375,7 @@ def run(
         ),
     ] = False,
 ):
-    """Optimise a plan and write plan.zarr, summary.json, dvh.png and dose_slices.png.
+    """Optimise a plan and write plan.zarr, summary.json, dvh.png, dose_slices.png, report.html.
 
     The output folder must be new, empty or this plan's previous output (else --overwrite); a
     second run into the same folder at the same time is refused. Compiled programs are kept in
@@ -509,6 +509,10 @@ register_evaluate_commands(app)
 from iortopt.cli.check_plan_commands import register as register_check_plan  # noqa: E402
 
 register_check_plan(app)
+
+from iortopt.cli.report_commands import register as register_report_commands  # noqa: E402
+
+register_report_commands(app)
 
 if __name__ == "__main__":  # python -m iortopt.cli
     entry()

@@ -16,10 +16,15 @@ def read_toml(path: str | Path, error: type[Exception]) -> dict:
         error: naming the file, when it is missing, a folder, unreadable, not UTF-8 text (a
             UTF-8 byte order mark is accepted) or not valid TOML.
     """
+    return read_toml_and_text(path, error)[0]
+
+
+def read_toml_and_text(path: str | Path, error: type[Exception]) -> tuple[dict, str]:
+    """:func:`read_toml` and the text it parsed (one read: the two always agree)."""
     path = Path(path)
     text = read_utf8_text(path, error, "TOML")
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: not valid TOML ({exc})") from None
 

@@ -10,7 +10,7 @@ check_config_names(cfg, case): every structure and goal metric named exists (Con
 
 from __future__ import annotations
 
-from iortopt.config import PlanConfig
+from iortopt.config import PlanConfig, config_origin, config_text
 from iortopt.outputs.dicom_export import DicomPlanInfo
 from iortopt.outputs.plan_files import (
     EvaluationSettings,
@@ -39,6 +39,8 @@ def output_settings(cfg: PlanConfig) -> OutputSettings:
         prescription_structure=cfg.prescription.structure,
         isodose_percent=tuple(cfg.output.isodose_percent),
         config_json=cfg.model_dump(mode="json"),
+        config_text=config_text(cfg),
+        config_origin=config_origin(cfg),
     )
 
 

@@ -1,7 +1,8 @@
 """What every plan produces, whatever the modality: metrics, goals, files and the terminal report.
 
     evaluate_plan(settings, case, dose) -> DVHs, metrics per structure, indices, goals, BED/EQD2
-    write_plan_outputs(...)             -> plan.zarr, summary.json, dvh.png, dose_slices.png
+    write_plan_outputs(...)             -> plan.zarr, summary.json, dvh.png, dose_slices.png,
+                                           report.html (:mod:`iortopt.outputs.report`)
     print_report(summary, case, ...)    -> metrics and goals tables on the terminal
 
 This stage never sees the plan config: the modality passes :class:`EvaluationSettings` and
@@ -64,6 +65,8 @@ class OutputSettings:
     prescription_structure: str
     isodose_percent: tuple[float, ...]
     config_json: dict[str, Any]  # the plan config as JSON values, stored in plan.zarr
+    config_text: str | None = None  # the TOML text it was read from (None: built from a dict)
+    config_origin: str = "<config>"  # its file (or batch job)
 
 
 def check_structure_names(
@@ -151,7 +154,28 @@ def evaluate_plan(settings: EvaluationSettings, case: Case, dose: np.ndarray) ->
         "indices": indices,
         "goals": goals,
         "radiobiology": bio,
+        "oar_hot_spots": oar_hot_spots(case, dose),
     }
+
+
+def oar_hot_spots(case: Case, dose: np.ndarray) -> list[dict]:
+    """Per OAR, its hottest voxel (occupancy >= 0.5): dose (Gy) and centre (x, y, z) mm, the
+    hottest OAR first."""
+    spots = []
+    for s in case.oars:
+        inside = s.occupancy >= 0.5
+        if not inside.any():
+            continue
+        masked = np.where(inside, dose, -np.inf)
+        k = np.unravel_index(int(np.argmax(masked)), dose.shape)
+        spots.append(
+            {
+                "structure": s.name,
+                "dose_gy": float(dose[k]),
+                "position_mm": [round(float(v), 2) for v in case.grid.index_to_mm(k)],
+            }
+        )
+    return sorted(spots, key=lambda spot: -spot["dose_gy"])
 
 
 def common_summary(settings: OutputSettings, case: Case, evaluation: dict, dtype) -> dict:
@@ -168,8 +192,46 @@ def common_summary(settings: OutputSettings, case: Case, evaluation: dict, dtype
         "radiobiology": evaluation["radiobiology"],
         "goals": evaluation["goals"],
         "goals_all_met": all(g["met"] for g in evaluation["goals"]),
+        "oar_hot_spots": evaluation.get("oar_hot_spots", []),
         "device": device_info(),
         "precision": np.dtype(dtype).name,
+        "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "case_identification": case_identification(case),
+        "config_source": config_source(settings),
+    }
+
+
+def case_identification(case: Case) -> dict:
+    """The case name and, for a DICOM case, the patient and study it came from (strings)."""
+    ident = {"case": case.name}
+    ref = case.info.get("dicom")
+    if isinstance(ref, dict):
+        patient = ref.get("patient", {})
+        ident |= {
+            "patient_name": patient.get("PatientName", ""),
+            "patient_id": patient.get("PatientID", ""),
+            "study_id": patient.get("StudyID", ""),
+            "study_date": patient.get("StudyDate", ""),
+            "study_description": patient.get("StudyDescription", ""),
+            "study_uid": ref.get("study_uid", ""),
+        }
+    return ident
+
+
+def config_source(settings: OutputSettings) -> dict:
+    """The config as the plan read it, with its SHA-256: the TOML file's text when there was
+    one, else the resolved config as canonical JSON (a batch job)."""
+    import hashlib
+
+    if settings.config_text is not None:
+        text, kind = settings.config_text, "toml"
+    else:
+        text, kind = json.dumps(settings.config_json, indent=2, sort_keys=True), "json"
+    return {
+        "origin": settings.config_origin,
+        "format": kind,
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        "text": text,
     }
 
 
@@ -216,6 +278,7 @@ def write_plan_outputs(
     from iortopt.io.output_dir import new_temp_folder, publish_folder
     from iortopt.io.store import _to_jsonable, write_plan_store
     from iortopt.outputs import figures as report
+    from iortopt.outputs.report import write_report
 
     out_dir = Path(out_dir)
     # one colour per structure name in every figure and in the store's label image
@@ -268,6 +331,7 @@ def write_plan_outputs(
         )
         if extra_writer is not None:
             extra_writer(tmp)
+        write_report(tmp)  # from the files just written, so the folder is complete with it
         publish_folder(tmp, out_dir, settings.plan_name, settings.modality)
     finally:
         if tmp.exists():
@@ -275,12 +339,15 @@ def write_plan_outputs(
 
 
 def rewrite_summary(out_dir: Path, summary: dict) -> None:
-    """Replace ``out_dir/summary.json`` atomically (e.g. to add the write time)."""
+    """Replace ``out_dir/summary.json`` atomically (e.g. to add the write time), then rebuild
+    ``report.html`` from it (:func:`iortopt.outputs.report.write_report`)."""
     from iortopt.io.store import _to_jsonable
+    from iortopt.outputs.report import write_report
 
     tmp = out_dir / ".summary.json.tmp"
     tmp.write_text(json.dumps(_to_jsonable(summary), indent=2))
     os.replace(tmp, out_dir / "summary.json")
+    write_report(out_dir)
 
 
 METRIC_COLUMNS = (

@@ -586,6 +586,8 @@ def optimise_and_write(
         "n_dwells_active": n_dwells,
         "n_dwells_total": len(prepared.all_dwells),
         "total_treatment_time_s": float(np.sum(times_s)),
+        "total_reference_air_kerma_uGy_m2": float(prepared.sk_U * np.sum(times_s) / 3600.0),
+        "source_strength": source_strength(prepared),
         "optimisation_voxels": int(points_opt.shape[0]),
         "influence": "matrix" if use_matrix else "matrix_free",
         "objective": result.objective,
@@ -681,6 +683,24 @@ def clinical_comparison(prepared: PreparedPlan, evaluation: dict, times_s, chunk
             "metrics": evaluation["metrics"],
             "goals": evaluation["goals"],
         },
+    }
+
+
+def source_strength(prepared: PreparedPlan) -> dict:
+    """The source as the plan used it: model, citation, half-life, S_K (U = uGy m^2 h^-1) at
+    calibration and at treatment and the decay factor between them (1 without dates)."""
+    cfg = prepared.config.source
+    calibrated = cfg.air_kerma_strength_U
+    return {
+        "model": prepared.source.key,
+        "citation": prepared.source.citation,
+        "formalism": cfg.formalism,
+        "half_life_days": prepared.source.half_life_days,
+        "calibration": None if cfg.calibration is None else cfg.calibration.isoformat(),
+        "treatment": None if cfg.treatment is None else cfg.treatment.isoformat(),
+        "air_kerma_strength_U_at_calibration": calibrated,
+        "decay_factor": prepared.sk_U / calibrated,
+        "air_kerma_strength_U_at_treatment": prepared.sk_U,
     }
 
 
