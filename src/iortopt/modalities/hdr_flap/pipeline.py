@@ -773,10 +773,24 @@ def run(prepared: PreparedPlan, out_dir: str | Path, ctx: RunContext) -> PlanRes
 
 
 def replan_session(prepared: PreparedPlan, ctx: RunContext):
-    """The plan kept in memory for fast replans (:mod:`iortopt.modalities.hdr_flap.replan`)."""
+    """The plan kept in memory for fast replans (:mod:`iortopt.modalities.hdr_flap.replan`):
+    its influence matrix and the run's starting dwell time are built here."""
     from iortopt.modalities.hdr_flap.replan import ReplanSession
 
-    return ReplanSession(prepared, ctx)
+    cfg = prepared.config
+    if cfg.optimizer.influence == "matrix_free":
+        raise ConfigError(
+            'optimizer.influence: a replanning session needs the matrix ("matrix" or "auto")'
+        )
+    points = prepared.case.grid.points_mm(np.float32)[prepared.opt_mask.reshape(-1)]
+    n = len(prepared.dwells)
+    matrix, _, _ = _influence_matrix(
+        points, prepared.dwells, prepared.kernel, prepared.sk_U, prepared.dtype, ctx.chunk_size(n)
+    )
+    unit = np.asarray(matrix @ jnp.ones(n, prepared.dtype))
+    target = prepared.weights[cfg.prescription.structure]
+    start = _initial_time_s(unit, target, cfg.prescription.dose_gy, cfg.applicator.max_dwell_time_s)
+    return ReplanSession(prepared, matrix, start)
 
 
 def memory_sizes(prepared: PreparedPlan) -> dict:

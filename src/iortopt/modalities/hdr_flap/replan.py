@@ -27,7 +27,6 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from iortopt.compute.run_context import RunContext
 from iortopt.config import Goal, PlanConfig
 from iortopt.errors import ConfigError
 from iortopt.evaluation import dvh
@@ -56,34 +55,23 @@ class ReplanSession:
     Needs the explicit influence matrix (``optimizer.influence`` "matrix" or "auto" when it
     fits); shields are not re-placed here (a plan with ``[[shields]]`` is refused)."""
 
-    def __init__(self, prepared, ctx: RunContext | None = None):
-        from iortopt.modalities.hdr_flap.pipeline import _influence_matrix, _initial_time_s
-
+    def __init__(self, prepared, matrix_gy_per_s, start_time_s: float):
+        """``prepared``: the plan's PreparedPlan; ``matrix_gy_per_s``: (P, N) influence matrix on
+        its optimisation voxels; ``start_time_s``: the equal dwell time the plan run starts from
+        (:func:`iortopt.modalities.hdr_flap.pipeline.replan_session` builds both)."""
         cfg = prepared.config
         if prepared.shield_specs:
             raise ConfigError("shields: a replanning session does not place shields; use run")
-        if cfg.optimizer.influence == "matrix_free":
-            raise ConfigError(
-                'optimizer.influence: a replanning session needs the matrix ("matrix" or "auto")'
-            )
-        ctx = ctx or RunContext()
         self._prepared, self._cfg = prepared, cfg
-        dtype, grid = prepared.dtype, prepared.case.grid
-        points = grid.points_mm(np.float32)[prepared.opt_mask.reshape(-1)]
+        self._matrix = matrix_gy_per_s
         n = len(prepared.dwells)
-        self._matrix, _, _ = _influence_matrix(
-            points, prepared.dwells, prepared.kernel, prepared.sk_U, dtype, ctx.chunk_size(n)
-        )
-        self._weights = {k: jnp.asarray(v, dtype) for k, v in prepared.weights.items()}
+        self._weights = {k: jnp.asarray(v, prepared.dtype) for k, v in prepared.weights.items()}
         self._t_max = cfg.applicator.max_dwell_time_s
         self._active = np.ones(n, bool)
         self._objectives = list(cfg.objectives)
         self._goals = list(cfg.goals)
         self._build_objective()
-        unit = np.asarray(self._matrix @ jnp.ones(n, dtype))
-        target = prepared.weights[cfg.prescription.structure]
-        start = _initial_time_s(unit, target, cfg.prescription.dose_gy, self._t_max)
-        self._start_s = np.full(n, start)  # the run's start: equal times, mean target dose = Rx
+        self._start_s = np.full(n, start_time_s)  # the run's start: mean target dose = Rx
         self._times_s = self._start_s
 
     # -- what a replan may change ------------------------------------------------------------
