@@ -457,5 +457,9 @@ from iortopt.cli.evaluate_commands import register as register_evaluate_commands
 
 register_evaluate_commands(app)
 
+from iortopt.cli.pareto_commands import register as register_pareto_commands  # noqa: E402
+
+register_pareto_commands(app)
+
 if __name__ == "__main__":  # python -m iortopt.cli
     entry()
