@@ -225,7 +225,8 @@ class ParetoSection(_Model):
     ``n_plans``: weight vectors (vertices, centroid, then a seeded scrambled Halton design mapped
     to the simplex). ``iterations``: fixed optimiser iterations of every plan, all plans in one
     compiled program; ``optimizer``: ``adam`` (``learning_rate``, in the bounded variable of
-    ``times_from_u``) or ``lbfgs``.
+    ``times_from_u``) or ``lbfgs``. ``block_plans``: plans per matrix product (0: 100 on a CPU,
+    where a block that fits the cache is faster, all K on a GPU).
     """
 
     objectives: list[str | Annotated[int, Field(ge=0)]] = Field(min_length=2)
@@ -235,6 +236,7 @@ class ParetoSection(_Model):
     optimizer: Literal["adam", "lbfgs"] = "adam"
     learning_rate: PositiveFloat = 0.02
     seed: Annotated[int, Field(ge=0)] = 0
+    block_plans: Annotated[int, Field(ge=0)] = 0
 
 
 class XraySection(_Model):

@@ -8,8 +8,9 @@ Each plan k minimises a weighted sum of G objective groups,
 so the simplex centroid (1/G, ..., 1/G) is the plan with every term at its config weight, and a
 vertex keeps one group (plus the terms in no group, such as dwell-time modulation). All K plans
 run in one jitted ``lax.scan`` of a fixed number of iterations: the K dose vectors are one matrix
-product (K x dwells) @ (dwells x voxels) per iteration, the plans' objectives are ``jax.vmap``-ed,
-and the dwell times are bounded, 0 <= t <= t_max, through the variable of
+product (K x dwells) @ (dwells x voxels) per iteration (or one per block of plans, blocks one
+after the other in the same program, where cache size matters: CPUs), the plans' objectives
+are ``jax.vmap``-ed, and the dwell times are bounded, 0 <= t <= t_max, through the variable of
 :func:`iortopt.optimisation.optax_loop.times_from_u`. Adam acts elementwise, so it runs on the
 (K, dwells) array directly; L-BFGS (optax, with its zoom line search) is vmapped per plan.
 
@@ -35,6 +36,11 @@ import optax
 
 from iortopt.optimisation.objectives import Term
 from iortopt.optimisation.optax_loop import times_from_u, u_from_times
+
+#: Plans per block on a CPU (:func:`optimise_set` ``block``): 100 plans x 19k voxels of float32
+#: doses (7.5 MB) stay in cache; on the built-in flap case one block of 1000 ran at 7 plans/s,
+#: blocks of 100 at about 30 (2-core CPU).
+CPU_BLOCK = 100
 
 #: Halvings of [min, max] of the structure dose that locate D_v in :func:`dose_at_volume_bisect`
 #: (12: within 1/4096 of the dose range, a few mGy on the flap case; each halving is a pass over
@@ -193,6 +199,7 @@ def optimise_set(
     optimizer: str = "adam",
     learning_rate: float = 0.02,
     dtype=jnp.float32,
+    block: int | None = None,
 ) -> ParetoRun:
     """Optimise the K plans of ``weights`` (K, G) together; see the module docstring.
 
@@ -203,6 +210,10 @@ def optimise_set(
             speed); ``groups``: term indices of each of the G groups.
         init_times_s: (N,) or (K, N) starting dwell times (s), e.g. the nominal optimum.
         iterations: fixed iteration count of every plan.
+        block: plans per matrix product (None: all K in one). The plans are independent, so a
+            block runs its whole optimisation before the next (``lax.map`` in the same compiled
+            program); on a CPU a block whose K x voxels doses fit the cache is several times
+            faster per plan than one product of all K (:data:`CPU_BLOCK`).
     Returns:
         :class:`ParetoRun`; ``compile_s`` is tracing and compilation, ``run_s`` the run.
     """
@@ -220,22 +231,30 @@ def optimise_set(
         program = _lbfgs_program(value, iterations)
     else:
         raise ValueError(f"optimizer must be 'adam' or 'lbfgs', got {optimizer!r}")
-    init = np.broadcast_to(np.asarray(init_times_s, np.float64), (k, matrix.shape[1]))
+    n_dwells = matrix.shape[1]
+    init = np.broadcast_to(np.asarray(init_times_s, np.float64), (k, n_dwells))
+    size = k if block is None or block >= k else max(int(block), 1)
+    n_blocks = -(-k // size)
+    padded = np.arange(n_blocks * size).clip(max=k - 1)  # the last plan repeated, then dropped
     params = term_params(terms, dtype)
     args = (
-        jnp.asarray(u_from_times(init, t_max_s), dtype),
-        jnp.asarray(weights, dtype),
+        jnp.asarray(u_from_times(init[padded], t_max_s), dtype).reshape(n_blocks, size, -1),
+        jnp.asarray(weights[padded], dtype).reshape(n_blocks, size, n_groups),
         jnp.asarray(matrix, dtype),
         params,
     )
 
-    def finish(u0, w, a, p):
+    def finish_block(u0, w, a, p):
         u = program(u0, w, a, p)
         t = times_from_u(u, t_max_s)
         d = t @ a.T
         g = jax.vmap(groups_fn, in_axes=(0, 0, None))(d, t, p)
         r = jax.vmap(rest_fn, in_axes=(0, 0, None))(d, t, p)
         return t, g, n_groups * jnp.sum(w * g, axis=1) + r
+
+    def finish(u0, w, a, p):
+        t, g, f = jax.lax.map(lambda b: finish_block(b[0], b[1], a, p), (u0, w))
+        return t.reshape(-1, n_dwells)[:k], g.reshape(-1, n_groups)[:k], f.reshape(-1)[:k]
 
     t0 = time.perf_counter()
     compiled = jax.jit(finish).lower(*args).compile()

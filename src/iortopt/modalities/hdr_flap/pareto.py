@@ -148,6 +148,17 @@ def _plan_metrics(prepared, matrix: np.ndarray, times_s: np.ndarray):
     return columns, np.stack(values, axis=1)
 
 
+def _block(block_plans: int) -> int | None:
+    """Plans per block: the config's, else ``CPU_BLOCK`` on a CPU and all on an accelerator."""
+    import jax
+
+    from iortopt.optimisation.pareto import CPU_BLOCK
+
+    if block_plans > 0:
+        return block_plans
+    return CPU_BLOCK if jax.default_backend() == "cpu" else None
+
+
 def compute_set(prepared, matrix, nominal_times_s: np.ndarray) -> ParetoSet:
     """The ``[pareto]`` set of a prepared plan from its influence matrix (optimisation voxels x
     dwells, Gy/s) and the nominal optimum (the start of every plan)."""
@@ -180,6 +191,7 @@ def compute_set(prepared, matrix, nominal_times_s: np.ndarray) -> ParetoSet:
         optimizer=p.optimizer,
         learning_rate=p.learning_rate,
         dtype=prepared.dtype,
+        block=_block(p.block_plans),
     )
     t1 = time.perf_counter()
     mask = po.non_dominated(run.group_values)
@@ -207,6 +219,7 @@ def compute_set(prepared, matrix, nominal_times_s: np.ndarray) -> ParetoSet:
             "iterations": p.iterations,
             "learning_rate": p.learning_rate,
             "seed": p.seed,
+            "block_plans": _block(p.block_plans) or p.n_plans,
             "optimisation_rows": int(rows.shape[0]),
         },
     )
