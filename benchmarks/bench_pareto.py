@@ -36,12 +36,12 @@ from bench_tg43 import _ensure_iortopt_importable, device_peak_mib, host_peak_rs
 GROUPS = ["CTV", "bowel", "ureter"]
 
 
-def _config(n_plans: int, iterations: int | None, optimizer: str | None):
+def _config(n_plans: int, iterations: int | None, optimizer: str | None, block: int = 0):
     from iortopt.config import load_config, parse_config
 
     doc = load_config(Path(__file__).resolve().parents[1] / "configs" / "flap_default.toml")
     doc = doc.model_dump(mode="json", exclude_none=True)
-    pareto = {"objectives": GROUPS, "n_plans": n_plans}
+    pareto = {"objectives": GROUPS, "n_plans": n_plans, "block_plans": block}
     if iterations is not None:
         pareto["iterations"] = iterations
     if optimizer is not None:
@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--plans", default="10,100,1000", help="comma-separated K values")
     p.add_argument("--iterations", type=int, default=None, help="default: the config default")
     p.add_argument("--optimizer", choices=("adam", "lbfgs"), default=None)
+    p.add_argument("--block", type=int, default=0, help="plans per block (0: auto)")
     p.add_argument("--quality", type=int, default=0, help="plans re-checked by L-BFGS")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = p.parse_args(argv)
@@ -168,7 +169,9 @@ def main(argv=None) -> int:
     device = jax.devices()[0]
     cases, pset = [], None
     for k in sorted(plans):
-        run = dataclasses.replace(prepared, config=_config(k, args.iterations, args.optimizer))
+        run = dataclasses.replace(
+            prepared, config=_config(k, args.iterations, args.optimizer, args.block)
+        )
         c0 = time.process_time()
         pset = hp.compute_set(run, matrix, nominal)
         cpu_s = time.process_time() - c0
@@ -185,6 +188,7 @@ def main(argv=None) -> int:
                 "n_non_dominated": s["n_non_dominated"],
                 "iterations": s["iterations"],
                 "optimizer": s["optimizer"],
+                "block_plans": s["block_plans"],
                 "peak_rss_mib": host_peak_rss_mib(),
                 "device_peak_mib": device_peak_mib(device),
             }

@@ -37,10 +37,11 @@ import optax
 from iortopt.optimisation.objectives import Term
 from iortopt.optimisation.optax_loop import times_from_u, u_from_times
 
-#: Plans per block on a CPU (:func:`optimise_set` ``block``): 100 plans x 19k voxels of float32
-#: doses (7.5 MB) stay in cache; on the built-in flap case one block of 1000 ran at 7 plans/s,
-#: blocks of 100 at about 30 (2-core CPU).
-CPU_BLOCK = 100
+#: Plans per block on a CPU (:func:`optimise_set` ``block``): the doses of a block (40 plans x
+#: 19k voxels, float32: 3 MB) stay in cache. Built-in flap case, K = 1000, loaded 2-core CPU
+#: (process CPU seconds of the whole set): one block of 1000 64 s, blocks of 250 39 s, 100
+#: 36 s, 40 32 s, 20 30 s; 40 gave the shortest wall time (20 s).
+CPU_BLOCK = 40
 
 #: Halvings of [min, max] of the structure dose that locate D_v in :func:`dose_at_volume_bisect`
 #: (12: within 1/4096 of the dose range, a few mGy on the flap case; each halving is a pass over
