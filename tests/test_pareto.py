@@ -325,3 +325,16 @@ def test_pick_writes_the_chosen_plan_with_its_stored_metrics(pareto_run, tmp_pat
     assert bad.exit_code == 1 and "closest" in bad.output
     bad = runner.invoke(app, ["pareto", "pick", str(pareto_run), "--maximise", "CTV.D9O_gy"])
     assert bad.exit_code == 2 and "CTV.D9O_gy" in bad.output
+
+
+def test_a_set_needs_the_influence_matrix_and_no_shields():
+    from iortopt.modalities.hdr_flap.pareto import check_usable
+
+    cfg = parse_config(_doc())
+    check_usable(cfg, True, 100, 10)
+    with pytest.raises(ConfigError, match="pareto: a Pareto set needs the explicit influence"):
+        check_usable(cfg, False, 100, 10)
+    doc = _doc()
+    doc["shields"] = _doc("flap_shield.toml")["shields"]
+    with pytest.raises(ConfigError, match=r"pareto: .*\[\[shields\]\]"):
+        check_usable(parse_config(doc), True, 100, 10)
