@@ -225,7 +225,8 @@ class ParetoSection(_Model):
     ``n_plans``: weight vectors (vertices, centroid, then a seeded scrambled Halton design mapped
     to the simplex). ``iterations``: fixed optimiser iterations of every plan, all plans in one
     compiled program; ``optimizer``: ``adam`` (``learning_rate``, in the bounded variable of
-    ``times_from_u``) or ``lbfgs``. ``block_plans``: plans per matrix product (0: 40 on a CPU,
+    ``times_from_u``) or ``lbfgs`` (vmapped, a line search per plan: for small problems; slow
+    on the built-in flap case). ``block_plans``: plans per matrix product (0: 40 on a CPU,
     where a block that fits the cache is faster, all K on a GPU).
     """
 
