@@ -89,6 +89,7 @@ FLOAT_FIELDS = [
     (SHIELD + "rotation_range_deg = [0.0, {v}]\n", "shields.0.rotation_range_deg"),
     (SHIELD + "min_target_distance_mm = {v}\n", "shields.0.min_target_distance_mm"),
     (SHIELD + "edge_mm = {v}\n", "shields.0.edge_mm"),
+    ('[pareto]\nobjectives = ["CTV", "bowel"]\nlearning_rate = {v}\n', "pareto.learning_rate"),
     (
         '[[shields]]\nname = "p"\nsurface = "plane"\nsizes_mm = [[40.0, 30.0]]\n'
         "origin_mm = [0.0, {v}, 0.0]\nnormal = [0.0, 1.0, 0.0]\naxis_u = [1.0, 0.0, 0.0]\n",

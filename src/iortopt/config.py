@@ -222,6 +222,33 @@ class OptimizerSection(_Model):
     influence_memory_mb: PositiveFloat = 2048.0
 
 
+class ParetoSection(_Model):
+    """A set of Pareto plans (``[pareto]``, modality ``hdr_flap`` with the explicit influence
+    matrix; see ``iortopt.modalities.hdr_flap.pareto``).
+
+    ``objectives``: the groups that trade off. An entry is a structure name (the group is the sum
+    of every ``[[objectives]]`` term on that structure, with its config weight) or an index into
+    ``[[objectives]]`` (that term alone). Terms in no group (e.g. ``modulation``) stay in every
+    plan with their config weight. Plan k minimises ``G * sum_g w_kg f_g + rest``, ``w_k`` on the
+    simplex, so the centroid (1/G, ...) is the nominal plan's objective.
+    ``n_plans``: weight vectors (vertices, centroid, then a seeded scrambled Halton design mapped
+    to the simplex). ``iterations``: fixed optimiser iterations of every plan, all plans in one
+    compiled program; ``optimizer``: ``adam`` (``learning_rate``, in the bounded variable of
+    ``times_from_u``) or ``lbfgs`` (vmapped, a line search per plan: for small problems; slow
+    on the built-in flap case). ``block_plans``: plans per matrix product (0: 40 on a CPU,
+    where a block that fits the cache is faster, all K on a GPU).
+    """
+
+    objectives: list[str | Annotated[int, Field(ge=0)]] = Field(min_length=2)
+    n_plans: Annotated[int, Field(ge=1, le=100000)] = 1000
+    method: Literal["weights"] = "weights"
+    iterations: Annotated[int, Field(ge=1, le=100000)] = 100
+    optimizer: Literal["adam", "lbfgs"] = "adam"
+    learning_rate: PositiveFloat = 0.02
+    seed: Annotated[int, Field(ge=0)] = 0
+    block_plans: Annotated[int, Field(ge=0)] = 0
+
+
 class XraySection(_Model):
     """50 kV X-ray spherical applicators (modality ``xray_sphere``)."""
 
@@ -444,6 +471,7 @@ class PlanConfig(_Model):
     electron: ElectronSection = ElectronSection()
     compute: ComputeSection = ComputeSection()
     shields: list[ShieldConfig] = Field(default_factory=list)
+    pareto: ParetoSection | None = None
 
     # Whether the case fits plan.modality is checked against the capabilities the modality
     # needs (iortopt.pipeline.check_capabilities), where the modality registry can be imported.
@@ -465,6 +493,27 @@ class PlanConfig(_Model):
                 raise ValueError(
                     f"shields {shield.name!r}: surface {shield.surface!r} needs case.kind "
                     f"{kind!r}; use surface 'plane' or 'cylinder' with explicit geometry"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _pareto_fits_plan(self):
+        if self.pareto is None:
+            return self
+        if self.plan.modality != "hdr_flap":
+            raise ValueError(
+                f"pareto: Pareto sets need dose linear in the variables (HDR dwell times, "
+                f"plan.modality 'hdr_flap'); plan.modality is {self.plan.modality!r}"
+            )
+        for k, entry in enumerate(self.pareto.objectives):
+            if isinstance(entry, int) and entry >= len(self.objectives):
+                raise ValueError(
+                    f"pareto.objectives[{k}]: index {entry} but [[objectives]] has "
+                    f"{len(self.objectives)} terms"
+                )
+            if isinstance(entry, str) and not any(o.structure == entry for o in self.objectives):
+                raise ValueError(
+                    f"pareto.objectives[{k}]: no [[objectives]] term on structure {entry!r}"
                 )
         return self
 

@@ -514,5 +514,9 @@ from iortopt.cli.report_commands import register as register_report_commands  # 
 
 register_report_commands(app)
 
+from iortopt.cli.pareto_commands import register as register_pareto_commands  # noqa: E402
+
+register_pareto_commands(app)
+
 if __name__ == "__main__":  # python -m iortopt.cli
     entry()

@@ -1,9 +1,9 @@
 """Output folders that never destroy what iortopt did not create.
 
 A plan's output folder (``iortopt run --out DIR``) holds iortopt's own entries (:data:`OWNED_NAMES`:
-``plan.zarr``, ``summary.json``, ``dvh.png``, ``dose_slices.png``, ``report.html``, ``dicom/``)
-and a marker, ``.iortopt-output.json`` (plan name, modality, version), written last. The
-marker is what makes a folder "an iortopt output of plan P".
+``plan.zarr``, ``summary.json``, ``dvh.png``, ``dose_slices.png``, ``report.html``, ``dicom/``,
+``pareto.png``) and a marker, ``.iortopt-output.json`` (plan name, modality, version), written
+last. The marker is what makes a folder "an iortopt output of plan P".
 
 Before any computation, :func:`check_output_target` refuses (``ConfigError``, exit 2 in the CLI):
 the current folder or one that contains it (``--out .``, ``--out ''``), a symbolic link, a regular
@@ -57,7 +57,16 @@ except ImportError:  # pragma: no cover - not POSIX: no advisory lock
 MARKER_NAME = ".iortopt-output.json"
 #: Entries iortopt writes into an output folder (the marker included).
 OWNED_NAMES = frozenset(
-    {"plan.zarr", "summary.json", "dvh.png", "dose_slices.png", "dicom", "report.html", MARKER_NAME}
+    {
+        "plan.zarr",
+        "summary.json",
+        "dvh.png",
+        "dose_slices.png",
+        "dicom",
+        "report.html",
+        "pareto.png",
+        MARKER_NAME,
+    }
 )
 #: Names made beside an output ``<name>`` (the longest one bounds the name length).
 SIBLING_TEMPLATES = (

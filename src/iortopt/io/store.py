@@ -18,6 +18,9 @@ Layout of a plan store (``plan.zarr``)::
     dwells/catheter (N,), dwells/index (N,)
     applicator/centre_mm (3,), radius_mm, time_min, ...                       (X-ray plans)
     dvh/<name>          (2, bins): row 0 dose_gy, row 1 volume_cm3 (cumulative)
+    pareto/             (HDR plans with [pareto]) times_s (K, N), weights (K, G), group_values
+                        (K, G), objective (K,), non_dominated (K,), metrics (K, M); attrs:
+                        groups, metric_columns (``structure.metric`` of each column)
 
 A dose store (``iortopt dose``) holds the root attributes and ``dose_gy`` only, also as an
 OME-NGFF image.
@@ -296,3 +299,32 @@ def write_plan_store(path: str | Path, plan: dict) -> Path:
                 },
             )
     return Path(path)
+
+
+def add_group(store_path: str | Path, name: str, arrays: dict, attrs: dict | None = None) -> None:
+    """Add group ``name`` with ``arrays`` and ``attrs`` to an existing store (e.g. ``pareto``
+    into a plan store still under its temporary name, before it is published)."""
+    root = zarr.open_group(str(store_path), mode="r+")
+    group = root.create_group(name)
+    for key, values in arrays.items():
+        write_array(group, key, np.asarray(values))
+    if attrs:
+        group.attrs.update(_to_jsonable(attrs))
+
+
+def read_group(store_path: str | Path, name: str) -> tuple[dict[str, np.ndarray], dict]:
+    """Arrays and attributes of group ``name`` of a store written by iortopt.
+
+    Raises:
+        KeyError: the store has no such group.
+    """
+    root = zarr.open_group(str(store_path), mode="r")
+    if name not in root:
+        raise KeyError(name)
+    group = root[name]
+    return {key: np.asarray(arr[...]) for key, arr in group.arrays()}, dict(group.attrs)
+
+
+def read_attrs(store_path: str | Path) -> dict:
+    """The root attributes of a store written by iortopt (config, provenance, summary...)."""
+    return dict(zarr.open_group(str(store_path), mode="r").attrs)

@@ -65,16 +65,20 @@ def _volume_in_weight_units(w: jnp.ndarray, volume_fraction, volume_voxels):
     return volume_fraction * jnp.sum(w) if volume_voxels is None else volume_voxels
 
 
-def dvh_min(w: jnp.ndarray, dose_gy: float, volume_fraction=None, volume_voxels=None) -> TermFn:
+def dvh_min(
+    w: jnp.ndarray, dose_gy: float, volume_fraction=None, volume_voxels=None, dv_fn=None
+) -> TermFn:
     """Surrogate of D_v >= dose (at least volume v at or above dose).
 
     Penalises the voxels that must be raised, those with D_v(current) <= d < dose, quadratically:
-    the usual differentiable DVH-constraint surrogate (Wu and Mohan 2000).
+    the usual differentiable DVH-constraint surrogate (Wu and Mohan 2000). ``dv_fn``: how D_v is
+    found (default :func:`dose_at_volume`, a sort; batched optimisers pass a sort-free one).
     """
+    dv_fn = dv_fn or dose_at_volume
 
     def fn(d, t):
         dv = jax.lax.stop_gradient(
-            dose_at_volume(d, w, _volume_in_weight_units(w, volume_fraction, volume_voxels))
+            dv_fn(d, w, _volume_in_weight_units(w, volume_fraction, volume_voxels))
         )
         mask = (d >= dv).astype(d.dtype)
         return _wmean(w, mask * jnp.square(jax.nn.relu(dose_gy - d))) / dose_gy**2
@@ -82,13 +86,16 @@ def dvh_min(w: jnp.ndarray, dose_gy: float, volume_fraction=None, volume_voxels=
     return fn
 
 
-def dvh_max(w: jnp.ndarray, dose_gy: float, volume_fraction=None, volume_voxels=None) -> TermFn:
+def dvh_max(
+    w: jnp.ndarray, dose_gy: float, volume_fraction=None, volume_voxels=None, dv_fn=None
+) -> TermFn:
     """Surrogate of D_v <= dose (at most volume v above dose): penalises voxels with
-    dose < d <= D_v(current)."""
+    dose < d <= D_v(current). ``dv_fn``: as in :func:`dvh_min`."""
+    dv_fn = dv_fn or dose_at_volume
 
     def fn(d, t):
         dv = jax.lax.stop_gradient(
-            dose_at_volume(d, w, _volume_in_weight_units(w, volume_fraction, volume_voxels))
+            dv_fn(d, w, _volume_in_weight_units(w, volume_fraction, volume_voxels))
         )
         mask = (d <= dv).astype(d.dtype)
         return _wmean(w, mask * jnp.square(jax.nn.relu(d - dose_gy))) / dose_gy**2
@@ -136,6 +143,7 @@ def build_terms(
     voxel_volume_cm3: float,
     neighbour_pairs: np.ndarray,
     prescription_gy: float,
+    dv_fn=None,
 ) -> list[Term]:
     """Terms from config objectives (:class:`iortopt.config.Objective`).
 
@@ -145,6 +153,7 @@ def build_terms(
         voxel_volume_cm3: converts volume_cc to voxel units.
         neighbour_pairs: (K, 2) indices of neighbouring active dwells (modulation term).
         prescription_gy: scale of the mean-dose term when its limit is 0.
+        dv_fn: D_v of the DVH terms (None: :func:`dose_at_volume`).
     Raises:
         KeyError naming an unknown structure (the caller turns it into a ConfigError).
     """
@@ -180,12 +189,24 @@ def build_terms(
             factory = dvh_min if obj.type == "dvh_min" else dvh_max
             if obj.volume_percent is not None:
                 params["volume_fraction"] = obj.volume_percent / 100.0
-                make = lambda p, w=w, f=factory: f(w, p["dose_gy"], p["volume_fraction"])  # noqa: E731
+                make = lambda p, w=w, f=factory: f(  # noqa: E731
+                    w, p["dose_gy"], p["volume_fraction"], dv_fn=dv_fn
+                )
             else:
                 params["volume_voxels"] = obj.volume_cc / voxel_volume_cm3
                 make = lambda p, w=w, f=factory: f(  # noqa: E731
-                    w, p["dose_gy"], volume_voxels=p["volume_voxels"]
+                    w, p["dose_gy"], volume_voxels=p["volume_voxels"], dv_fn=dv_fn
                 )
-        idx = jnp.asarray(inside)
-        terms.append(Term(name, params, lambda d, t, p, m=make, i=idx: m(p)(d[i], t)))
+        take = _taker(inside)
+        terms.append(Term(name, params, lambda d, t, p, m=make, g=take: m(p)(g(d), t)))
     return terms
+
+
+def _taker(inside: np.ndarray) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """``d -> d[inside]``: a static slice when the indices are one contiguous run (cheaper to
+    differentiate than a gather, whose gradient is a scatter), else a gather."""
+    start, stop = int(inside[0]), int(inside[-1]) + 1
+    if stop - start == inside.size:
+        return lambda d: d[start:stop]
+    idx = jnp.asarray(inside)
+    return lambda d: d[idx]

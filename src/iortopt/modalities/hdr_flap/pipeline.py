@@ -447,14 +447,19 @@ def checkpoint_key(cfg: PlanConfig, n_dwells: int) -> str:
 
 
 def optimise_and_write(
-    prepared: PreparedPlan, out_dir: str | Path, ctx: RunContext | None = None
+    prepared: PreparedPlan,
+    out_dir: str | Path,
+    ctx: RunContext | None = None,
+    fixed_times_s: np.ndarray | None = None,
 ) -> PlanResult:
     """Optimise dwell times, compute the full dose and write every output into ``out_dir``.
 
     ``ctx``: the run's chunking, influence mode, device mesh and progress console (None: the
     defaults on one device, no progress display). Every 25 iterations the dwell times go to a
     checkpoint beside ``out_dir``; a later run of the same config into the same folder starts
-    from it (an interrupted long run resumes).
+    from it (an interrupted long run resumes). ``fixed_times_s``: write the plan of these dwell
+    times (s) without optimising (``iortopt pareto pick``). With ``[pareto]`` the Pareto set of
+    :mod:`iortopt.modalities.hdr_flap.pareto` is computed after the nominal plan.
     """
     ctx = ctx or RunContext()
     cfg, case, dwells, dtype = prepared.config, prepared.case, prepared.dwells, prepared.dtype
@@ -479,6 +484,9 @@ def optimise_and_write(
             f"({points_opt.shape[0]} voxels x {n_dwells} dwells); set optimizer.influence = "
             "'matrix' or 'auto' with a larger optimizer.influence_memory_mb, or a coarser grid"
         )
+    from iortopt.modalities.hdr_flap import pareto as hdr_pareto
+
+    hdr_pareto.check_usable(cfg, use_matrix, points_opt.shape[0], n_dwells)
     if use_matrix:
         matrix, compile_s, run_s = _influence_matrix(
             points_opt, dwells, prepared.kernel, prepared.sk_U, dtype, chunk, ctx.mesh
@@ -517,7 +525,8 @@ def optimise_and_write(
 
     bar = DelayedProgress(ctx.console, cfg.optimizer.max_iterations, "optimising")
     params = objectives.term_params(terms, dtype)
-    result = minimise(
+    optimise = minimise if fixed_times_s is None else _fixed_plan(fixed_times_s, t_max)
+    result = optimise(
         lambda t, params, *ops: total(dose_of(t, *ops), t, params),
         init,
         t_max,
@@ -603,6 +612,11 @@ def optimise_and_write(
         summary |= hdr_shields.shield_summary(prepared, stage, evaluation, result.times_s, ctx)
     if prepared.clinical is not None:
         summary["from_rtplan"] = clinical_comparison(prepared, evaluation, times_s, chunk)
+    pareto_set = None
+    if cfg.pareto is not None and fixed_times_s is None:
+        pareto_set = hdr_pareto.compute_set(prepared, operands[0], times_s)
+        summary["pareto"] = hdr_pareto.summary(pareto_set)
+        timings["pareto_s"] = pareto_set.timings_s["wall_s"]
     t0 = time.perf_counter()
     summary["wall_times_s"] = timings
     d = dwells
@@ -637,7 +651,11 @@ def optimise_and_write(
             air_kerma_strength_U=prepared.sk_U,
         ),
         markers_mm=d.positions_mm,
-        extra_writer=_dicom_writer(prepared, dose, evaluation, times_s),
+        extra_writer=_dicom_writer(prepared, dose, evaluation, times_s)
+        if pareto_set is None
+        else hdr_pareto.writer(
+            pareto_set, cfg, then=_dicom_writer(prepared, dose, evaluation, times_s)
+        ),
         shield_points_mm=None if stage is None else shl.figure_points(stage.specs, stage.placed),
     )
     timings["write_s"] = time.perf_counter() - t0
@@ -704,6 +722,21 @@ def source_strength(prepared: PreparedPlan) -> dict:
     }
 
 
+def _fixed_plan(times_s: np.ndarray, t_max_s: float):
+    """A stand-in for ``optax_loop.minimise`` that returns ``times_s`` unchanged (clipped to
+    [0, t_max]) with their objective: the plan of given dwell times."""
+    from iortopt.optimisation.optax_loop import OptimizationResult
+
+    def fixed(objective_of_times, init, t_max, method, dtype, operands, **_):
+        times = np.clip(np.asarray(times_s, np.float64), 0.0, t_max_s)
+        value = float(objective_of_times(jnp.asarray(times, dtype), *operands))
+        return OptimizationResult(
+            times, value, 0, True, "dwell times given (not optimised)", [value], method=method
+        )
+
+    return fixed
+
+
 def _dicom_writer(prepared: PreparedPlan, dose_gy: np.ndarray, evaluation: dict, times_s):
     """:func:`iortopt.outputs.dicom_export.hdr_writer` when ``[output] dicom = true``, else None."""
     cfg = prepared.config
@@ -759,6 +792,7 @@ SECTIONS = frozenset(
         "output",
         "compute",
         "shields",
+        "pareto",
     }
 )
 #: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
