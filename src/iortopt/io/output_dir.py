@@ -57,7 +57,16 @@ except ImportError:  # pragma: no cover - not POSIX: no advisory lock
 MARKER_NAME = ".iortopt-output.json"
 #: Entries iortopt writes into an output folder (the marker included).
 OWNED_NAMES = frozenset(
-    {"plan.zarr", "summary.json", "dvh.png", "dose_slices.png", "dicom", "report.html", MARKER_NAME}
+    {
+        "plan.zarr",
+        "summary.json",
+        "dvh.png",
+        "dose_slices.png",
+        "dvh_bands.png",
+        "dicom",
+        "report.html",
+        MARKER_NAME,
+    }
 )
 #: Names made beside an output ``<name>`` (the longest one bounds the name length).
 SIBLING_TEMPLATES = (

@@ -86,6 +86,7 @@ class PreparedPlan:
     setup_s: float
     notes: list[str] = field(default_factory=list)
     shield_specs: list = field(default_factory=list)  # shield_placement.ShieldSpec
+    robust: object = None  # robust.RobustSetup when [robust] is given
 
 
 @dataclass
@@ -256,6 +257,11 @@ def prepare_plan(
             applicator_points_mm=dwells.positions_mm,
             **side.shield_surfaces,
         )
+    robust_setup = None
+    if cfg.robust is not None:
+        from iortopt.modalities.hdr_flap import robust as hdr_robust
+
+        robust_setup = hdr_robust.setup(cfg, case, dwells)
     return PreparedPlan(
         cfg,
         case,
@@ -270,6 +276,7 @@ def prepare_plan(
         time.perf_counter() - t0,
         notes,
         shield_specs,
+        robust_setup,
     )
 
 
@@ -455,14 +462,23 @@ def optimise_and_write(
     )
     total = objectives.combine(terms)
     chunk = ctx.chunk_size(n_dwells)
-    use_matrix = _use_influence_matrix(cfg, points_opt.shape[0], n_dwells, dtype, ctx)
+    rob = prepared.robust
+    robust_opt = rob is not None and cfg.robust.optimise and len(rob.scenarios) > 1
+    n_rows = points_opt.shape[0] * (len(rob.scenarios) if robust_opt else 1)
+    use_matrix = _use_influence_matrix(cfg, n_rows, n_dwells, dtype, ctx)
     if prepared.shield_specs and not use_matrix:
         raise ConfigError(
             "shields: the shield optimisation needs the explicit influence matrix "
             f"({points_opt.shape[0]} voxels x {n_dwells} dwells); set optimizer.influence = "
             "'matrix' or 'auto' with a larger optimizer.influence_memory_mb, or a coarser grid"
         )
-    if use_matrix:
+    if robust_opt:
+        from iortopt.modalities.hdr_flap import robust as hdr_robust
+
+        operands, dose_of, objective_of = hdr_robust.optimisation_problem(
+            prepared, terms, points_opt, use_matrix, chunk, timings
+        )
+    elif use_matrix:
         matrix, compile_s, run_s = _influence_matrix(
             points_opt, dwells, prepared.kernel, prepared.sk_U, dtype, chunk, ctx.mesh
         )
@@ -481,6 +497,11 @@ def optimise_and_write(
 
         def dose_of(t, pts, pos, axes):
             return dose_gy(pts, pos, axes, t, prepared.kernel, prepared.sk_U, chunk, mesh=ctx.mesh)
+
+    if not robust_opt:
+
+        def objective_of(t, params, *ops):
+            return total(dose_of(t, *ops), t, params)
 
     unit_dose = np.asarray(jax.jit(dose_of)(jnp.ones(n_dwells, dtype), *operands))
     target_w = prepared.weights[cfg.prescription.structure]
@@ -501,7 +522,7 @@ def optimise_and_write(
     bar = DelayedProgress(ctx.console, cfg.optimizer.max_iterations, "optimising")
     params = objectives.term_params(terms, dtype)
     result = minimise(
-        lambda t, params, *ops: total(dose_of(t, *ops), t, params),
+        objective_of,
         init,
         t_max,
         method=cfg.optimizer.method,
@@ -582,6 +603,15 @@ def optimise_and_write(
     if stage is not None:
         summary["objective"] = stage.optimum.objective
         summary |= hdr_shields.shield_summary(prepared, stage, evaluation, result.times_s, ctx)
+    extra_writer = _dicom_writer(prepared, dose, evaluation, times_s)
+    if rob is not None:
+        from iortopt.modalities.hdr_flap import robust as hdr_robust
+
+        t0 = time.perf_counter()
+        summary["robust"], extra_writer = hdr_robust.evaluate(
+            prepared, terms, points_opt, times_s, chunk, extra_writer
+        )
+        timings["robust_evaluation_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     summary["wall_times_s"] = timings
     d = dwells
@@ -616,7 +646,7 @@ def optimise_and_write(
             air_kerma_strength_U=prepared.sk_U,
         ),
         markers_mm=d.positions_mm,
-        extra_writer=_dicom_writer(prepared, dose, evaluation, times_s),
+        extra_writer=extra_writer,
         shield_points_mm=None if stage is None else shl.figure_points(stage.specs, stage.placed),
     )
     timings["write_s"] = time.perf_counter() - t0
@@ -654,6 +684,10 @@ def print_summary(result: PlanResult, console: Console) -> None:
     """Metrics table, clinical goals (met or not) and timings on the terminal."""
     s = result.summary
     print_report(s, result.prepared.case, console)
+    if "robust" in s:
+        from iortopt.outputs.robust_figures import print_robust_table
+
+        print_robust_table(s["robust"], console)
     w = s["wall_times_s"]
     console.print(
         f"{s['n_dwells_active']} active dwells, total time {s['total_treatment_time_s']:.1f} s "
@@ -685,6 +719,7 @@ SECTIONS = frozenset(
         "output",
         "compute",
         "shields",
+        "robust",
     }
 )
 #: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
@@ -707,7 +742,14 @@ def memory_sizes(prepared: PreparedPlan) -> dict:
         "n_structures": len(prepared.case.structures),
         "spacing_mm": min(grid.spacing_xyz_mm),
         "n_shields": len(prepared.shield_specs),
+        "n_scenarios": _optimised_scenarios(prepared),
     }
+
+
+def _optimised_scenarios(prepared: PreparedPlan) -> int:
+    """Scenarios the optimiser holds at once (1 without robust optimisation)."""
+    rob, cfg = prepared.robust, prepared.config
+    return len(rob.scenarios) if rob is not None and cfg.robust.optimise else 1
 
 
 def memory_estimate(s: dict, chunk: int | None, dtype, influence: str):
@@ -722,4 +764,5 @@ def memory_estimate(s: dict, chunk: int | None, dtype, influence: str):
         chunk,
         influence,
         s["n_shields"],
+        s.get("n_scenarios", 1),
     )

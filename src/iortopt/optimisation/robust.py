@@ -1,0 +1,134 @@
+"""Robust aggregation of objective values over uncertainty scenarios: small pure JAX functions.
+
+Every function maps ``values`` (S,), one value per scenario (S >= 1), to a scalar, and is
+differentiable. With one scenario every aggregate is that value exactly, and with S identical
+values :func:`expected` and :func:`smooth_worst` return it exactly too, so a scenario set of zero
+magnitude gives the nominal objective.
+
+    expected(values)                      mean over the scenarios
+    smooth_worst(values, temperature)     log-mean-exp smooth maximum, relative temperature
+    cvar(values, alpha)                   mean of the worst ``alpha`` fraction (CVaR)
+    aggregate(values, kind, ...)          one of the three by name (``[robust] aggregate``)
+    robust_objective(terms, aggregate)    f(doses (S, P), times, params): the weighted sum of
+                                          each term aggregated over the scenarios
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+#: Below this a relative temperature is the exact maximum (a smaller one would underflow).
+MIN_TEMPERATURE = 1e-6
+
+
+def expected(values: jnp.ndarray) -> jnp.ndarray:
+    """Mean of ``values`` (S,) over the scenarios (equal scenario weights)."""
+    values = jnp.asarray(values)
+    if values.shape[0] == 1:
+        return values[0]
+    return jnp.mean(values)
+
+
+def smooth_worst(values: jnp.ndarray, temperature: float) -> jnp.ndarray:
+    """Smooth maximum of ``values`` (S,): ``m + T log(mean_s exp((v_s - m) / T))``.
+
+    ``m`` is the largest value, ``T = temperature * max(|m|, tiny)`` (held out of the gradient),
+    so ``temperature`` is relative to the term's size and dimensionless. The log-mean-exp lies
+    between the mean (T -> infinity) and the maximum (T -> 0; ``temperature`` below
+    :data:`MIN_TEMPERATURE` is the exact maximum) and is exactly ``v`` when every value is ``v``.
+    """
+    values = jnp.asarray(values)
+    if values.shape[0] == 1:
+        return values[0]
+    top = jnp.max(values)
+    if temperature < MIN_TEMPERATURE:
+        return top
+    scale = temperature * jnp.maximum(jnp.abs(jax.lax.stop_gradient(top)), 1e-30)
+    return top + scale * jnp.log(jnp.mean(jnp.exp((values - top) / scale)))
+
+
+def cvar_weights(n_scenarios: int, alpha: float) -> jnp.ndarray:
+    """Weights (S,) of the scenarios sorted worst first in CVaR at tail fraction ``alpha``.
+
+    The worst ``alpha * S`` scenarios share the weight, a fractional one taking its fraction:
+    S = 4, alpha = 0.3 gives (1, 0.2, 0, 0) / 1.2. Weights sum to 1.
+
+    Raises:
+        ValueError: ``alpha`` outside (0, 1].
+    """
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"cvar alpha must be in (0, 1], got {alpha}")
+    tail = alpha * n_scenarios
+    rank = jnp.arange(n_scenarios)
+    w = jnp.clip(tail - rank, 0.0, 1.0)
+    return w / jnp.sum(w)
+
+
+def cvar(values: jnp.ndarray, alpha: float) -> jnp.ndarray:
+    """Conditional value at risk: mean of the worst (largest) ``alpha`` fraction of ``values``
+    (S,), a fractional scenario counted by its fraction; alpha = 1 is the mean, alpha <= 1/S the
+    maximum."""
+    values = jnp.asarray(values)
+    if values.shape[0] == 1:
+        return values[0]
+    worst_first = -jnp.sort(-values)
+    return jnp.sum(cvar_weights(values.shape[0], alpha).astype(values.dtype) * worst_first)
+
+
+def aggregate(
+    values: jnp.ndarray, kind: str, temperature: float = 0.1, alpha: float = 0.2
+) -> jnp.ndarray:
+    """``values`` (S,) aggregated by ``kind``: ``"expected"``, ``"worst"`` or ``"cvar"``.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    if kind == "expected":
+        return expected(values)
+    if kind == "worst":
+        return smooth_worst(values, temperature)
+    if kind == "cvar":
+        return cvar(values, alpha)
+    raise ValueError(f"robust aggregate must be 'expected', 'worst' or 'cvar', got {kind!r}")
+
+
+def aggregator(kind: str, temperature: float = 0.1, alpha: float = 0.2) -> Callable:
+    """``values -> aggregate(values, kind, temperature, alpha)`` (checks ``kind`` now)."""
+    aggregate(jnp.zeros(1), kind, temperature, alpha)
+    return lambda values: aggregate(values, kind, temperature, alpha)
+
+
+def robust_objective(
+    terms: Sequence, reduce: Callable[[jnp.ndarray], jnp.ndarray]
+) -> Callable[[jnp.ndarray, jnp.ndarray, list], jnp.ndarray]:
+    """``f(doses, times, params)``: sum over ``terms`` of ``weight * reduce(term over scenarios)``.
+
+    ``terms``: :class:`iortopt.optimisation.objectives.Term` (``fn(dose, times, params)``);
+    ``doses``: (S, P) dose in Gy per scenario on the optimisation voxels; each term is evaluated
+    on every scenario at once (vmap) and then reduced, e.g. by :func:`aggregator`.
+    """
+
+    def total(doses, t, params):
+        out = 0.0
+        for term, p in zip(terms, params, strict=True):
+            per_scenario = jax.vmap(lambda d, term=term, p=p: term.fn(d, t, p))(doses)
+            out = out + p["weight"] * reduce(per_scenario)
+        return out
+
+    return total
+
+
+def per_term_values(
+    terms: Sequence, doses: jnp.ndarray, t: jnp.ndarray, params: list
+) -> dict[str, list[float]]:
+    """Each weighted term's value in every scenario (reports): name -> S floats."""
+    return {
+        term.name: [
+            float(v)
+            for v in jax.vmap(lambda d, term=term, p=p: p["weight"] * term.fn(d, t, p))(doses)
+        ]
+        for term, p in zip(terms, params, strict=True)
+    }
