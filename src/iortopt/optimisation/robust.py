@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 #: Below this a relative temperature is the exact maximum (a smaller one would underflow).
 MIN_TEMPERATURE = 1e-6
@@ -124,11 +125,17 @@ def robust_objective(
 def per_term_values(
     terms: Sequence, doses: jnp.ndarray, t: jnp.ndarray, params: list
 ) -> dict[str, list[float]]:
-    """Each weighted term's value in every scenario (reports): name -> S floats."""
-    return {
-        term.name: [
-            float(v)
-            for v in jax.vmap(lambda d, term=term, p=p: p["weight"] * term.fn(d, t, p))(doses)
+    """Each weighted term's value in every scenario (reports): name -> S floats (one compiled
+    program for all terms)."""
+
+    @jax.jit
+    def values(doses, t, params):
+        return [
+            jax.vmap(lambda d, term=term, p=p: p["weight"] * term.fn(d, t, p))(doses)
+            for term, p in zip(terms, params, strict=True)
         ]
-        for term, p in zip(terms, params, strict=True)
+
+    out = values(doses, t, params)
+    return {
+        term.name: [float(v) for v in np.asarray(row)] for term, row in zip(terms, out, strict=True)
     }

@@ -609,7 +609,13 @@ def optimise_and_write(
 
         t0 = time.perf_counter()
         summary["robust"], extra_writer = hdr_robust.evaluate(
-            prepared, terms, points_opt, times_s, chunk, extra_writer
+            prepared,
+            terms,
+            points_opt,
+            times_s,
+            chunk,
+            extra_writer,
+            matrices=operands[0] if robust_opt and use_matrix else None,
         )
         timings["robust_evaluation_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

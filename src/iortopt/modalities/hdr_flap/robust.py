@@ -103,15 +103,17 @@ def scenario_matrices(points_mm, rs: RobustSetup, kernel, sk_U: float, dtype, ch
 
 
 def scenario_doses(points_mm, rs: RobustSetup, times_s, kernel, sk_U: float, chunk: int, dtype):
-    """(S, P) dose (Gy) of every scenario, matrix-free (one TG-43 pass per scenario)."""
-    pts = jnp.asarray(points_mm, dtype)
-    one = jax.jit(lambda pos, axes, t: dose_gy(pts, pos, axes, t, kernel, sk_U, chunk))
-    out = []
-    for s in range(len(rs.scenarios)):
-        t = jnp.asarray(np.asarray(times_s) * rs.factors[s], dtype)
-        pos, axes = (jnp.asarray(a[s], dtype) for a in (rs.positions_mm, rs.axes))
-        out.append(np.asarray(one(pos, axes, t), np.float64))
-    return np.stack(out)
+    """(S, P) dose (Gy) of every scenario, matrix-free: one TG-43 pass per scenario, the
+    scenarios mapped in one compiled program (``lax.map``: one scenario's memory at a time)."""
+
+    @jax.jit
+    def doses(pts, pos, axes, factors, t):
+        return jax.lax.map(
+            lambda a: dose_gy(pts, a[0], a[1], t * a[2], kernel, sk_U, chunk), (pos, axes, factors)
+        )
+
+    args = (points_mm, rs.positions_mm, rs.axes, rs.factors, times_s)
+    return np.asarray(doses(*(jnp.asarray(a, dtype) for a in args)), np.float64)
 
 
 def optimisation_problem(prepared, terms, points_opt, use_matrix: bool, chunk: int, timings: dict):
@@ -135,6 +137,7 @@ def optimisation_problem(prepared, terms, points_opt, use_matrix: bool, chunk: i
         def dose_of(t, mats):
             return mats[0] @ t
 
+        @jax.jit  # also the optimiser's final (otherwise eager) evaluation
         def objective_of(t, params, mats):
             return objective(jnp.einsum("spn,n->sp", mats, t), t, params)
 
@@ -151,6 +154,7 @@ def optimisation_problem(prepared, terms, points_opt, use_matrix: bool, chunk: i
     def dose_of(t, pts, pos, axes, factors):
         return dose_gy(pts, pos[0], axes[0], t * factors[0], kernel, sk, chunk)
 
+    @jax.jit
     def objective_of(t, params, pts, pos, axes, factors):
         doses = jax.lax.map(
             lambda a: dose_gy(pts, a[0], a[1], t * a[2], kernel, sk, chunk), (pos, axes, factors)
@@ -160,9 +164,10 @@ def optimisation_problem(prepared, terms, points_opt, use_matrix: bool, chunk: i
     return operands, dose_of, objective_of
 
 
-def evaluate(prepared, terms, points_opt, times_s, chunk: int, then=None):
+def evaluate(prepared, terms, points_opt, times_s, chunk: int, then=None, matrices=None):
     """The summary ``robust`` dict of the final ``times_s`` and the plan writer's
-    ``extra_writer`` adding dvh_bands.png (then ``then``, e.g. the DICOM writer)."""
+    ``extra_writer`` adding dvh_bands.png (then ``then``, e.g. the DICOM writer).
+    ``matrices``: the (S, P, N) scenario matrices of the optimisation, if it built them."""
     from iortopt.evaluation.robust_metrics import scenario_metrics
     from iortopt.outputs.figures import structure_colours
     from iortopt.outputs.plan_files import GoalSpec
@@ -170,7 +175,13 @@ def evaluate(prepared, terms, points_opt, times_s, chunk: int, then=None):
 
     cfg, rs, case, dtype = prepared.config, prepared.robust, prepared.case, prepared.dtype
     r = cfg.robust
-    doses = scenario_doses(points_opt, rs, times_s, prepared.kernel, prepared.sk_U, chunk, dtype)
+    if matrices is not None:
+        doses = np.asarray(jnp.einsum("spn,n->sp", matrices, jnp.asarray(times_s, dtype)))
+        doses = doses.astype(np.float64)
+    else:
+        doses = scenario_doses(
+            points_opt, rs, times_s, prepared.kernel, prepared.sk_U, chunk, dtype
+        )
     vv = case.grid.voxel_volume_cm3
     rx = cfg.prescription.dose_gy
     per_scenario = scenario_metrics(doses, prepared.weights, vv, rx)

@@ -1,0 +1,343 @@
+"""Robust evaluation and optimisation: aggregations against hand-computed values, the scenario
+geometry against independent transforms, the goal bookkeeping, config errors, and the flap
+statement of issue 16 on a coarse grid (the 2 mm figures: benchmarks/bench_robust.py)."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from iortopt import pipeline
+from iortopt.config import parse_config
+from iortopt.errors import ConfigError
+from iortopt.evaluation import robust_metrics
+from iortopt.modalities.hdr_flap import scenarios as sc
+from iortopt.optimisation import objectives, robust
+from iortopt.outputs.plan_files import GoalSpec
+from iortopt.physics.sources import load_source
+from iortopt.physics.tg43 import dose_gy, make_kernel
+
+ROOT = Path(__file__).resolve().parents[1]
+ZERO = {k: 0.0 for k in sc.DEFAULTS}
+
+
+# -- aggregations ---------------------------------------------------------------------------------
+
+
+def test_expected_is_the_mean():
+    assert float(robust.expected(jnp.array([1.0, 2.0, 6.0]))) == pytest.approx(3.0)
+
+
+def test_smooth_worst_hand_value_and_limits():
+    v = np.array([1.0, 2.0, 3.0])
+    temp = 0.5 * 3.0  # relative temperature 0.5 of the largest value
+    hand = temp * np.log(np.mean(np.exp(v / temp)))
+    assert float(robust.smooth_worst(jnp.asarray(v), 0.5)) == pytest.approx(hand, rel=1e-12)
+    # T -> 0: the maximum; T -> infinity: the mean; 0: exactly the maximum
+    # log-mean-exp lies within T log S below the maximum
+    for rel in (1e-1, 1e-2, 1e-3):
+        got = float(robust.smooth_worst(jnp.asarray(v), rel))
+        assert 3.0 - rel * 3.0 * np.log(3) - 1e-12 <= got <= 3.0
+    assert float(robust.smooth_worst(jnp.asarray(v), 1e4)) == pytest.approx(2.0, abs=1e-3)
+    assert float(robust.smooth_worst(jnp.asarray(v), 0.0)) == 3.0
+    assert float(robust.smooth_worst(jnp.asarray(v), 0.1)) <= 3.0
+
+
+def test_identical_or_single_scenarios_aggregate_exactly():
+    x = 0.123456789
+    for kind in ("expected", "worst", "cvar"):
+        assert float(robust.aggregate(jnp.full(7, x), kind, 0.1, 0.3)) == pytest.approx(x, 1e-15)
+        assert float(robust.aggregate(jnp.array([x]), kind, 0.1, 0.3)) == x
+    assert float(robust.smooth_worst(jnp.full(5, x), 0.1)) == x
+
+
+@pytest.mark.parametrize(
+    ("alpha", "hand"),
+    [(1.0, 2.5), (0.5, 3.5), (0.25, 4.0), (0.1, 4.0), (0.3, (4.0 + 0.2 * 3.0) / 1.2)],
+)
+def test_cvar_against_hand_values(alpha, hand):
+    v = jnp.array([2.0, 4.0, 1.0, 3.0])
+    assert float(robust.cvar(v, alpha)) == pytest.approx(hand, rel=1e-12)
+
+
+def test_unknown_aggregate_and_bad_alpha_are_refused():
+    with pytest.raises(ValueError, match="aggregate"):
+        robust.aggregator("median")
+    with pytest.raises(ValueError, match="alpha"):
+        robust.cvar_weights(4, 0.0)
+
+
+def test_robust_objective_sums_weighted_aggregates():
+    from iortopt.config import Objective
+
+    w = jnp.ones(3)
+    terms = objectives.build_terms(
+        [
+            Objective(type="underdose", structure="T", dose_gy=10.0, weight=2.0),
+            Objective(type="mean_dose", structure="T", dose_gy=0.0, weight=0.5),
+        ],
+        {"T": w},
+        0.1,
+        np.zeros((0, 2), int),
+        10.0,
+    )
+    doses = jnp.array([[10.0, 10.0, 10.0], [8.0, 9.0, 10.0], [5.0, 10.0, 12.0]])
+    t = jnp.ones(2)
+    params = objectives.term_params(terms, jnp.float64)
+    under = [np.mean(np.maximum(10 - d, 0) ** 2) / 100 for d in np.asarray(doses)]
+    mean = [np.mean(d) ** 2 / 100 for d in np.asarray(doses)]
+    got = robust.robust_objective(terms, lambda v: jnp.max(v))(doses, t, params)
+    assert float(got) == pytest.approx(2 * max(under) + 0.5 * max(mean), rel=1e-12)
+    nominal = objectives.combine(terms)(doses[0], t, params)
+    one = robust.robust_objective(terms, robust.aggregator("worst"))(doses[:1], t, params)
+    assert float(one) == float(nominal)
+
+
+# -- HDR scenarios --------------------------------------------------------------------------------
+
+
+def test_zero_magnitudes_give_only_the_nominal_scenario():
+    s = sc.build(ZERO, 3, 5)
+    assert s.names == ("nominal",) and len(s) == 1
+    assert len(sc.build(ZERO, 3, 5, "sampled", 10)) == 1
+    pos = np.random.default_rng(0).normal(size=(5, 3))
+    axes = np.tile([0.0, 0.0, 1.0], (5, 1))
+    moved, moved_axes = sc.moved_dwells(pos, axes, axes, np.zeros(5, int), pos.mean(0), s)
+    assert np.array_equal(moved[0], pos) and np.array_equal(moved_axes[0], axes)
+
+
+def test_default_plus_minus_set_counts_and_one_sided_lift_off():
+    sigma = {k: v["value"] for k, v in sc.DEFAULTS.items()}
+    s = sc.build(sigma, 8, 10)
+    # nominal + 2 x (3 shifts + 3 rotations + source + time + scale) + 1 lift-off
+    assert len(s) == 1 + 2 * 9 + 1
+    assert "lift_off+" in s.names and "lift_off-" not in s.names
+    assert np.all(s.lift_mm >= 0)
+    sampled = sc.build(sigma, 8, 10, "sampled", 12, seed=3)
+    again = sc.build(sigma, 8, 10, "sampled", 12, seed=3)
+    assert len(sampled) == 12 and np.array_equal(sampled.shift_mm, again.shift_mm)
+    assert np.all(sampled.lift_mm >= 0)
+
+
+def test_moved_dwells_follow_independent_transforms():
+    pos = np.array([[10.0, 0.0, 0.0], [0.0, 20.0, 5.0]])
+    axes = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    normals = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    sigma = dict(ZERO, rotation_deg=90.0, lift_off_mm=2.0, source_position_mm=1.5)
+    s = sc.build(sigma, 2, 2)
+    moved, moved_axes = sc.moved_dwells(pos, axes, normals, np.array([0, 1]), np.zeros(3), s)
+    k = s.names.index("rotation_z+")  # +90 deg about z: (x, y) -> (-y, x)
+    np.testing.assert_allclose(moved[k], [[0.0, 10.0, 0.0], [-20.0, 0.0, 5.0]], atol=1e-12)
+    np.testing.assert_allclose(moved_axes[k], [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], atol=1e-12)
+    k = s.names.index("lift_off+")
+    np.testing.assert_allclose(moved[k], pos + [0.0, 0.0, 2.0])
+    k = s.names.index("source_position-")
+    np.testing.assert_allclose(moved[k], pos - 1.5 * axes)
+
+
+def test_tissue_normals_point_away_from_the_target():
+    target = np.array([[x, y, 0.0] for x in range(-10, 11) for y in range(-10, 11)], float)
+    pos = np.array([[0.0, 0.0, 5.0], [3.0, 2.0, 5.0]])
+    axes = np.tile([1.0, 0.0, 0.0], (2, 1))
+    np.testing.assert_allclose(sc.tissue_normals(pos, axes, target), [[0, 0, 1], [0, 0, 1]])
+
+
+def test_shifted_scenario_dose_is_the_translated_nominal_dose(no_x64):
+    """A rigid shift d of the dwells gives at x the nominal dose at x - d (TG-43 is translation
+    invariant), computed independently by moving the points instead of the dwells; the dose
+    scale and dwell-time scenarios scale the dose by exactly their factor."""
+    kernel = make_kernel(load_source("mHDR-v2_HEBD2012"), dtype=jnp.float32)
+    pos = np.array([[0.0, 0.0, z] for z in (-5.0, 0.0, 5.0)])
+    axes = np.tile([0.0, 0.0, 1.0], (3, 1))
+    points = np.random.default_rng(1).uniform(-20, 20, (50, 3)) + [0.0, 15.0, 0.0]
+    t = np.array([3.0, 5.0, 4.0])
+    s = sc.build(dict(ZERO, shift_mm=2.0, dose_scale_percent=3.0), 1, 3)
+    moved, moved_axes = sc.moved_dwells(pos, axes, axes, np.zeros(3, int), np.zeros(3), s)
+    factors = s.time_factor * s.dose_factor[:, None]
+    nominal = np.asarray(dose_gy(points, pos, axes, t, kernel, 40000.0, None))
+    for k, name in enumerate(s.names):
+        d = np.asarray(dose_gy(points, moved[k], moved_axes[k], t * factors[k], kernel, 40000.0))
+        shift = s.shift_mm[k]
+        ref = np.asarray(dose_gy(points - shift, pos, axes, t, kernel, 40000.0, None))
+        ref = ref * s.dose_factor[k]
+        np.testing.assert_allclose(d, ref, rtol=2e-5, err_msg=name)
+    k = s.names.index("dose_scale-")
+    assert s.dose_factor[k] == pytest.approx(0.97)
+    assert not np.allclose(nominal, nominal * 0.97)
+
+
+def test_unknown_magnitude_axis_names_the_field():
+    with pytest.raises(ConfigError, match="robust.magnitudes.*tilt_deg"):
+        sc.magnitudes({"tilt_deg": 1.0})
+
+
+# -- goal bookkeeping -----------------------------------------------------------------------------
+
+
+def test_goal_fractions_and_bands():
+    per = [
+        {"CTV": {"D90_gy": 10.2}, "bowel": {"D2cc_gy": 11.0}},
+        {"CTV": {"D90_gy": 9.8}, "bowel": {"D2cc_gy": 12.5}},
+        {"CTV": {"D90_gy": float("nan")}, "bowel": {"D2cc_gy": 11.9}},
+        {"CTV": {"D90_gy": 10.0}, "bowel": {"D2cc_gy": 12.0}},
+    ]
+    goals = [GoalSpec("CTV", "D90_gy", ">=", 10.0), GoalSpec("bowel", "D2cc_gy", "<=", 12.0)]
+    ctv, bowel = robust_metrics.goal_fractions(goals, per)
+    assert (ctv["n_met"], ctv["fraction_met"], ctv["met_nominal"]) == (2, 0.5, True)
+    assert ctv["worst_value"] == 9.8
+    assert (bowel["n_met"], bowel["fraction_met"], bowel["worst_value"]) == (3, 0.75, 12.5)
+    bands = robust_metrics.metric_bands(per, (10.0, 90.0))
+    row = bands["bowel"]["D2cc_gy"]
+    assert row["nominal"] == 11.0 and row["min"] == 11.0 and row["max"] == 12.5
+    assert row["p50"] == pytest.approx(np.percentile([11.0, 12.5, 11.9, 12.0], 50))
+    assert bands["CTV"]["D90_gy"]["min"] == 9.8  # the nan scenario left out
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+def _flap_doc(spacing_mm: float = 4.0, **robust_fields) -> dict:
+    doc = tomllib.loads((ROOT / "configs" / "flap_robust.toml").read_text())
+    doc["case"]["flap"]["spacing_mm"] = spacing_mm
+    doc["robust"] |= robust_fields
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"aggregate": "median"}, "robust.aggregate"),
+        ({"band_percent": [90.0, 10.0]}, "band_percent"),
+        ({"cvar_alpha": 0.0}, "robust.cvar_alpha"),
+        ({"magnitudes": {"shift_mm": -1.0}}, "robust.magnitudes.shift_mm"),
+        ({"n_scenarios": 0}, "robust.n_scenarios"),
+    ],
+)
+def test_bad_robust_fields_are_refused(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_flap_doc(**fields))
+
+
+def test_robust_with_shields_is_refused():
+    doc = _flap_doc()
+    doc["shields"] = [
+        {"name": "s", "sizes_mm": [[60.0, 60.0]], "surface": "behind_flap", "thickness_mm": 2.0}
+    ]
+    with pytest.raises(ConfigError, match="shields"):
+        pipeline.prepare(parse_config(doc), jnp.float32)
+
+
+def test_memory_estimate_counts_the_scenario_axis():
+    from iortopt.compute import memory
+
+    one = memory.hdr_plan_estimate(1000, 50000, 100, 5, np.float32, 0, "matrix")
+    many = memory.hdr_plan_estimate(1000, 50000, 100, 5, np.float32, 0, "matrix", n_scenarios=20)
+    matrix = 50000 * 100 * 4
+    assert many.persistent_bytes - one.persistent_bytes >= 19 * matrix
+    assert many.sizes["scenarios"] == 20
+
+
+# -- the flap statement, coarse (5 mm), on the pipeline's own optimisation problem ------------
+
+#: Grid of the coarse statement (2 mm, the shipped grid: benchmarks/bench_robust.py).
+STATEMENT_MM = 5.0
+
+
+@pytest.fixture(scope="module")
+def flap_statement():
+    """Nominal and robust (smooth worst case) dwell times of the built-in flap case at 5 mm with
+    the default scenario set, and the fraction of scenarios meeting CTV D90 >= 10 Gy for each
+    (the optimisation of ``optimise_and_write`` without its full-grid dose and files)."""
+    from iortopt.modalities.hdr_flap import robust as hdr_robust
+    from iortopt.optimisation.optax_loop import minimise
+
+    prepared = pipeline.prepare(parse_config(_flap_doc(STATEMENT_MM, optimise=True)), jnp.float32)
+    cfg, dtype = prepared.config, prepared.dtype
+    points = prepared.case.grid.points_mm(np.float32)[prepared.opt_mask.reshape(-1)]
+    weights = {k: jnp.asarray(v, dtype) for k, v in prepared.weights.items()}
+    terms = objectives.build_terms(
+        cfg.objectives, weights, prepared.case.grid.voxel_volume_cm3,
+        prepared.dwells.neighbour_pairs(), cfg.prescription.dose_gy,
+    )  # fmt: skip
+    operands, dose_of, objective_of = hdr_robust.optimisation_problem(
+        prepared, terms, points, True, 1024, {}
+    )
+    (mats,) = operands
+    params = objectives.term_params(terms, dtype)
+    total = objectives.combine(terms)
+    init = np.full(len(prepared.dwells), 5.0)
+
+    def run(f):
+        kw = dict(max_iterations=100, dtype=dtype, operands=(params, mats))
+        return minimise(f, init, cfg.applicator.max_dwell_time_s, **kw).times_s
+
+    plans = {
+        "nominal": run(jax.jit(lambda t, p, m: total(m[0] @ t, t, p))),
+        "robust": run(objective_of),
+    }
+    goals = [GoalSpec(g.structure, g.metric, g.op, g.value) for g in cfg.goals]
+    out = {}
+    for name, times in plans.items():
+        doses = np.asarray(jnp.einsum("spn,n->sp", mats, jnp.asarray(times, dtype)), np.float64)
+        per = robust_metrics.scenario_metrics(
+            doses, prepared.weights, prepared.case.grid.voxel_volume_cm3, 10.0
+        )
+        out[name] = {g["structure"]: g for g in robust_metrics.goal_fractions(goals, per)}
+    return out, len(prepared.robust.scenarios)
+
+
+def test_robust_plan_covers_the_ctv_in_90_percent_of_scenarios(flap_statement):
+    fractions, n = flap_statement
+    assert n == 20
+    robust_ctv, nominal_ctv = fractions["robust"]["CTV"], fractions["nominal"]["CTV"]
+    assert robust_ctv["fraction_met"] >= 0.9
+    assert nominal_ctv["fraction_met"] < robust_ctv["fraction_met"]
+    assert nominal_ctv["met_nominal"]  # the nominal plan covers the nominal geometry
+
+
+# -- the pipeline: outputs, and zero magnitudes = the nominal plan exactly (5 mm, few iterations)
+
+
+def _pipeline_doc(**robust_fields) -> dict:
+    doc = _flap_doc(5.0, **robust_fields)
+    doc["optimizer"]["max_iterations"] = 15
+    return doc
+
+
+def _run(doc: dict, out: Path):
+    return pipeline.execute(pipeline.prepare(parse_config(doc), jnp.float32), out)
+
+
+@pytest.fixture(scope="module")
+def evaluated_run(tmp_path_factory):
+    return _run(_pipeline_doc(optimise=False), tmp_path_factory.mktemp("robust") / "plan")
+
+
+def test_robust_outputs_written(evaluated_run):
+    out = Path(evaluated_run.out_dir)
+    assert (out / "dvh_bands.png").stat().st_size > 10_000
+    rob = json.loads((out / "summary.json").read_text())["robust"]
+    assert rob["magnitudes"]["lift_off_mm"]["assumed"] is True
+    assert "TG-56" in rob["magnitudes"]["source_position_mm"]["source"]
+    assert len(rob["names"]) == rob["n_scenarios"] == 20
+    assert set(rob["metrics"]["CTV"]["D90_gy"]) == {"nominal", "min", "p10", "p50", "p90", "max"}
+    # the nominal scenario's metrics are the plan's own (same voxels; matrix-free vs full grid)
+    nominal = rob["metrics"]["CTV"]["D90_gy"]["nominal"]
+    assert nominal == pytest.approx(evaluated_run.summary["metrics"]["CTV"]["D90_gy"], rel=2e-3)
+    assert [g["fraction_met"] for g in rob["goals"]] == [
+        np.mean([robust_metrics.goal_met(v, g["op"], g["limit"]) for v in [g["worst_value"]]])
+        if g["n_met"] in (0, rob["n_scenarios"]) else g["n_met"] / rob["n_scenarios"]
+        for g in rob["goals"]
+    ]  # fmt: skip
+
+
+def test_zero_magnitude_robust_optimisation_is_exactly_the_nominal_plan(evaluated_run, tmp_path):
+    zero = _run(_pipeline_doc(optimise=True, magnitudes=ZERO), tmp_path / "zero")
+    assert zero.summary["robust"]["n_scenarios"] == 1
+    np.testing.assert_array_equal(zero.times_s, evaluated_run.times_s)
