@@ -139,3 +139,71 @@ def per_term_values(
     return {
         term.name: [float(v) for v in np.asarray(row)] for term, row in zip(terms, out, strict=True)
     }
+
+
+def axis_scenarios(
+    axes: Sequence[tuple[str, int, bool]],
+    sigma: dict[str, float],
+    kind: str = "plus_minus",
+    n_scenarios: int = 21,
+    seed: int = 0,
+) -> list[tuple[str, dict[str, np.ndarray]]]:
+    """Scenario rows over named uncertainty axes (numpy; the modalities' ``scenarios.py``).
+
+    ``axes``: (name, n_components, one_sided): e.g. ``("shift_mm", 3, False)`` is a vector
+    deviation with one plus/minus pair per component, ``("gap_mm", 1, True)`` a one-sided
+    deviation (+sigma only; sampled: |N(0, sigma)|). ``sigma``: name -> one sigma (0: left out).
+    Returns (label, {name: (n_components,) deviation}); row 0 is the nominal one (all zeros).
+    ``"plus_minus"``: each component at +sigma and -sigma in turn; ``"sampled"``: ``n_scenarios
+    - 1`` seeded Gaussian samples of every axis at once. With every sigma 0, the nominal only.
+    """
+
+    def zeros():
+        return {name: np.zeros(n) for name, n, _ in axes}
+
+    rows = [("nominal", zeros())]
+    if all(sigma.get(name, 0.0) == 0 for name, _, _ in axes):
+        return rows
+    if kind == "sampled":
+        rng = np.random.default_rng(seed)
+        for k in range(1, n_scenarios):
+            row = {}
+            for name, n, one_sided in axes:
+                v = (
+                    rng.normal(0.0, sigma.get(name, 0.0), n)
+                    if sigma.get(name, 0.0) > 0
+                    else np.zeros(n)
+                )
+                row[name] = np.abs(v) if one_sided else v
+            rows.append((f"sample_{k}", row))
+        return rows
+    for name, n, one_sided in axes:
+        s = sigma.get(name, 0.0)
+        if s <= 0:
+            continue
+        for i in range(n):
+            for sign in (+1.0,) if one_sided else (+1.0, -1.0):
+                row = zeros()
+                row[name][i] = sign * s
+                suffix = "xyz"[i] if n == 3 else (str(i) if n > 1 else "")
+                rows.append(
+                    (f"{name}{'_' + suffix if suffix else ''}{'+' if sign > 0 else '-'}", row)
+                )
+    return rows
+
+
+def check_magnitudes(modality: str, defaults: dict, overrides: dict[str, float]) -> dict:
+    """``defaults`` (axis -> {value, source, assumed}) with ``[robust] magnitudes`` applied.
+
+    Raises:
+        ValueError: an unknown axis (the caller names the field).
+    """
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(
+            f"robust.magnitudes: unknown axis {unknown} for {modality}; expected {sorted(defaults)}"
+        )
+    out = {k: dict(v) for k, v in defaults.items()}
+    for k, v in overrides.items():
+        out[k] = {"value": float(v), "source": "config ([robust] magnitudes)", "assumed": False}
+    return out
