@@ -151,6 +151,8 @@ class ElectronPlanResult:
     notes: list[str] = field(default_factory=list)
     beam_name: str = ""
     geometry: object = None  # ElectronSetting.geometry
+    #: (context, Cone, Disc) of the final plan, for re-evaluating it on moved geometry (robust)
+    final_pose: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -913,6 +915,7 @@ def optimise_electron(
         notes=notes,
         beam_name=beam.name,
         geometry=g,
+        final_pose=(ctx, cone_final, disc_final),
     )
 
 
