@@ -341,3 +341,99 @@ def test_zero_magnitude_robust_optimisation_is_exactly_the_nominal_plan(evaluate
     zero = _run(_pipeline_doc(optimise=True, magnitudes=ZERO), tmp_path / "zero")
     assert zero.summary["robust"]["n_scenarios"] == 1
     np.testing.assert_array_equal(zero.times_s, evaluated_run.times_s)
+
+
+# -- X-ray and electron scenarios -----------------------------------------------------------------
+
+
+def test_axis_scenarios_plus_minus_and_one_sided():
+    rows = robust.axis_scenarios(
+        (("shift_mm", 3, False), ("gap_mm", 1, True)), {"shift_mm": 2.0, "gap_mm": 1.0}
+    )
+    names = [n for n, _ in rows]
+    assert names[0] == "nominal" and len(rows) == 1 + 6 + 1
+    assert "gap_mm+" in names and "gap_mm-" not in names
+    assert rows[names.index("shift_mm_y-")][1]["shift_mm"].tolist() == [0.0, -2.0, 0.0]
+    assert len(robust.axis_scenarios((("a", 1, False),), {"a": 0.0})) == 1
+    sampled = robust.axis_scenarios((("g", 1, True),), {"g": 1.0}, "sampled", 9, seed=2)
+    assert len(sampled) == 9 and all(r["g"][0] >= 0 for _, r in sampled)
+
+
+def test_xray_scenario_dose_is_the_engine_on_moved_tissue(no_x64):
+    """Shift: the applicator at c + d gives at x the dose of the planned one at x - d. Gap: a
+    point r from the centre gets the planned dose at r + g (same direction); scale: x factor."""
+    from iortopt.modalities.xray_sphere import scenarios as xs
+    from iortopt.physics.xray import load_xray_beam, sphere_dose_gy
+
+    beam = load_xray_beam("generic_50kV_spheres")
+    centre, radius, time_min = np.array([1.0, -2.0, 3.0]), 20.0, 25.0
+    rng = np.random.default_rng(4)
+    dirs = rng.normal(size=(40, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    r = rng.uniform(21.0, 35.0, (40, 1))
+    points = centre + r * dirs
+    sigma = {"centre_shift_mm": 2.0, "tissue_gap_mm": 1.5, "dose_scale_percent": 5.0}
+    rows = xs.build(sigma)
+    doses = xs.scenario_doses(points, centre, radius, time_min, beam, rows, jnp.float32)
+    names = [n for n, _ in rows]
+
+    def planned(pts):
+        return np.asarray(
+            sphere_dose_gy(jnp.asarray(pts, jnp.float32), centre, radius, time_min, beam)
+        )
+
+    np.testing.assert_allclose(doses[0], planned(points), rtol=1e-6)
+    k = names.index("centre_shift_mm_x+")
+    np.testing.assert_allclose(doses[k], planned(points - [2.0, 0, 0]), rtol=1e-5)
+    k = names.index("tissue_gap_mm+")
+    np.testing.assert_allclose(doses[k], planned(centre + (r + 1.5) * dirs), rtol=1e-5)
+    assert np.all(doses[k] < doses[0])
+    k = names.index("dose_scale_percent-")
+    np.testing.assert_allclose(doses[k], 0.95 * doses[0], rtol=1e-6)
+
+
+def test_electron_moved_cone_and_disc():
+    from iortopt.modalities.electron import scenarios as es
+    from iortopt.physics.disc import Disc
+    from iortopt.physics.electron import Cone
+
+    f = np.float64
+    cone = Cone(
+        np.int32(0), np.int32(0), f(60.0), np.array([0.0, 0.0, 10.0]),
+        np.array([0.0, 0.0, -1.0]), np.array([0.0, -1.0, 0.0]), f(100.0),
+    )  # fmt: skip
+    disc = Disc(np.array([0.0, 0.0, -20.0]), np.array([0.0, 0.0, 1.0]), f(45.0), f(6.0))
+    e1, e2 = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    sigma = {"cone_shift_mm": 2.0, "cone_tilt_deg": 3.0, "disc_shift_mm": 4.0}
+    rows = dict(es.build(sigma | {"dose_scale_percent": 2.0}))
+    c, d, scale = es.moved(cone, disc, e1, e2, rows["nominal"])
+    assert np.array_equal(c.end_mm, cone.end_mm) and np.array_equal(c.axis, cone.axis)
+    assert scale == 1.0
+    c, _, _ = es.moved(cone, disc, e1, e2, rows["cone_shift_mm_1-"])
+    np.testing.assert_allclose(c.end_mm, [0.0, -2.0, 10.0])
+    c, _, _ = es.moved(cone, disc, e1, e2, rows["cone_tilt_deg_0+"])
+    tilt = np.degrees(np.arccos(-c.axis[2]))
+    assert tilt == pytest.approx(3.0) and np.array_equal(c.end_mm, cone.end_mm)
+    assert float(c.axis @ c.toe) == pytest.approx(0.0, abs=1e-12)
+    _, d, _ = es.moved(cone, disc, e1, e2, rows["disc_shift_mm_0+"])
+    np.testing.assert_allclose(d.centre_mm, [4.0, 0.0, -20.0])
+    assert es.moved(cone, disc, e1, e2, rows["dose_scale_percent+"])[2] == pytest.approx(1.02)
+
+
+@pytest.mark.parametrize(
+    ("config", "module"),
+    [("breast_xray_robust", "xray_sphere"), ("breast_electron_robust", "electron")],
+)
+def test_robust_optimise_not_yet_for_xray_and_electron(config, module):
+    """The modality's check (called first thing by its ``prepare``) names the field."""
+    import importlib
+
+    check = importlib.import_module(f"iortopt.modalities.{module}.robust").check
+    doc = tomllib.loads((ROOT / "configs" / f"{config}.toml").read_text())
+    assert check(parse_config(doc))  # the shipped example passes
+    doc["robust"]["optimise"] = True
+    with pytest.raises(ConfigError, match="robust.optimise"):
+        check(parse_config(doc))
+    doc["robust"] = {"magnitudes": {"shift_mm": 1.0}}
+    with pytest.raises(ConfigError, match="robust.magnitudes"):
+        check(parse_config(doc))
