@@ -260,33 +260,27 @@ def flap_statement():
     prepared = pipeline.prepare(parse_config(_flap_doc(STATEMENT_MM, optimise=True)), jnp.float32)
     cfg, dtype = prepared.config, prepared.dtype
     points = prepared.case.grid.points_mm(np.float32)[prepared.opt_mask.reshape(-1)]
-    weights = {k: jnp.asarray(v, dtype) for k, v in prepared.weights.items()}
-    terms = objectives.build_terms(
-        cfg.objectives, weights, prepared.case.grid.voxel_volume_cm3,
-        prepared.dwells.neighbour_pairs(), cfg.prescription.dose_gy,
-    )  # fmt: skip
-    operands, dose_of, objective_of = hdr_robust.optimisation_problem(
-        prepared, terms, points, True, 1024, {}
-    )
-    (mats,) = operands
-    params = objectives.term_params(terms, dtype)
-    total = objectives.combine(terms)
+    problem = hdr_robust.optimisation_problem(prepared, points, True, 1024, {})
+    mats = problem.operands[0]
+    params = objectives.term_params(problem.terms, dtype)
+    total = objectives.combine(problem.terms)
     init = np.full(len(prepared.dwells), 5.0)
 
     def run(f):
-        kw = dict(max_iterations=100, dtype=dtype, operands=(params, mats))
+        kw = dict(max_iterations=100, dtype=dtype, operands=(params, *problem.operands))
         return minimise(f, init, cfg.applicator.max_dwell_time_s, **kw).times_s
 
     plans = {
-        "nominal": run(jax.jit(lambda t, p, m: total(m[0] @ t, t, p))),
-        "robust": run(objective_of),
+        "nominal": run(jax.jit(lambda t, p, m, *_: total(m[0] @ t, t, p))),
+        "robust": run(problem.objective_of),
     }
     goals = [GoalSpec(g.structure, g.metric, g.op, g.value) for g in cfg.goals]
+    weights = {k: np.asarray(v)[problem.rows] for k, v in prepared.weights.items()}
     out = {}
     for name, times in plans.items():
         doses = np.asarray(jnp.einsum("spn,n->sp", mats, jnp.asarray(times, dtype)), np.float64)
         per = robust_metrics.scenario_metrics(
-            doses, prepared.weights, prepared.case.grid.voxel_volume_cm3, 10.0
+            doses, weights, prepared.case.grid.voxel_volume_cm3, 10.0
         )
         out[name] = {g["structure"]: g for g in robust_metrics.goal_fractions(goals, per)}
     return out, len(prepared.robust.scenarios)

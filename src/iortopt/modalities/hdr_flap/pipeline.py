@@ -475,9 +475,8 @@ def optimise_and_write(
     if robust_opt:
         from iortopt.modalities.hdr_flap import robust as hdr_robust
 
-        operands, dose_of, objective_of = hdr_robust.optimisation_problem(
-            prepared, terms, points_opt, use_matrix, chunk, timings
-        )
+        problem = hdr_robust.optimisation_problem(prepared, points_opt, use_matrix, chunk, timings)
+        operands, dose_of, objective_of = problem.operands, problem.dose_of, problem.objective_of
     elif use_matrix:
         matrix, compile_s, run_s = _influence_matrix(
             points_opt, dwells, prepared.kernel, prepared.sk_U, dtype, chunk, ctx.mesh

@@ -4,7 +4,7 @@ problem (dose of every scenario at once) and the robust evaluation of the final 
     setup(cfg, case, dwells) -> RobustSetup          scenarios, moved dwells, dwell factors
     scenario_matrices(points, setup, kernel, sk_U, dtype, chunk) -> (S, P, N) Gy/s
     scenario_doses(points, setup, times, kernel, sk_U, chunk) -> (S, P) Gy (matrix-free)
-    optimisation_problem(prepared, terms, points, use_matrix, chunk, timings)
+    optimisation_problem(prepared, points, use_matrix, chunk, timings) -> RobustProblem
     evaluate(prepared, terms, points, times, chunk, then) -> (summary dict, extra_writer)
 
 Scenario s has its own dwell positions and axes (TG-43 on the moved geometry) and a factor per
@@ -15,7 +15,9 @@ dwell (dwell-time error x dose-model scale) multiplying that dwell's column, so 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -116,58 +118,87 @@ def scenario_doses(points_mm, rs: RobustSetup, times_s, kernel, sk_U: float, chu
     return np.asarray(doses(*(jnp.asarray(a, dtype) for a in args)), np.float64)
 
 
-def optimisation_problem(prepared, terms, points_opt, use_matrix: bool, chunk: int, timings: dict):
-    """(operands, dose_of, objective_of) of the robust dwell-time optimisation.
+class RobustProblem(NamedTuple):
+    """The robust dwell-time problem: ``objective_of(t, params, *operands)``, the nominal
+    ``dose_of(t, *operands)`` on every optimisation voxel, and the ``rows`` (indices into the
+    optimisation voxels) that the scenario doses are computed on, with the ``terms`` built on
+    them."""
 
-    ``dose_of(t, *operands)``: the nominal dose (P,); ``objective_of(t, params, *operands)``:
-    the sum over terms of ``weight * aggregate`` of the term over the scenario doses
-    ``D_s = A_s t`` (stacked matrices, or matrix-free TG-43 passes mapped over the scenarios).
-    """
+    operands: tuple
+    dose_of: Callable
+    objective_of: Callable
+    rows: np.ndarray
+    terms: list
+
+
+def term_rows(cfg: PlanConfig, weights: dict) -> np.ndarray:
+    """Indices of the optimisation voxels some weighted objective term reads (the margin voxels
+    and structures no term names are left out of the scenario doses)."""
+    used = np.zeros(len(next(iter(weights.values()))), bool)
+    for o in cfg.objectives:
+        if o.structure is not None and o.weight > 0:
+            used |= np.asarray(weights[o.structure]) > 0
+    return np.flatnonzero(used)
+
+
+def optimisation_problem(prepared, points_opt, use_matrix: bool, chunk: int, timings: dict):
+    """The :class:`RobustProblem` of a prepared plan: the sum over terms of ``weight *
+    aggregate`` of the term over the scenario doses ``D_s = A_s t`` on the rows the terms read
+    (stacked matrices, or matrix-free TG-43 passes mapped over the scenarios)."""
     cfg, rs, dtype = prepared.config, prepared.robust, prepared.dtype
     r = cfg.robust
+    rows = term_rows(cfg, prepared.weights)
+    terms = objectives.build_terms(
+        cfg.objectives,
+        {k: jnp.asarray(np.asarray(v)[rows], dtype) for k, v in prepared.weights.items()},
+        prepared.case.grid.voxel_volume_cm3,
+        prepared.dwells.neighbour_pairs(),
+        cfg.prescription.dose_gy,
+    )
     objective = robust.robust_objective(
         terms, robust.aggregator(r.aggregate, r.temperature, r.cvar_alpha)
     )
-    if use_matrix:
-        mats, compile_s, run_s = scenario_matrices(
-            points_opt, rs, prepared.kernel, prepared.sk_U, dtype, chunk
-        )
-        timings.update(influence_compile_s=compile_s, influence_s=run_s)
-
-        def dose_of(t, mats):
-            return mats[0] @ t
-
-        @jax.jit  # also the optimiser's final (otherwise eager) evaluation
-        def objective_of(t, params, mats):
-            return objective(jnp.einsum("spn,n->sp", mats, t), t, params)
-
-        return (mats,), dose_of, objective_of
-
     kernel, sk = prepared.kernel, prepared.sk_U
-    operands = (
+    nominal = (
         jnp.asarray(points_opt, dtype),
-        jnp.asarray(rs.positions_mm, dtype),
-        jnp.asarray(rs.axes, dtype),
-        jnp.asarray(rs.factors, dtype),
+        jnp.asarray(rs.positions_mm[0], dtype),
+        jnp.asarray(rs.axes[0], dtype),
     )
 
-    def dose_of(t, pts, pos, axes, factors):
-        return dose_gy(pts, pos[0], axes[0], t * factors[0], kernel, sk, chunk)
+    def dose_of(t, *ops):  # the nominal dose on every optimisation voxel (matrix-free)
+        pts, pos, axes = ops[-3:]
+        return dose_gy(pts, pos, axes, t, kernel, sk, chunk)
+
+    points = np.asarray(points_opt)[rows]
+    if use_matrix:
+        mats, compile_s, run_s = scenario_matrices(points, rs, kernel, sk, dtype, chunk)
+        timings.update(influence_compile_s=compile_s, influence_s=run_s)
+
+        @jax.jit  # also the optimiser's final (otherwise eager) evaluation
+        def objective_of(t, params, mats, *nominal):
+            return objective(jnp.einsum("spn,n->sp", mats, t), t, params)
+
+        return RobustProblem((mats, *nominal), dose_of, objective_of, rows, terms)
+
+    scenario_ops = tuple(
+        jnp.asarray(a, dtype) for a in (points, rs.positions_mm, rs.axes, rs.factors)
+    )
 
     @jax.jit
-    def objective_of(t, params, pts, pos, axes, factors):
+    def objective_of(t, params, pts, pos, axes, factors, *nominal):
         doses = jax.lax.map(
             lambda a: dose_gy(pts, a[0], a[1], t * a[2], kernel, sk, chunk), (pos, axes, factors)
         )
         return objective(doses, t, params)
 
-    return operands, dose_of, objective_of
+    return RobustProblem((*scenario_ops, *nominal), dose_of, objective_of, rows, terms)
 
 
 def evaluate(prepared, terms, points_opt, times_s, chunk: int, then=None, matrices=None):
     """The summary ``robust`` dict of the final ``times_s`` and the plan writer's
     ``extra_writer`` adding dvh_bands.png (then ``then``, e.g. the DICOM writer).
-    ``matrices``: the (S, P, N) scenario matrices of the optimisation, if it built them."""
+    ``matrices``: the (S, P, N) scenario matrices of the optimisation, if it built them on
+    every optimisation voxel (else the doses are computed matrix-free)."""
     from iortopt.evaluation.robust_metrics import scenario_metrics
     from iortopt.outputs.figures import structure_colours
     from iortopt.outputs.plan_files import GoalSpec
@@ -175,7 +206,7 @@ def evaluate(prepared, terms, points_opt, times_s, chunk: int, then=None, matric
 
     cfg, rs, case, dtype = prepared.config, prepared.robust, prepared.case, prepared.dtype
     r = cfg.robust
-    if matrices is not None:
+    if matrices is not None and matrices.shape[1] == len(points_opt):
         doses = np.asarray(jnp.einsum("spn,n->sp", matrices, jnp.asarray(times_s, dtype)))
         doses = doses.astype(np.float64)
     else:
