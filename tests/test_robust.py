@@ -188,7 +188,8 @@ def test_goal_fractions_and_bands():
         {"CTV": {"D90_gy": 10.0}, "bowel": {"D2cc_gy": 12.0}},
     ]
     goals = [GoalSpec("CTV", "D90_gy", ">=", 10.0), GoalSpec("bowel", "D2cc_gy", "<=", 12.0)]
-    ctv, bowel = robust_metrics.goal_fractions(goals, per)
+    ctv, bowel = robust_metrics.goal_fractions(goals, per, ["nominal", "a", "b", "c"])
+    assert ctv["not_met_in"] == ["a", "b"] and bowel["not_met_in"] == ["a"]
     assert (ctv["n_met"], ctv["fraction_met"], ctv["met_nominal"]) == (2, 0.5, True)
     assert ctv["worst_value"] == 9.8
     assert (bowel["n_met"], bowel["fraction_met"], bowel["worst_value"]) == (3, 0.75, 12.5)

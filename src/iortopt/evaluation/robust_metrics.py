@@ -45,10 +45,13 @@ def goal_met(value: float, op: str, limit: float) -> bool:
     return bool(value >= limit if op == ">=" else value <= limit)
 
 
-def goal_fractions(goals: Sequence, per_scenario: Sequence[Mapping]) -> list[dict]:
+def goal_fractions(
+    goals: Sequence, per_scenario: Sequence[Mapping], names: Sequence[str] | None = None
+) -> list[dict]:
     """For each goal (``structure``, ``metric``, ``op``, ``value``), in how many scenarios it is
-    met: ``n_met``, ``fraction_met`` (of all scenarios), ``met_nominal`` (scenario 0) and the
-    worst value over the scenarios (the smallest for ``>=``, the largest for ``<=``)."""
+    met: ``n_met``, ``fraction_met`` (of all scenarios), ``met_nominal`` (scenario 0), the
+    worst value over the scenarios (the smallest for ``>=``, the largest for ``<=``) and, with
+    the scenario ``names``, ``not_met_in`` (the names of the scenarios that fail it)."""
     out = []
     for g in goals:
         values = np.array([m[g.structure][g.metric] for m in per_scenario], np.float64)
@@ -69,6 +72,8 @@ def goal_fractions(goals: Sequence, per_scenario: Sequence[Mapping]) -> list[dic
                 "worst_value": worst,
             }
         )
+        if names is not None:
+            out[-1]["not_met_in"] = [n for n, ok in zip(names, met, strict=True) if not ok]
     return out
 
 

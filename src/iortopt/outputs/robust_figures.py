@@ -82,7 +82,7 @@ def robust_summary(
     out = dict(scenario_set)
     out["n_scenarios"] = len(per_scenario)
     out["band_percent"] = list(band_percent)
-    out["goals"] = robust_metrics.goal_fractions(goals, per_scenario)
+    out["goals"] = robust_metrics.goal_fractions(goals, per_scenario, scenario_set.get("names"))
     out["metrics"] = robust_metrics.metric_bands(per_scenario, band_percent)
     out |= dict(extra or {})
     return out
