@@ -415,20 +415,45 @@ def test_electron_moved_cone_and_disc():
     assert es.moved(cone, disc, e1, e2, rows["dose_scale_percent+"])[2] == pytest.approx(1.02)
 
 
-@pytest.mark.parametrize(
-    ("config", "module"),
-    [("breast_xray_robust", "xray_sphere"), ("breast_electron_robust", "electron")],
-)
-def test_robust_optimise_not_yet_for_xray_and_electron(config, module):
+def test_electron_robust_optimise_not_yet_and_unknown_axes_refused():
     """The modality's check (called first thing by its ``prepare``) names the field."""
-    import importlib
+    from iortopt.modalities.electron.robust import check as electron_check
+    from iortopt.modalities.xray_sphere.robust import check as xray_check
 
-    check = importlib.import_module(f"iortopt.modalities.{module}.robust").check
-    doc = tomllib.loads((ROOT / "configs" / f"{config}.toml").read_text())
-    assert check(parse_config(doc))  # the shipped example passes
+    doc = tomllib.loads((ROOT / "configs" / "breast_electron_robust.toml").read_text())
+    assert electron_check(parse_config(doc))  # the shipped example passes
     doc["robust"]["optimise"] = True
     with pytest.raises(ConfigError, match="robust.optimise"):
-        check(parse_config(doc))
-    doc["robust"] = {"magnitudes": {"shift_mm": 1.0}}
-    with pytest.raises(ConfigError, match="robust.magnitudes"):
-        check(parse_config(doc))
+        electron_check(parse_config(doc))
+    for config, check in (
+        ("breast_electron_robust", electron_check),
+        ("breast_xray_robust", xray_check),
+    ):
+        doc = tomllib.loads((ROOT / "configs" / f"{config}.toml").read_text())
+        doc["robust"] = {"magnitudes": {"shift_mm": 1.0}}
+        with pytest.raises(ConfigError, match="robust.magnitudes"):
+            check(parse_config(doc))
+
+
+def test_xray_robust_choice_ranks_by_the_aggregate_of_scenario_scores():
+    from iortopt.modalities.xray_sphere.choice import _choose
+    from iortopt.modalities.xray_sphere.robust import choice_scenarios
+
+    doc = tomllib.loads((ROOT / "configs" / "breast_xray_robust.toml").read_text())
+    assert choice_scenarios(parse_config(doc)) is None  # optimise = false: nominal choice
+    doc["robust"] |= {"optimise": True, "aggregate": "worst", "temperature": 0.0}
+    scenario_points, reduce = choice_scenarios(parse_config(doc))
+    pts = np.random.default_rng(0).normal(size=(6, 3)) * 30
+    sets = scenario_points(pts, np.zeros(3))
+    assert len(sets) == 10 and np.allclose(sets[0][0], pts) and sets[0][1] == 1.0
+    scores = np.array([90.0, 70.0, 85.0])  # one size's score in three scenarios
+    assert float(-reduce(jnp.asarray(-scores))) == 70.0  # worst case = the lowest score
+    base = {"fits_cavity": True, "skin_flag": False, "target_coverage_percent": 100.0,
+            "skin_distance_mm": 10.0, "skin_max_gy": 5.0, "wall_gap_mm": 1.0}  # fmt: skip
+    rows = [
+        base | {"diameter_cm": 3.5, "score": 88.0, "score_robust": 80.0},
+        base | {"diameter_cm": 4.0, "score": 92.0, "score_robust": 75.0},
+    ]
+    assert _choose(rows, 5.0, 5.0)[0] == 1
+    best, reason, _ = _choose(rows, 5.0, 5.0, "score_robust")
+    assert best == 0 and "robust score (80.0)" in reason

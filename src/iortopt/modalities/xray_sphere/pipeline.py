@@ -206,6 +206,11 @@ def _prepare_dicom(cfg: PlanConfig, beam: XrayBeam, dtype, t0: float) -> Prepare
 def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
     """Choose the applicator size, position and time; evaluate and write every output."""
     cfg, x = prepared.config, prepared.config.xray
+    robust_choice = None
+    if cfg.robust is not None:
+        from iortopt.modalities.xray_sphere.robust import choice_scenarios
+
+        robust_choice = choice_scenarios(cfg)
     try:
         result = plan_spheres(
             prepared.setting,
@@ -219,6 +224,7 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
             dtype=prepared.dtype,
             anisotropy=x.anisotropy,
             shield_specs=prepared.shield_specs or None,
+            robust=robust_choice,
         )
     except ValueError as exc:
         raise ConfigError(f"xray: {exc}") from None

@@ -2,6 +2,7 @@
 of :mod:`.scenarios`, metrics per scenario, goal fractions and DVH bands.
 
     check(cfg) -> magnitudes                    ConfigError for what is not supported
+    choice_scenarios(cfg) -> robust argument of plan_spheres (robust size choice) or None
     evaluate(cfg, case, chosen, beam, dtype, then) -> (summary dict, extra_writer)
 """
 
@@ -18,11 +19,6 @@ from iortopt.optimisation.robust import check_magnitudes
 def check(cfg: PlanConfig) -> dict:
     """The magnitudes of ``[robust]`` (ConfigError naming the field for what is not supported)."""
     r = cfg.robust
-    if r.optimise:
-        raise ConfigError(
-            "robust.optimise: robust choice of the sphere is not available yet for xray_sphere; "
-            "set optimise = false to evaluate the plan in every scenario"
-        )
     if cfg.xray.anisotropy > 0:
         raise ConfigError(
             "robust: xray.anisotropy > 0 is not supported by the robust evaluation yet"
@@ -33,6 +29,29 @@ def check(cfg: PlanConfig) -> dict:
         return check_magnitudes("xray_sphere", sc.DEFAULTS, r.magnitudes)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def choice_scenarios(cfg: PlanConfig):
+    """``robust`` of :func:`~iortopt.modalities.xray_sphere.choice.plan_spheres` for
+    ``[robust] optimise = true`` (None otherwise): the scenario points and the aggregate."""
+    from iortopt.optimisation.robust import aggregator
+
+    r = cfg.robust
+    if r is None or not r.optimise:
+        return None
+    mags = check(cfg)
+    rows = sc.build({k: v["value"] for k, v in mags.items()}, r.scenarios, r.n_scenarios, r.seed)
+    moved = sc.stacked(rows)
+
+    def scenario_points(points_mm, centre_mm):
+        return [
+            (sc.moved_points(points_mm, centre_mm, shift, gap), scale)
+            for shift, gap, scale in zip(
+                moved["shift_mm"], moved["gap_mm"], moved["scale"], strict=True
+            )
+        ]
+
+    return scenario_points, aggregator(r.aggregate, r.temperature, r.cvar_alpha)
 
 
 def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None):
@@ -68,7 +87,18 @@ def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None):
         "names": [name for name, _ in rows],
         "magnitudes": mags,
         "one_sided": ["tissue_gap_mm"],
-        "optimise": False,
+        "optimise": bool(r.optimise),
+        **(
+            {
+                "aggregate": r.aggregate,
+                "temperature": r.temperature,
+                "cvar_alpha": r.cvar_alpha,
+                "optimised": "the catalogue size, by the aggregate of its score over the "
+                "scenarios (score_robust in applicator_comparison); centre and time nominal",
+            }
+            if r.optimise
+            else {}
+        ),
         "seed": r.seed if r.scenarios == "sampled" else None,
         "dose_points": "voxel centres of every structure (no sub-sampling at the applicator "
         "surface), so the nominal scenario differs slightly from the plan's metrics",
