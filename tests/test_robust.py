@@ -415,16 +415,24 @@ def test_electron_moved_cone_and_disc():
     assert es.moved(cone, disc, e1, e2, rows["dose_scale_percent+"])[2] == pytest.approx(1.02)
 
 
-def test_electron_robust_optimise_not_yet_and_unknown_axes_refused():
+def test_electron_robust_choice_moves_and_refusals():
     """The modality's check (called first thing by its ``prepare``) names the field."""
     from iortopt.modalities.electron.robust import check as electron_check
+    from iortopt.modalities.electron.robust import choice_scenarios
     from iortopt.modalities.xray_sphere.robust import check as xray_check
 
     doc = tomllib.loads((ROOT / "configs" / "breast_electron_robust.toml").read_text())
     assert electron_check(parse_config(doc))  # the shipped example passes
+    assert choice_scenarios(parse_config(doc)) is None
     doc["robust"]["optimise"] = True
-    with pytest.raises(ConfigError, match="robust.optimise"):
-        electron_check(parse_config(doc))
+    moves, reduce = choice_scenarios(parse_config(doc))
+    cone = {"end_mm": np.zeros(3), "axis": np.array([0.0, 0.0, -1.0]),
+            "toe": np.array([0.0, -1.0, 0.0]), "diameter_mm": 60.0}  # fmt: skip
+    disc = {"centre_mm": np.array([0.0, 0.0, -20.0]), "normal": np.array([0.0, 0.0, 1.0])}
+    sets = moves(cone, disc)
+    assert len(sets) == 15 and sets[0][2] == 1.0
+    assert np.array_equal(sets[0][0]["end_mm"], cone["end_mm"]) and sets[0][0]["diameter_mm"] == 60
+    assert float(-reduce(jnp.asarray(-np.array([99.0, 97.0])))) == 97.0
     for config, check in (
         ("breast_electron_robust", electron_check),
         ("breast_xray_robust", xray_check),

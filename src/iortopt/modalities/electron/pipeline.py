@@ -214,7 +214,17 @@ def _optimise(prepared: PreparedElectron):
         max_disc_shift_mm=e.max_disc_shift_mm,
         max_disc_tilt_deg=e.max_disc_tilt_deg,
         iterations=e.iterations,
+        robust=_robust_choice(prepared.config),
     )
+
+
+def _robust_choice(cfg: PlanConfig):
+    """``robust`` of ``optimise_electron``: the scenario moves for a robust row choice, or None."""
+    if cfg.robust is None:
+        return None
+    from iortopt.modalities.electron.robust import choice_scenarios
+
+    return choice_scenarios(cfg)
 
 
 def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRunResult:

@@ -2,6 +2,7 @@
 of :mod:`.scenarios`, metrics per scenario, goal fractions and DVH bands.
 
     check(cfg) -> magnitudes                    ConfigError for what is not supported
+    choice_scenarios(cfg) -> robust argument of optimise_electron (robust row choice) or None
     evaluate(cfg, case, final_pose, dtype, then) -> (summary dict, extra_writer)
 """
 
@@ -20,10 +21,10 @@ from iortopt.physics.electron import cone_dose_gy
 
 def check(cfg: PlanConfig) -> dict:
     """The magnitudes of ``[robust]`` (ConfigError naming the field for what is not supported)."""
-    if cfg.robust.optimise:
+    if cfg.case.kind == "dicom":
         raise ConfigError(
-            "robust.optimise: robust choice of cone, MU and disc is not available yet for "
-            "electron plans; set optimise = false to evaluate the plan in every scenario"
+            "robust: not available yet for electron plans on DICOM cases (the CT's ray-marched "
+            "surface); remove [robust] or plan the built-in ELIOT case"
         )
     try:
         return check_magnitudes("electron", sc.DEFAULTS, cfg.robust.magnitudes)
@@ -31,14 +32,24 @@ def check(cfg: PlanConfig) -> dict:
         raise ConfigError(str(exc)) from None
 
 
-def _across(axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Two unit vectors perpendicular to the beam ``axis`` and to each other (the directions a
-    cone slides and tilts in; on a flush cone, the tissue surface's)."""
-    axis = axis / np.linalg.norm(axis)
-    helper = np.eye(3)[int(np.argmin(np.abs(axis)))]
-    e1 = np.cross(axis, helper)
-    e1 /= np.linalg.norm(e1)
-    return e1, np.cross(axis, e1)
+def choice_scenarios(cfg: PlanConfig):
+    """``robust`` of :func:`~iortopt.modalities.electron.choice.optimise_electron` for
+    ``[robust] optimise = true`` (None otherwise): ``moves(cone, disc)`` -> [(cone, disc, dose
+    factor)] per scenario (catalogue dicts) and the aggregate."""
+    from iortopt.optimisation.robust import aggregator
+
+    r = cfg.robust
+    if r is None or not r.optimise:
+        return None
+    mags = check(cfg)
+    rows = sc.build({k: v["value"] for k, v in mags.items()}, r.scenarios, r.n_scenarios, r.seed)
+
+    def moves(cone: dict, disc: dict):
+        e1, e2 = sc.across(cone["axis"])
+        return [sc.moved_dicts(cone, disc, e1, e2, row) for _, row in rows]
+
+    # a choice needs no gradient: the worst case is the exact worst score (temperature 0)
+    return moves, aggregator(r.aggregate, 0.0, r.cvar_alpha)
 
 
 def evaluate(cfg: PlanConfig, case, final_pose: tuple, dtype, then=None):
@@ -53,7 +64,7 @@ def evaluate(cfg: PlanConfig, case, final_pose: tuple, dtype, then=None):
     mags = check(cfg)
     rows = sc.build({k: v["value"] for k, v in mags.items()}, r.scenarios, r.n_scenarios, r.seed)
     ctx, cone, disc = final_pose
-    e1, e2 = _across(np.asarray(cone.axis, float))
+    e1, e2 = sc.across(np.asarray(cone.axis, float))
     inside = np.zeros(case.grid.n_voxels, bool)
     for s in case.structures:
         inside |= s.occupancy.reshape(-1) > 0
@@ -80,7 +91,19 @@ def evaluate(cfg: PlanConfig, case, final_pose: tuple, dtype, then=None):
         "names": [name for name, _ in rows],
         "magnitudes": mags,
         "one_sided": [],
-        "optimise": False,
+        "optimise": bool(r.optimise),
+        **(
+            {
+                "aggregate": r.aggregate,
+                "temperature": 0.0,
+                "cvar_alpha": r.cvar_alpha,
+                "optimised": "the catalogue row (energy, cone, bevel), by the aggregate of its "
+                "score over the scenarios at its planned MU (score_robust in "
+                "catalogue_comparison); the joint pose optimisation stays nominal",
+            }
+            if r.optimise
+            else {}
+        ),
         "seed": r.seed if r.scenarios == "sampled" else None,
         "dose_points": "voxel centres of every structure (no sub-sampling at tissue "
         "boundaries), planned MU kept, so the nominal scenario differs slightly from the plan",

@@ -10,7 +10,7 @@ Axes (one sigma each; ``[robust] magnitudes`` overrides :data:`DEFAULTS`; 0 leav
     dose_scale_percent   the dose model (output calibration, PDDs) scaled
 
     build(sigma, kind, n, seed) -> rows
-    moved(cone, disc, e1, e2, row) -> (Cone, Disc, dose factor)
+    moved(cone, disc, e1, e2, row) -> (Cone, Disc, dose factor)   (moved_dicts: catalogue dicts)
 """
 
 from __future__ import annotations
@@ -57,26 +57,54 @@ def build(sigma: dict[str, float], kind: str = "plus_minus", n: int = 21, seed: 
     return axis_scenarios(AXES, sigma, kind, n, seed)
 
 
-def moved(cone, disc, e1: np.ndarray, e2: np.ndarray, row: dict):
-    """(Cone, Disc, dose factor) of one scenario ``row``: the cone end shifted by
-    ``cone_shift_mm`` along (e1, e2), its axis and toe rotated by ``cone_tilt_deg`` about e1 and
-    e2 through the end; the disc centre shifted along e1 and e2 projected into its plane."""
+def moved_pose(end_mm, axis, toe, disc_centre_mm, disc_normal, e1, e2, row: dict):
+    """(end, axis, toe, disc centre, dose factor) of one scenario ``row`` (numpy float64): the
+    cone end shifted by ``cone_shift_mm`` along (e1, e2), its axis and toe rotated by
+    ``cone_tilt_deg`` about e1 and e2 through the end; the disc centre shifted along e1 and e2
+    projected into its plane."""
     e1, e2 = np.asarray(e1, float), np.asarray(e2, float)
     shift = row["cone_shift_mm"] @ np.stack([e1, e2])
     tilt = np.deg2rad(row["cone_tilt_deg"][0]) * e1 + np.deg2rad(row["cone_tilt_deg"][1]) * e2
     r = Rotation.from_rotvec(tilt)
-    dtype = np.asarray(cone.end_mm).dtype
-    axis, toe = (r.apply(np.asarray(v, float)) for v in (cone.axis, cone.toe))
-    cone_s = cone._replace(
-        end_mm=np.asarray(np.asarray(cone.end_mm, float) + shift, dtype),
-        axis=np.asarray(axis, dtype),
-        toe=np.asarray(toe, dtype),
-    )
-    normal = np.asarray(disc.normal, float)
+    axis_s, toe_s = (r.apply(np.asarray(v, float)) for v in (axis, toe))
+    normal = np.asarray(disc_normal, float)
     in_plane = [v - (v @ normal) * normal for v in (e1, e2)]
     in_plane = [v / np.linalg.norm(v) for v in in_plane]
     disc_shift = row["disc_shift_mm"] @ np.stack(in_plane)
-    disc_s = disc._replace(
-        centre_mm=np.asarray(np.asarray(disc.centre_mm, float) + disc_shift, dtype)
+    return (
+        np.asarray(end_mm, float) + shift,
+        axis_s,
+        toe_s,
+        np.asarray(disc_centre_mm, float) + disc_shift,
+        1.0 + float(row["dose_scale_percent"][0]) / 100.0,
     )
-    return cone_s, disc_s, 1.0 + float(row["dose_scale_percent"][0]) / 100.0
+
+
+def moved(cone, disc, e1: np.ndarray, e2: np.ndarray, row: dict):
+    """(Cone, Disc, dose factor) of one scenario ``row`` (:func:`moved_pose` on the pytrees)."""
+    end, axis, toe, centre, factor = moved_pose(
+        cone.end_mm, cone.axis, cone.toe, disc.centre_mm, disc.normal, e1, e2, row
+    )
+    dtype = np.asarray(cone.end_mm).dtype
+    cone_s = cone._replace(
+        end_mm=np.asarray(end, dtype), axis=np.asarray(axis, dtype), toe=np.asarray(toe, dtype)
+    )
+    return cone_s, disc._replace(centre_mm=np.asarray(centre, dtype)), factor
+
+
+def moved_dicts(cone: dict, disc: dict, e1, e2, row: dict):
+    """(cone dict, disc dict, dose factor) of one scenario ``row`` (the catalogue's dicts)."""
+    end, axis, toe, centre, factor = moved_pose(
+        cone["end_mm"], cone["axis"], cone["toe"], disc["centre_mm"], disc["normal"], e1, e2, row
+    )
+    return cone | {"end_mm": end, "axis": axis, "toe": toe}, disc | {"centre_mm": centre}, factor
+
+
+def across(axis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two unit vectors perpendicular to the beam ``axis`` and to each other (the directions a
+    cone slides and tilts in; on a flush cone, the tissue surface's)."""
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    helper = np.eye(3)[int(np.argmin(np.abs(axis)))]
+    e1 = np.cross(axis, helper)
+    e1 /= np.linalg.norm(e1)
+    return e1, np.cross(axis, e1)

@@ -51,7 +51,8 @@ def choice_scenarios(cfg: PlanConfig):
             )
         ]
 
-    return scenario_points, aggregator(r.aggregate, r.temperature, r.cvar_alpha)
+    # a choice needs no gradient: the worst case is the exact worst score (temperature 0)
+    return scenario_points, aggregator(r.aggregate, 0.0, r.cvar_alpha)
 
 
 def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None):
@@ -91,7 +92,7 @@ def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None):
         **(
             {
                 "aggregate": r.aggregate,
-                "temperature": r.temperature,
+                "temperature": 0.0,
                 "cvar_alpha": r.cvar_alpha,
                 "optimised": "the catalogue size, by the aggregate of its score over the "
                 "scenarios (score_robust in applicator_comparison); centre and time nominal",
