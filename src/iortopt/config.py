@@ -449,6 +449,43 @@ class ComputeSection(_Model):
     devices: Literal["all"] | Annotated[int, Field(ge=1)] = "all"
 
 
+class RobustSection(_Model):
+    """Robust evaluation and optimisation under geometric and dosimetric uncertainty
+    (``[robust]``; :mod:`iortopt.optimisation.robust`, ``iortopt.modalities.<m>.scenarios``).
+
+    Absent: the nominal plan only. ``scenarios = "plus_minus"``: the nominal scenario plus
+    +sigma and -sigma along each uncertainty axis of the modality (one-sided axes such as a flap
+    lifting off: +sigma only); ``"sampled"``: the nominal plus ``n_scenarios`` - 1 seeded Gaussian
+    samples of every axis at once. ``optimise = false`` evaluates the plan in every scenario;
+    ``true`` also optimises it against ``aggregate`` of each objective term over the scenarios:
+    ``"expected"`` (mean), ``"worst"`` (smooth maximum: log-mean-exp with ``temperature``, a
+    fraction of the term's largest scenario value, so scale-free; 0 = the exact maximum) or
+    ``"cvar"`` (mean of the worst ``cvar_alpha`` fraction of the scenarios). ``magnitudes``:
+    one sigma per axis, overriding the modality's documented defaults (its ``scenarios.py``
+    ``DEFAULTS``); an axis set to 0 is left out.
+    """
+
+    optimise: bool = False
+    scenarios: Literal["plus_minus", "sampled"] = "plus_minus"
+    n_scenarios: Annotated[int, Field(ge=1, le=1000)] = 21
+    seed: Annotated[int, Field(ge=0)] = 0
+    aggregate: Literal["expected", "worst", "cvar"] = "worst"
+    temperature: Annotated[float, Field(allow_inf_nan=False, ge=0, le=10)] = 0.1
+    cvar_alpha: Annotated[float, Field(allow_inf_nan=False, gt=0, le=1)] = 0.2
+    band_percent: tuple[
+        Annotated[float, Field(allow_inf_nan=False, ge=0, le=100)],
+        Annotated[float, Field(allow_inf_nan=False, ge=0, le=100)],
+    ] = (10.0, 90.0)
+    magnitudes: dict[str, NonNegativeFloat] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _band(self):
+        low, high = self.band_percent
+        if low > high:
+            raise ValueError("band_percent: the first value must not exceed the second")
+        return self
+
+
 class PlanConfig(_Model):
     # Where the config came from (file path, "job 'x'"), set by parse_config: errors found after
     # parsing (e.g. in run_plan.prepare) are prefixed with it. Not a field: never dumped.
@@ -472,6 +509,7 @@ class PlanConfig(_Model):
     compute: ComputeSection = ComputeSection()
     shields: list[ShieldConfig] = Field(default_factory=list)
     pareto: ParetoSection | None = None
+    robust: RobustSection | None = None
 
     # Whether the case fits plan.modality is checked against the capabilities the modality
     # needs (iortopt.pipeline.check_capabilities), where the modality registry can be imported.

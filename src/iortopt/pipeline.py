@@ -280,7 +280,7 @@ def _dwell_chunking(cfg: PlanConfig, s: dict, dtype, budget, estimate):
         "matrix"
         if memory.use_influence_matrix(
             mode,
-            s["n_points"],
+            s["n_points"] * s.get("n_scenarios", 1),
             n_dwells,
             dtype,
             cfg.optimizer.influence_memory_mb,

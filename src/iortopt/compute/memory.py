@@ -282,21 +282,25 @@ def hdr_plan_estimate(
     chunk_size: int | None = 0,
     influence: str = "matrix",
     n_shields: int = 0,
+    n_scenarios: int = 1,
 ) -> MemoryEstimate:
     """HDR plan (``plan.optimise_and_write``): optimisation on ``n_opt_voxels`` with an influence
     matrix (``influence="matrix"``, kept until the end) or matrix-free passes, then the full grid
     dose and the outputs. With ``n_shields``, the joint shield stage on (at most) every
-    optimisation voxel x dwell pair, and the shielded full-grid dose."""
+    optimisation voxel x dwell pair, and the shielded full-grid dose. With ``n_scenarios`` > 1
+    (robust optimisation) the optimiser holds one matrix (or dose pass) per scenario: the
+    optimisation stage is that of ``n_scenarios * n_opt_voxels`` rows."""
+    n_rows = n_opt_voxels * max(int(n_scenarios), 1)
     persistent = {
         "structure occupancies (host float32)": 4 * n_structures * n_voxels,
         "optimisation mask and weights (host)": n_voxels + 4 * n_structures * n_opt_voxels,
     }
     if influence == "matrix":
-        opt = tg43_matrix_estimate(n_opt_voxels, n_dwells, dtype, n_structures, chunk_size)
+        opt = tg43_matrix_estimate(n_rows, n_dwells, dtype, n_structures, chunk_size)
         persistent |= opt.persistent  # the matrix stays referenced through the full dose
         opt = MemoryEstimate(opt.engine, {}, opt.stages, opt.sizes)
     else:
-        opt = tg43_matrix_free_estimate(n_opt_voxels, n_dwells, dtype, n_structures, chunk_size)
+        opt = tg43_matrix_free_estimate(n_rows, n_dwells, dtype, n_structures, chunk_size)
     full = tg43_dose_estimate(n_voxels, n_dwells, chunk_size, dtype, grid_points=True)
     outputs = {"outputs": {"evaluation and files (host)": OUTPUT_BYTES_PER_VOXEL * n_voxels}}
     if n_shields:
@@ -318,6 +322,8 @@ def hdr_plan_estimate(
         "chunk": full.sizes["chunk"],
         "shields": n_shields,
     }
+    if n_scenarios > 1:
+        sizes["scenarios"] = int(n_scenarios)
     return _merge("hdr_plan", persistent, opt, full, extra_stages=outputs, sizes=sizes)
 
 

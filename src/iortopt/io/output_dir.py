@@ -62,6 +62,7 @@ OWNED_NAMES = frozenset(
         "summary.json",
         "dvh.png",
         "dose_slices.png",
+        "dvh_bands.png",
         "dicom",
         "report.html",
         "pareto.png",

@@ -151,6 +151,8 @@ class ElectronPlanResult:
     notes: list[str] = field(default_factory=list)
     beam_name: str = ""
     geometry: object = None  # ElectronSetting.geometry
+    #: (context, Cone, Disc) of the final plan, for re-evaluating it on moved geometry (robust)
+    final_pose: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -301,10 +303,10 @@ def _row(ctx: _Context, dose, cone: dict, disc: dict, mu: float, d_per_mu: float
     return row
 
 
-def choose_row(rows: list[dict], ctx: _Context) -> tuple[int, str, list[str]]:
+def choose_row(rows: list[dict], ctx: _Context, key: str = "score") -> tuple[int, str, list[str]]:
     """Index of the chosen row, the reason and warnings (rule in the module docstring; ``ctx``:
     any context with ``disc_margin_mm``, ``max_axis_tilt_deg``, ``disc_radius_mm`` and
-    ``prescription_gy``)."""
+    ``prescription_gy``; ``key``: the score ranked, ``"score_robust"`` for a robust choice)."""
     warnings = []
     pool = [k for k, r in enumerate(rows) if r["disc_covers_field"] and r["axis_tilt_ok"]]
     rule = (
@@ -325,18 +327,19 @@ def choose_row(rows: list[dict], ctx: _Context) -> tuple[int, str, list[str]]:
             f"the {ctx.disc_radius_mm:g} mm disc covers no catalogue field with "
             f"{ctx.disc_margin_mm:g} mm margin: use a larger disc"
         )
-    ranked = sorted(pool, key=lambda k: -rows[k]["score"])
+    ranked = sorted(pool, key=lambda k: -rows[k][key])
     best = ranked[0]
     r = rows[best]
+    what = "score" if key == "score" else "robust score"
     reason = (
-        f"{_label(r)}: highest score ({r['score']:.1f}) of the {len(pool)} of {len(rows)} rows "
+        f"{_label(r)}: highest {what} ({r[key]:.1f}) of the {len(pool)} of {len(rows)} rows "
         f"{rule}; coverage {r['target_coverage_percent']:.1f} % at {ctx.prescription_gy:g} Gy, "
         f"beyond-disc max {r['beyond_disc_max_gy']:.2f} Gy, skin max {r['skin_max_gy']:.2f} Gy, "
         f"disc margin {r['disc_margin_mm']:.1f} mm"
     )
     if len(ranked) > 1:
         nxt = rows[ranked[1]]
-        reason += f"; next best {_label(nxt)} (score {nxt['score']:.1f})"
+        reason += f"; next best {_label(nxt)} ({what} {nxt[key]:.1f})"
     return best, reason, warnings
 
 
@@ -407,6 +410,36 @@ def _evaluate(ctx: _Context, batch, cones: list[dict], discs: list[dict]) -> lis
             mu = ctx.d100_gy / per_mu[k]
             rows.append(_row(ctx, dose[k], part_c[k], part_d[k], mu, per_mu[k]))
     return rows
+
+
+def _robust_scores(ctx: _Context, batch, cones, discs, rows, robust) -> None:
+    """Add ``score_robust`` and ``scores_per_scenario`` to each catalogue row (in place): each
+    row's score in every scenario of ``robust`` with its planned MU (the batch normalises MU to
+    Rx for the moved cone; its dose is rescaled to the row's MU)."""
+    moves, reduce = robust
+    per_row = [moves(c, d) for c, d in zip(cones, discs, strict=True)]
+    for k, row in enumerate(rows):
+        moved_c = [m[0] for m in per_row[k]]
+        moved_d = [m[1] for m in per_row[k]]
+        scores = []
+        for start in range(0, len(moved_c), CHUNK):
+            part_c, part_d = moved_c[start : start + CHUNK], moved_d[start : start + CHUNK]
+            n = len(part_c)
+            pad_c = part_c + [part_c[-1]] * (CHUNK - n)
+            pad_d = part_d + [part_d[-1]] * (CHUNK - n)
+            dose, per_mu = batch(
+                jnp.asarray(ctx.ev.points_mm, ctx.dtype),
+                stack_cones(pad_c, np.ones(CHUNK), ctx.dtype),
+                stack_discs(ctx, pad_d, ctx.dtype),
+            )
+            dose, per_mu = np.asarray(dose, np.float64), np.asarray(per_mu, np.float64)
+            for j in range(n):
+                factor = per_row[k][start + j][2]
+                fixed = dose[j] * per_mu[j] * row["mu"] / ctx.d100_gy * factor
+                scores.append(_row(ctx, fixed, part_c[j], part_d[j], row["mu"], per_mu[j])["score"])
+        scores = np.asarray(scores)
+        row["score_robust"] = float(-reduce(jnp.asarray(-scores)))
+        row["scores_per_scenario"] = scores.tolist()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -729,8 +762,15 @@ def optimise_electron(
     max_disc_shift_mm: float = 5.0,
     max_disc_tilt_deg: float = 10.0,
     iterations: int = 100,
+    robust=None,
 ) -> ElectronPlanResult:
     """Choose energy, cone and bevel, then place cone and disc (see the module docstring).
+
+    ``robust``: None, or (``moves``, ``reduce``) for a robust row choice: ``moves(cone, disc)``
+    -> [(cone, disc, dose factor)] per uncertainty scenario (catalogue dicts), ``reduce(values
+    (S,))`` -> their aggregate (larger = worse). Every row is then scored in every scenario at its
+    planned MU, ``score_robust`` = -reduce(-scores), and the row chosen by it; the joint pose
+    optimisation stays nominal.
 
     Args:
         setting: the case side (:class:`ElectronSetting`).
@@ -810,7 +850,11 @@ def optimise_electron(
     )
     batch = _batch_function(ctx)
     rows = _evaluate(ctx, batch, cones, discs)
-    best, reason, warnings = choose_row(rows, ctx)
+    key = "score"
+    if robust is not None:
+        _robust_scores(ctx, batch, cones, discs, rows, robust)
+        key = "score_robust"
+    best, reason, warnings = choose_row(rows, ctx, key)
     catalogue_s = time.perf_counter() - t0
 
     # 3. joint optimisation of the chosen row.
@@ -913,6 +957,7 @@ def optimise_electron(
         notes=notes,
         beam_name=beam.name,
         geometry=g,
+        final_pose=(ctx, cone_final, disc_final),
     )
 
 

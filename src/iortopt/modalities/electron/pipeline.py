@@ -102,6 +102,10 @@ def prepare_electron(
     Raises:
         ConfigError / SourceDataError naming the field or file at fault.
     """
+    if cfg.robust is not None:
+        from iortopt.modalities.electron.robust import check
+
+        check(cfg)
     t0 = time.perf_counter()
     e = cfg.electron
     beam = load_electron_beam(e.beam)
@@ -210,7 +214,17 @@ def _optimise(prepared: PreparedElectron):
         max_disc_shift_mm=e.max_disc_shift_mm,
         max_disc_tilt_deg=e.max_disc_tilt_deg,
         iterations=e.iterations,
+        robust=_robust_choice(prepared.config),
     )
+
+
+def _robust_choice(cfg: PlanConfig):
+    """``robust`` of ``optimise_electron``: the scenario moves for a robust row choice, or None."""
+    if cfg.robust is None:
+        return None
+    from iortopt.modalities.electron.robust import choice_scenarios
+
+    return choice_scenarios(cfg)
 
 
 def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRunResult:
@@ -244,6 +258,26 @@ def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRun
         "wall_times_s": {"prepare_s": prepared.setup_s, **result.timings},
     }
     out_dir = Path(out_dir)
+    extra_writer = (
+        electron_writer(
+            stage_settings.dicom_plan_info(cfg),
+            case,
+            dose,
+            evaluation["dvhs"],
+            chosen,
+            prepared.beam.machine,
+        )
+        if cfg.output.dicom
+        else None
+    )
+    if cfg.robust is not None:
+        from iortopt.modalities.electron import robust as electron_robust
+
+        t0 = time.perf_counter()
+        summary["robust"], extra_writer = electron_robust.evaluate(
+            cfg, case, result.final_pose, prepared.dtype, extra_writer
+        )
+        summary["wall_times_s"]["robust_evaluation_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     cone_end = np.asarray(chosen["cone_end_mm"], float)
     disc_centre = np.asarray(disc["centre_mm"], float)
@@ -276,18 +310,7 @@ def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRun
         ),
         markers_mm=np.stack([cone_end, disc_centre]),
         markers_label="cone end, disc centre",
-        extra_writer=(
-            electron_writer(
-                stage_settings.dicom_plan_info(cfg),
-                case,
-                dose,
-                evaluation["dvhs"],
-                chosen,
-                prepared.beam.machine,
-            )
-            if cfg.output.dicom
-            else None
-        ),
+        extra_writer=extra_writer,
     )
     summary["wall_times_s"]["write_s"] = time.perf_counter() - t0
     rewrite_summary(out_dir, summary)
@@ -348,6 +371,10 @@ def print_electron_summary(result: ElectronRunResult, console: Console) -> None:
         highlight=False,
     )
     print_report(s, result.case, console)
+    if "robust" in s:
+        from iortopt.outputs.robust_figures import print_robust_table
+
+        print_robust_table(s["robust"], console)
     console.print(
         f"chosen: {chosen['energy_MeV']:g} MeV, {chosen['diameter_cm']:g} cm cone, bevel "
         f"{chosen['bevel_deg']:g} deg, {chosen['mu']:.0f} MU; {chosen['reason']}",
@@ -386,7 +413,17 @@ def print_electron_summary(result: ElectronRunResult, console: Console) -> None:
 NAME = "electron"
 #: The config sections this modality reads; others are refused when given.
 SECTIONS = frozenset(
-    {"plan", "case", "prescription", "goals", "radiobiology", "output", "compute", "electron"}
+    {
+        "plan",
+        "case",
+        "prescription",
+        "goals",
+        "radiobiology",
+        "output",
+        "compute",
+        "electron",
+        "robust",
+    }
 )
 #: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
 NEEDS = frozenset({"tissue_surface", "cone_pose"})

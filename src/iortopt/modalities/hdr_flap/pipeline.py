@@ -90,6 +90,7 @@ class PreparedPlan:
     notes: list[str] = field(default_factory=list)
     shield_specs: list = field(default_factory=list)  # shield_placement.ShieldSpec
     clinical: object = None  # FlapCaseSide.clinical
+    robust: object = None  # robust.RobustSetup when [robust] is given
 
 
 @dataclass
@@ -272,6 +273,11 @@ def prepare_plan(
             applicator_points_mm=dwells.positions_mm,
             **side.shield_surfaces,
         )
+    robust_setup = None
+    if cfg.robust is not None:
+        from iortopt.modalities.hdr_flap import robust as hdr_robust
+
+        robust_setup = hdr_robust.setup(cfg, case, dwells)
     return PreparedPlan(
         cfg,
         case,
@@ -287,6 +293,7 @@ def prepare_plan(
         notes,
         shield_specs,
         clinical=side.clinical,
+        robust=robust_setup,
     )
 
 
@@ -477,7 +484,10 @@ def optimise_and_write(
     )
     total = objectives.combine(terms)
     chunk = ctx.chunk_size(n_dwells)
-    use_matrix = _use_influence_matrix(cfg, points_opt.shape[0], n_dwells, dtype, ctx)
+    rob = prepared.robust
+    robust_opt = rob is not None and cfg.robust.optimise and len(rob.scenarios) > 1
+    n_rows = points_opt.shape[0] * (len(rob.scenarios) if robust_opt else 1)
+    use_matrix = _use_influence_matrix(cfg, n_rows, n_dwells, dtype, ctx)
     if prepared.shield_specs and not use_matrix:
         raise ConfigError(
             "shields: the shield optimisation needs the explicit influence matrix "
@@ -487,7 +497,17 @@ def optimise_and_write(
     from iortopt.modalities.hdr_flap import pareto as hdr_pareto
 
     hdr_pareto.check_usable(cfg, use_matrix, points_opt.shape[0], n_dwells)
-    if use_matrix:
+    if cfg.pareto is not None and robust_opt:
+        raise ConfigError(
+            "pareto: a Pareto set is made of nominal plans; it cannot be combined with "
+            "[robust] optimise = true (use optimise = false to evaluate its plans)"
+        )
+    if robust_opt:
+        from iortopt.modalities.hdr_flap import robust as hdr_robust
+
+        problem = hdr_robust.optimisation_problem(prepared, points_opt, use_matrix, chunk, timings)
+        operands, dose_of, objective_of = problem.operands, problem.dose_of, problem.objective_of
+    elif use_matrix:
         matrix, compile_s, run_s = _influence_matrix(
             points_opt, dwells, prepared.kernel, prepared.sk_U, dtype, chunk, ctx.mesh
         )
@@ -506,6 +526,11 @@ def optimise_and_write(
 
         def dose_of(t, pts, pos, axes):
             return dose_gy(pts, pos, axes, t, prepared.kernel, prepared.sk_U, chunk, mesh=ctx.mesh)
+
+    if not robust_opt:
+
+        def objective_of(t, params, *ops):
+            return total(dose_of(t, *ops), t, params)
 
     unit_dose = np.asarray(jax.jit(dose_of)(jnp.ones(n_dwells, dtype), *operands))
     target_w = prepared.weights[cfg.prescription.structure]
@@ -527,7 +552,7 @@ def optimise_and_write(
     params = objectives.term_params(terms, dtype)
     optimise = minimise if fixed_times_s is None else _fixed_plan(fixed_times_s, t_max)
     result = optimise(
-        lambda t, params, *ops: total(dose_of(t, *ops), t, params),
+        objective_of,
         init,
         t_max,
         method=cfg.optimizer.method,
@@ -612,11 +637,27 @@ def optimise_and_write(
         summary |= hdr_shields.shield_summary(prepared, stage, evaluation, result.times_s, ctx)
     if prepared.clinical is not None:
         summary["from_rtplan"] = clinical_comparison(prepared, evaluation, times_s, chunk)
+    extra_writer = _dicom_writer(prepared, dose, evaluation, times_s)
+    if rob is not None:
+        from iortopt.modalities.hdr_flap import robust as hdr_robust
+
+        t0 = time.perf_counter()
+        summary["robust"], extra_writer = hdr_robust.evaluate(
+            prepared,
+            terms,
+            points_opt,
+            times_s,
+            chunk,
+            extra_writer,
+            matrices=operands[0] if robust_opt and use_matrix else None,
+        )
+        timings["robust_evaluation_s"] = time.perf_counter() - t0
     pareto_set = None
     if cfg.pareto is not None and fixed_times_s is None:
         pareto_set = hdr_pareto.compute_set(prepared, operands[0], times_s)
         summary["pareto"] = hdr_pareto.summary(pareto_set)
         timings["pareto_s"] = pareto_set.timings_s["wall_s"]
+        extra_writer = hdr_pareto.writer(pareto_set, cfg, then=extra_writer)
     t0 = time.perf_counter()
     summary["wall_times_s"] = timings
     d = dwells
@@ -651,11 +692,7 @@ def optimise_and_write(
             air_kerma_strength_U=prepared.sk_U,
         ),
         markers_mm=d.positions_mm,
-        extra_writer=_dicom_writer(prepared, dose, evaluation, times_s)
-        if pareto_set is None
-        else hdr_pareto.writer(
-            pareto_set, cfg, then=_dicom_writer(prepared, dose, evaluation, times_s)
-        ),
+        extra_writer=extra_writer,
         shield_points_mm=None if stage is None else shl.figure_points(stage.specs, stage.placed),
     )
     timings["write_s"] = time.perf_counter() - t0
@@ -761,6 +798,10 @@ def print_summary(result: PlanResult, console: Console) -> None:
     """Metrics table, clinical goals (met or not) and timings on the terminal."""
     s = result.summary
     print_report(s, result.prepared.case, console)
+    if "robust" in s:
+        from iortopt.outputs.robust_figures import print_robust_table
+
+        print_robust_table(s["robust"], console)
     w = s["wall_times_s"]
     console.print(
         f"{s['n_dwells_active']} active dwells, total time {s['total_treatment_time_s']:.1f} s "
@@ -793,6 +834,7 @@ SECTIONS = frozenset(
         "compute",
         "shields",
         "pareto",
+        "robust",
     }
 )
 #: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
@@ -836,7 +878,14 @@ def memory_sizes(prepared: PreparedPlan) -> dict:
         "n_structures": len(prepared.case.structures),
         "spacing_mm": min(grid.spacing_xyz_mm),
         "n_shields": len(prepared.shield_specs),
+        "n_scenarios": _optimised_scenarios(prepared),
     }
+
+
+def _optimised_scenarios(prepared: PreparedPlan) -> int:
+    """Scenarios the optimiser holds at once (1 without robust optimisation)."""
+    rob, cfg = prepared.robust, prepared.config
+    return len(rob.scenarios) if rob is not None and cfg.robust.optimise else 1
 
 
 def memory_estimate(s: dict, chunk: int | None, dtype, influence: str):
@@ -851,4 +900,5 @@ def memory_estimate(s: dict, chunk: int | None, dtype, influence: str):
         chunk,
         influence,
         s["n_shields"],
+        s.get("n_scenarios", 1),
     )

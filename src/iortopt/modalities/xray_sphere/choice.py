@@ -251,8 +251,11 @@ def _gy(value) -> str:
     return "n/a (no skin structure)" if value is None else f"{value:.2f} Gy"
 
 
-def _choose(rows: list[dict], min_skin_mm: float, tol: float) -> tuple[int, str, list[str]]:
-    """Index of the chosen row, the reason, and warnings (rule in the module docstring)."""
+def _choose(
+    rows: list[dict], min_skin_mm: float, tol: float, key: str = "score"
+) -> tuple[int, str, list[str]]:
+    """Index of the chosen row, the reason, and warnings (rule in the module docstring; ``key``:
+    the score ranked, ``"score_robust"`` for a robust choice)."""
     warnings = []
     eligible = [k for k, r in enumerate(rows) if r["fits_cavity"] and not r["skin_flag"]]
     pool = eligible
@@ -270,19 +273,20 @@ def _choose(rows: list[dict], min_skin_mm: float, tol: float) -> tuple[int, str,
         pool = list(range(len(rows)))
         rule = "are in the catalogue; none fits the cavity"
         warnings.append("no catalogue size fits the cavity: the chosen plan is outside the model")
-    ranked = sorted(pool, key=lambda k: -rows[k]["score"])
+    ranked = sorted(pool, key=lambda k: -rows[k][key])
     best = ranked[0]
     names = ", ".join(f"{rows[k]['diameter_cm']:g}" for k in sorted(pool))
     r = rows[best]
+    what = "score" if key == "score" else "robust score"
     reason = (
-        f"{r['diameter_cm']:g} cm: highest score ({r['score']:.1f}) among the sizes that {rule} "
+        f"{r['diameter_cm']:g} cm: highest {what} ({r[key]:.1f}) among the sizes that {rule} "
         f"({names} cm); centred in the cavity: coverage {r['target_coverage_percent']:.1f} %, "
         f"skin distance {r['skin_distance_mm']:.1f} mm, skin max {_gy(r['skin_max_gy'])}, "
         f"wall gap {r['wall_gap_mm']:.1f} mm"
     )
     if len(ranked) > 1:
         nxt = rows[ranked[1]]
-        reason += f"; next best {nxt['diameter_cm']:g} cm (score {nxt['score']:.1f})"
+        reason += f"; next best {nxt['diameter_cm']:g} cm ({what} {nxt[key]:.1f})"
     return best, reason, warnings
 
 
@@ -477,9 +481,17 @@ def plan_spheres(
     anisotropy: float = 0.0,
     relaxation_iterations: int = 150,
     shield_specs=None,
+    robust=None,
 ) -> XrayPlanResult:
     """:func:`optimise_xray` on any :class:`SphereSetting` (same arguments, the case side given by
-    ``setting``; see the module docstring)."""
+    ``setting``; see the module docstring).
+
+    ``robust``: None, or (``scenario_points``, ``reduce``) for a robust size choice:
+    ``scenario_points(points_mm, centre_mm)`` -> [(moved points, dose factor)] per uncertainty
+    scenario, ``reduce(values (S,))`` -> their aggregate (larger = worse). Every catalogue size is
+    then scored in every scenario (the same batched pass on the moved points), its
+    ``score_robust`` = -reduce(-scores), and the size chosen by that; the centre refinement and
+    the relaxation stay nominal."""
     t_start = time.perf_counter()
     if not isinstance(beam, XrayBeam):
         beam = load_xray_beam(beam)
@@ -554,7 +566,11 @@ def plan_spheres(
             rows[k]["without_shields"] = {
                 key: open_row[key] for key in (*_METRIC_KEYS[:-1], "score")
             }
-    best, reason, warnings = _choose(rows, ctx.min_skin_mm, g.fit_tolerance_mm)
+    key = "score"
+    if robust is not None:
+        _robust_scores(ctx, batch, args, rows, diameters, radii, times, c0, robust)
+        key = "score_robust"
+    best, reason, warnings = _choose(rows, ctx.min_skin_mm, g.fit_tolerance_mm, key)
     batch_s = time.perf_counter() - t0
 
     # 3. continuous relaxation, started from the chosen size (the objective is flat near its
@@ -693,6 +709,25 @@ def plan_spheres(
         shield_trials=[] if placement is None else placement.trials,
         dose_without_shields_gy=dose_open,
     )
+
+
+def _robust_scores(ctx, batch, args, rows, diameters, radii, times, c0, robust) -> None:
+    """Add ``score_robust`` and ``scores_per_scenario`` to each catalogue row (in place)."""
+    scenario_points, reduce = robust
+    per = []
+    for pts, factor in scenario_points(ctx.ev.points_mm, c0):
+        moved = jnp.asarray(np.asarray(pts, np.float64), ctx.dtype)
+        doses = np.asarray(batch(moved, *args[1:]), np.float64) * factor
+        per.append(
+            [
+                _catalogue_row(ctx, doses[k], diameters[k], radii[k], c0, times[k])["score"]
+                for k in range(len(radii))
+            ]
+        )
+    per = np.asarray(per)
+    for k, row in enumerate(rows):
+        row["score_robust"] = float(-reduce(jnp.asarray(-per[:, k])))
+        row["scores_per_scenario"] = per[:, k].tolist()
 
 
 def _catalogue_row(ctx: _Context, dose, diameter_cm, radius_mm, centre_mm, time_min) -> dict:

@@ -96,6 +96,10 @@ def prepare_xray(
         ConfigError / SourceDataError naming the field or file at fault.
     """
     t0 = time.perf_counter()
+    if cfg.robust is not None:
+        from iortopt.modalities.xray_sphere.robust import check
+
+        check(cfg)
     beam = load_xray_beam(cfg.xray.beam)
     sizes = cfg.xray.catalogue_diameters_cm
     if sizes is not None:
@@ -202,6 +206,11 @@ def _prepare_dicom(cfg: PlanConfig, beam: XrayBeam, dtype, t0: float) -> Prepare
 def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
     """Choose the applicator size, position and time; evaluate and write every output."""
     cfg, x = prepared.config, prepared.config.xray
+    robust_choice = None
+    if cfg.robust is not None:
+        from iortopt.modalities.xray_sphere.robust import choice_scenarios
+
+        robust_choice = choice_scenarios(cfg)
     try:
         result = plan_spheres(
             prepared.setting,
@@ -215,6 +224,7 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
             dtype=prepared.dtype,
             anisotropy=x.anisotropy,
             shield_specs=prepared.shield_specs or None,
+            robust=robust_choice,
         )
     except ValueError as exc:
         raise ConfigError(f"xray: {exc}") from None
@@ -245,6 +255,29 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
         extra, groups, shield_points = shield_report(cfg, prepared.shield_specs, result, evaluation)
         summary |= extra
     out_dir = Path(out_dir)
+    extra_writer = (
+        xray_writer(
+            stage_settings.dicom_plan_info(cfg),
+            case,
+            dose,
+            evaluation["dvhs"],
+            chosen,
+            result.beam_name,
+            result.formalism,
+            prescription_mode=x.prescription_mode,
+            prescription_depth_mm=x.prescription_depth_mm,
+        )
+        if cfg.output.dicom
+        else None
+    )
+    if cfg.robust is not None:
+        from iortopt.modalities.xray_sphere import robust as xray_robust
+
+        t0 = time.perf_counter()
+        summary["robust"], extra_writer = xray_robust.evaluate(
+            cfg, case, chosen, prepared.beam, prepared.dtype, extra_writer
+        )
+        summary["wall_times_s"]["robust_evaluation_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     centre = np.asarray(chosen["centre_mm"], float)
     write_plan_outputs(
@@ -272,21 +305,7 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
         markers_mm=centre[None, :],
         markers_label="applicator centre",
         shield_points_mm=shield_points,
-        extra_writer=(
-            xray_writer(
-                stage_settings.dicom_plan_info(cfg),
-                case,
-                dose,
-                evaluation["dvhs"],
-                chosen,
-                result.beam_name,
-                result.formalism,
-                prescription_mode=x.prescription_mode,
-                prescription_depth_mm=x.prescription_depth_mm,
-            )
-            if cfg.output.dicom
-            else None
-        ),
+        extra_writer=extra_writer,
     )
     summary["wall_times_s"]["write_s"] = time.perf_counter() - t0
     rewrite_summary(out_dir, summary)
@@ -352,6 +371,10 @@ def print_xray_summary(result: XrayRunResult, console: Console) -> None:
         highlight=False,
     )
     print_report(s, result.case, console)
+    if "robust" in s:
+        from iortopt.outputs.robust_figures import print_robust_table
+
+        print_robust_table(s["robust"], console)
     cont = s["continuous_relaxation"]
     console.print(
         f"chosen: {chosen['diameter_cm']:.1f} cm sphere, {chosen['time_min']:.1f} min, "
@@ -383,6 +406,7 @@ SECTIONS = frozenset(
         "compute",
         "xray",
         "shields",
+        "robust",
     }
 )
 #: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).

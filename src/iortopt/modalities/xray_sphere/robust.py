@@ -1,0 +1,119 @@
+"""Robust evaluation of a sphere plan: the chosen applicator, centre and time in every scenario
+of :mod:`.scenarios`, metrics per scenario, goal fractions and DVH bands.
+
+    check(cfg) -> magnitudes                    ConfigError for what is not supported
+    choice_scenarios(cfg) -> robust argument of plan_spheres (robust size choice) or None
+    evaluate(cfg, case, chosen, beam, dtype, then) -> (summary dict, extra_writer)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from iortopt.config import PlanConfig
+from iortopt.errors import ConfigError
+from iortopt.modalities.xray_sphere import scenarios as sc
+from iortopt.optimisation.robust import check_magnitudes
+
+
+def check(cfg: PlanConfig) -> dict:
+    """The magnitudes of ``[robust]`` (ConfigError naming the field for what is not supported)."""
+    r = cfg.robust
+    if cfg.xray.anisotropy > 0:
+        raise ConfigError(
+            "robust: xray.anisotropy > 0 is not supported by the robust evaluation yet"
+        )
+    if cfg.shields:
+        raise ConfigError("robust: robust planning with [[shields]] is not supported yet")
+    try:
+        return check_magnitudes("xray_sphere", sc.DEFAULTS, r.magnitudes)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def choice_scenarios(cfg: PlanConfig):
+    """``robust`` of :func:`~iortopt.modalities.xray_sphere.choice.plan_spheres` for
+    ``[robust] optimise = true`` (None otherwise): the scenario points and the aggregate."""
+    from iortopt.optimisation.robust import aggregator
+
+    r = cfg.robust
+    if r is None or not r.optimise:
+        return None
+    mags = check(cfg)
+    rows = sc.build({k: v["value"] for k, v in mags.items()}, r.scenarios, r.n_scenarios, r.seed)
+    moved = sc.stacked(rows)
+
+    def scenario_points(points_mm, centre_mm):
+        return [
+            (sc.moved_points(points_mm, centre_mm, shift, gap), scale)
+            for shift, gap, scale in zip(
+                moved["shift_mm"], moved["gap_mm"], moved["scale"], strict=True
+            )
+        ]
+
+    # a choice needs no gradient: the worst case is the exact worst score (temperature 0)
+    return scenario_points, aggregator(r.aggregate, 0.0, r.cvar_alpha)
+
+
+def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None):
+    """The summary ``robust`` dict and an ``extra_writer`` adding dvh_bands.png (then ``then``)."""
+    from iortopt.evaluation.robust_metrics import scenario_metrics
+    from iortopt.outputs.figures import structure_colours
+    from iortopt.outputs.plan_files import GoalSpec
+    from iortopt.outputs.robust_figures import bands_writer, robust_summary
+
+    r = cfg.robust
+    mags = check(cfg)
+    rows = sc.build({k: v["value"] for k, v in mags.items()}, r.scenarios, r.n_scenarios, r.seed)
+    inside = np.zeros(case.grid.n_voxels, bool)
+    for s in case.structures:
+        inside |= s.occupancy.reshape(-1) > 0
+    points = case.grid.points_mm()[inside]
+    weights = {s.name: s.occupancy.reshape(-1)[inside] for s in case.structures}
+    doses = sc.scenario_doses(
+        points,
+        chosen["centre_mm"],
+        10.0 * float(chosen["diameter_cm"]) / 2.0,
+        float(chosen["time_min"]),
+        beam,
+        rows,
+        dtype,
+    )
+    vv, rx = case.grid.voxel_volume_cm3, cfg.prescription.dose_gy
+    per_scenario = scenario_metrics(doses, weights, vv, rx)
+    goals = [GoalSpec(g.structure, g.metric, g.op, g.value) for g in cfg.goals]
+    scenario_set = {
+        "modality": "xray_sphere",
+        "kind": r.scenarios,
+        "names": [name for name, _ in rows],
+        "magnitudes": mags,
+        "one_sided": ["tissue_gap_mm"],
+        "optimise": bool(r.optimise),
+        **(
+            {
+                "aggregate": r.aggregate,
+                "temperature": 0.0,
+                "cvar_alpha": r.cvar_alpha,
+                "optimised": "the catalogue size, by the aggregate of its score over the "
+                "scenarios (score_robust in applicator_comparison); centre and time nominal",
+            }
+            if r.optimise
+            else {}
+        ),
+        "seed": r.seed if r.scenarios == "sampled" else None,
+        "dose_points": "voxel centres of every structure (no sub-sampling at the applicator "
+        "surface), so the nominal scenario differs slightly from the plan's metrics",
+    }
+    summary = robust_summary(scenario_set, per_scenario, goals, tuple(r.band_percent))
+    clinical = {s.name for s in case.structures if s.role != "other"}
+    writer = bands_writer(
+        doses,
+        {k: v for k, v in weights.items() if k in clinical},
+        vv,
+        tuple(r.band_percent),
+        rx,
+        f"{cfg.plan.name}: DVH bands over {len(rows)} scenarios",
+        structure_colours([s.name for s in case.structures]),
+        then=then,
+    )
+    return summary, writer
