@@ -254,6 +254,7 @@ def test_failing_jobs_are_isolated_and_recorded(finished_batch):
         assert sorted(p.name for p in paths.files(job_id).iterdir()) == [
             "dose_slices.png",
             "dvh.png",
+            "hot_spot_slices.png",
             "report.html",
             "summary.json",
         ]

@@ -28,6 +28,7 @@ def test_outputs_comparison_choice_and_disc(electron_run):
         ".iortopt-output.json",  # the output marker, written last
         "dose_slices.png",
         "dvh.png",
+        "hot_spot_slices.png",
         "plan.zarr",
         "report.html",
         "summary.json",

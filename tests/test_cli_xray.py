@@ -28,6 +28,7 @@ def test_outputs_and_comparison_table(xray_run):
         ".iortopt-output.json",  # the output marker, written last
         "dose_slices.png",
         "dvh.png",
+        "hot_spot_slices.png",
         "plan.zarr",
         "report.html",
         "summary.json",

@@ -88,8 +88,8 @@ def run_out(tmp_path_factory):
 def test_outputs_include_dicom(run_out):
     _, out = run_out
     assert sorted(p.name for p in out.iterdir()) == [
-        ".iortopt-output.json", "dicom", "dose_slices.png", "dvh.png", "plan.zarr", "report.html",
-        "summary.json",
+        ".iortopt-output.json", "dicom", "dose_slices.png", "dvh.png", "hot_spot_slices.png",
+        "plan.zarr", "report.html", "summary.json",
     ]  # fmt: skip
     assert sorted(p.name for p in (out / "dicom").iterdir()) == ["RTDOSE.dcm", "RTPLAN.dcm"]
     assert not list(out.parent.glob(".out.tmp-*"))

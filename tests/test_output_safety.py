@@ -24,7 +24,9 @@ from iortopt.modalities.hdr_flap.pipeline import checkpoint_path_for, resume_tim
 from iortopt.optimisation.optax_loop import save_checkpoint
 
 runner = CliRunner()
-PLAN_OUTPUTS = ["dose_slices.png", "dvh.png", "plan.zarr", "report.html", "summary.json"]
+PLAN_OUTPUTS = [
+    "dose_slices.png", "dvh.png", "hot_spot_slices.png", "plan.zarr", "report.html", "summary.json"
+]  # fmt: skip
 
 
 def small_config_text(max_iterations: int = 5, tolerance: str = "1e-6") -> str:

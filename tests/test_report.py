@@ -266,7 +266,9 @@ def test_report_holds_every_section_and_embeds_its_figures(plan_report):
     assert page.external == []  # nothing fetched when it is opened
     # both figures embedded byte for byte
     embedded = [base64.b64decode(src.split(",", 1)[1]) for src in page.images]
-    assert embedded == [(out / "dvh.png").read_bytes(), (out / "dose_slices.png").read_bytes()]
+    assert embedded == [
+        (out / name).read_bytes() for name in ("dvh.png", "dose_slices.png", "hot_spot_slices.png")
+    ]
     # the DVH data for the interactive plot: every clinical structure, none of role "other"
     data = json.loads(re.search(r'id="dvh-data">(.*?)</script>', html, re.S).group(1))
     assert [c["name"] for c in data["curves"]] == ["CTV", "sacrum", "ureter", "bowel"]
@@ -422,3 +424,25 @@ def test_source_strength_gives_both_s_k_and_the_decay_factor():
         strength["calibration"] == "2026-11-01T08:00:00"
         and "Perez-Calatayud" in strength["citation"]
     )
+
+
+def test_hot_spot_slices_pass_through_the_hottest_oar_voxel(tmp_path, small_case, monkeypatch):
+    """The second slice figure is centred on the first (hottest) OAR spot, and the slices pass
+    through that voxel (each panel is titled with the coordinate of its slice)."""
+    from iortopt.outputs import plan_files
+
+    grid, dose, structures = small_case
+    spots = [
+        {"structure": "bowel", "dose_gy": 9.0, "position_mm": [12.0, -6.0, 3.0]},
+        {"structure": "ureter", "dose_gy": 7.0, "position_mm": [0.0, 0.0, 0.0]},
+    ]
+    assert plan_files.hot_spot_centre_mm({"oar_hot_spots": spots}) == [12.0, -6.0, 3.0]
+    assert plan_files.hot_spot_centre_mm({"oar_hot_spots": []}) is None
+    figs = _capture_figures(monkeypatch)
+    spot = np.asarray(spots[0]["position_mm"])
+    report.plot_dose_slices(dose, grid, structures, tmp_path / "h.png", [5.0], centre_xyz_mm=spot)
+    titles = [ax.get_title() for ax in figs[0].axes if ax.get_title()]
+    k, j, i = np.clip(np.rint(grid.mm_to_index(spot)).astype(int), 0, np.array(grid.shape_zyx) - 1)
+    x, y, z = grid.index_to_mm((k, j, i))
+    assert titles[:3] == [f"axial, z = {z:.1f} mm", f"coronal, y = {y:.1f} mm",
+                          f"sagittal, x = {x:.1f} mm"]  # fmt: skip

@@ -1,9 +1,10 @@
 """Output folders that never destroy what iortopt did not create.
 
 A plan's output folder (``iortopt run --out DIR``) holds iortopt's own entries (:data:`OWNED_NAMES`:
-``plan.zarr``, ``summary.json``, ``dvh.png``, ``dose_slices.png``, ``report.html``, ``dicom/``,
-``pareto.png``) and a marker, ``.iortopt-output.json`` (plan name, modality, version), written
-last. The marker is what makes a folder "an iortopt output of plan P".
+``plan.zarr``, ``summary.json``, ``dvh.png``, ``dose_slices.png``, ``hot_spot_slices.png``,
+``report.html``, ``dicom/``, ``pareto.png``, ``dvh_bands.png``) and a marker,
+``.iortopt-output.json`` (plan name, modality, version), written last. The marker is what
+makes a folder "an iortopt output of plan P".
 
 Before any computation, :func:`check_output_target` refuses (``ConfigError``, exit 2 in the CLI):
 the current folder or one that contains it (``--out .``, ``--out ''``), a symbolic link, a regular
@@ -63,6 +64,7 @@ OWNED_NAMES = frozenset(
         "dvh.png",
         "dose_slices.png",
         "dvh_bands.png",
+        "hot_spot_slices.png",
         "dicom",
         "report.html",
         "pareto.png",

@@ -158,6 +158,17 @@ def evaluate_plan(settings: EvaluationSettings, case: Case, dose: np.ndarray) ->
     }
 
 
+#: Slices through the worst OAR hot spot (beside ``dose_slices.png``, through the target).
+HOT_SPOT_FIGURE = "hot_spot_slices.png"
+
+
+def hot_spot_centre_mm(evaluation: dict) -> list[float] | None:
+    """(x, y, z) mm of the hottest OAR voxel of a plan (the first of ``oar_hot_spots``, hottest
+    first), where the hot-spot slices pass; None for a plan without organs at risk."""
+    spots = evaluation.get("oar_hot_spots") or []
+    return spots[0]["position_mm"] if spots else None
+
+
 def oar_hot_spots(case: Case, dose: np.ndarray) -> list[dict]:
     """Per OAR, its hottest voxel (occupancy >= 0.5): dose (Gy) and centre (x, y, z) mm, the
     hottest OAR first."""
@@ -329,6 +340,24 @@ def write_plan_outputs(
             colours=colours,
             prescription_gy=rx,
         )
+        hot_centre = hot_spot_centre_mm(evaluation)
+        if hot_centre is not None:  # the same slices through the worst OAR hot spot
+            worst = evaluation["oar_hot_spots"][0]["structure"]
+            report.plot_dose_slices(
+                dose,
+                case.grid,
+                case.structures,
+                tmp / HOT_SPOT_FIGURE,
+                [rx * p / 100 for p in settings.isodose_percent],
+                centre_xyz_mm=hot_centre,
+                dwell_positions_mm=markers_mm,
+                markers_label=markers_label,
+                shield_points_mm=shield_points_mm,
+                title=f"{settings.plan_name}: dose (Gy) through the {worst} hot spot",
+                hu=case.hu,
+                colours=colours,
+                prescription_gy=rx,
+            )
         if extra_writer is not None:
             extra_writer(tmp)
         write_report(tmp)  # from the files just written, so the folder is complete with it

@@ -96,11 +96,14 @@ def group_indices(cfg: PlanConfig) -> tuple[list[str], list[list[int]]]:
     return names, groups
 
 
-def _compact_problem(cfg: PlanConfig, weights: dict[str, np.ndarray], matrix: np.ndarray):
+def term_rows(
+    cfg: PlanConfig, weights: dict[str, np.ndarray], matrix: np.ndarray, dtype=np.float32
+):
     """(matrix rows, weights) for the objective terms alone: each structure's voxels as its own
     contiguous block of rows (so every term takes a slice of the dose, not a gather), and a
     structure used only by mean-dose terms as one row holding its occupancy-weighted mean
-    (exact for those terms). Voxels of no term (the optimisation margin) are left out."""
+    (exact for those terms). Voxels of no term (the optimisation margin) are left out. The rows
+    come in ``dtype``."""
     used = sorted({o.structure for o in cfg.objectives if o.structure})
     mean_only = {
         s for s in used if all(o.type == "mean_dose" for o in cfg.objectives if o.structure == s)
@@ -122,7 +125,7 @@ def _compact_problem(cfg: PlanConfig, weights: dict[str, np.ndarray], matrix: np
         column = np.zeros(offsets[-1], np.float32)
         column[offsets[k] : offsets[k + 1]] = values[k]
         compact[name] = column
-    return np.concatenate(blocks, axis=0).astype(np.float32), compact
+    return np.concatenate(blocks, axis=0).astype(dtype), compact
 
 
 def _plan_metrics(prepared, matrix: np.ndarray, times_s: np.ndarray):
@@ -170,7 +173,7 @@ def compute_set(prepared, matrix, nominal_times_s: np.ndarray) -> ParetoSet:
     t0 = time.perf_counter()
     names, groups = group_indices(cfg)
     matrix_np = np.asarray(matrix)
-    rows, weights = _compact_problem(cfg, prepared.weights, matrix_np)
+    rows, weights = term_rows(cfg, prepared.weights, matrix_np)
     terms = objectives.build_terms(
         cfg.objectives,
         {k: jnp.asarray(v, prepared.dtype) for k, v in weights.items()},

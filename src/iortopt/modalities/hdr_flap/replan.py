@@ -30,6 +30,7 @@ import numpy as np
 from iortopt.config import Goal, PlanConfig
 from iortopt.errors import ConfigError
 from iortopt.evaluation import dvh
+from iortopt.modalities.hdr_flap.pareto import term_rows
 from iortopt.optimisation import objectives
 from iortopt.optimisation.optax_loop import run_optax, times_from_u, u_from_times
 from iortopt.outputs.plan_files import goal_rows
@@ -63,9 +64,14 @@ class ReplanSession:
         if prepared.shield_specs:
             raise ConfigError("shields: a replanning session does not place shields; use run")
         self._prepared, self._cfg = prepared, cfg
-        self._matrix = matrix_gy_per_s
+        dtype = prepared.dtype
+        self._matrix = matrix_gy_per_s  # every optimisation voxel: the metrics
+        # the objective reads only its structures' rows (each a contiguous block; a structure of
+        # mean-dose terms only as its mean row): several times fewer rows per iteration
+        rows, weights = term_rows(cfg, prepared.weights, np.asarray(matrix_gy_per_s), dtype)
+        self._term_matrix = jnp.asarray(rows)
+        self._weights = {k: jnp.asarray(v, dtype) for k, v in weights.items()}
         n = len(prepared.dwells)
-        self._weights = {k: jnp.asarray(v, prepared.dtype) for k, v in prepared.weights.items()}
         self._t_max = cfg.applicator.max_dwell_time_s
         self._active = np.ones(n, bool)
         self._objectives = list(cfg.objectives)
@@ -147,13 +153,13 @@ class ReplanSession:
             max_iterations or cfg.max_iterations,
             cfg.tolerance,
             cfg.learning_rate,
-            operands=(params, mask, self._matrix),
+            operands=(params, mask, self._term_matrix),
         )
         times = np.asarray(times_from_u(loop.u, self._t_max), np.float64)
         self._times_s = times
         applied = times * self._active
         dose = np.asarray(self._matrix @ jnp.asarray(applied, dtype), np.float64)
-        value = float(self._f(loop.u, params, mask, self._matrix))
+        value = loop.final_value
         metrics, goals = self._evaluate(dose)
         return Replan(
             applied, value, loop.iterations, loop.converged, metrics, goals,

@@ -94,7 +94,10 @@ def read_output(out_dir: str | Path) -> PlanOutput:
     missing: list[str] = []
     attrs, structures, dvhs, dwells = _read_store(plan_store_of(folder), missing)
     figures = {}
-    for key, name in (("dvh", "dvh.png"), ("slices", "dose_slices.png")):
+    wanted = [("dvh", "dvh.png"), ("slices", "dose_slices.png")]
+    if summary.get("oar_hot_spots"):
+        wanted.append(("hot_spot", "hot_spot_slices.png"))
+    for key, name in wanted:
         try:
             figures[key] = "data:image/png;base64," + base64.b64encode(
                 (folder / name).read_bytes()
