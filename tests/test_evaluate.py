@@ -152,7 +152,7 @@ def test_run_rtdose_evaluated_back(run_out, tmp_path):
     before = sorted(p.name for p in out.iterdir())
     into_run = [*args[:-1], str(out), "--overwrite"]
     result = runner.invoke(app, into_run)
-    assert result.exit_code == 2 and "holds the outputs of plan" in result.output
+    assert result.exit_code == 2 and "holds the outputs of" in result.output
     assert sorted(p.name for p in out.iterdir()) == before
 
 

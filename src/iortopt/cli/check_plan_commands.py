@@ -50,23 +50,6 @@ def parse_treatment(text: str | None) -> dt.datetime | None:
     return when.replace(tzinfo=None)
 
 
-def refuse_plan_output(out: Path) -> None:
-    """A plan's (or another command's) output folder would be replaced whole: refuse it, even
-    with --overwrite.
-
-    Raises:
-        ConfigError: naming the folder and what it holds.
-    """
-    from iortopt.io.output_dir import read_marker
-
-    marker = read_marker(out) if out.is_dir() else None
-    if marker is not None and marker["plan"] != CHECK_PLAN:
-        raise ConfigError(
-            f"--out {out}: holds the outputs of {marker['plan']!r}, which the check would "
-            "replace; choose another folder (even with --overwrite)"
-        )
-
-
 def _fmt(value, digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -148,10 +131,8 @@ def check_plan(
     """Recompute a clinical brachy plan with iortopt's TG-43 engine and compare with the TPS."""
     from iortopt.io.output_dir import (
         check_output_target,
-        clean_stale_temporaries,
-        new_temp_folder,
-        output_lock,
-        publish_folder,
+        refuse_other_output,
+        write_command_folder,
     )
 
     try:
@@ -176,7 +157,7 @@ def check_plan(
             gamma_pass_percent=gamma_pass_percent,
             treatment=parse_treatment(treatment),
         )
-        refuse_plan_output(out)
+        refuse_other_output(out, CHECK_PLAN)
         check_output_target(out, overwrite, CHECK_PLAN)
         plan = read_brachy_plan(rtplan, rtstruct)
         data, source_warnings = resolve_source(plan.source, source)
@@ -194,19 +175,7 @@ def check_plan(
                 structure_set = read_structure_set(rtstruct)
                 check_frame_of_reference(rtdose, dose, structure_set)
         result = sc.run_check(plan, data, source_warnings, settings, dose, structure_set)
-        with output_lock(out):
-            refuse_plan_output(out)
-            check_output_target(out, overwrite, CHECK_PLAN)
-            clean_stale_temporaries(out)
-            tmp = new_temp_folder(out)
-            try:
-                sc.write_check(tmp, result)
-                publish_folder(tmp, out, CHECK_PLAN, CHECK_PLAN)
-            finally:
-                if tmp.exists():
-                    import shutil
-
-                    shutil.rmtree(tmp, ignore_errors=True)
+        write_command_folder(out, overwrite, CHECK_PLAN, lambda tmp: sc.write_check(tmp, result))
     except IortoptError as exc:
         _fail(exc)
     print_report(result.report)

@@ -58,23 +58,6 @@ def _print_table(evaluated, outside: list[str], title: str) -> None:
         )
 
 
-def _refuse_plan_output(out: Path) -> None:
-    """A plan's output folder would be replaced whole by the evaluation (even with --overwrite:
-    it holds only iortopt's own entries): refuse it.
-
-    Raises:
-        ConfigError: naming the folder and the plan.
-    """
-    from iortopt.io.output_dir import read_marker
-
-    marker = read_marker(out) if out.is_dir() else None
-    if marker is not None and marker["plan"] != EVALUATE_PLAN:
-        raise ConfigError(
-            f"--out {out}: holds the outputs of plan {marker['plan']!r}, which the evaluation "
-            "would replace; choose another folder (even with --overwrite)"
-        )
-
-
 def evaluate(
     rtdose: Annotated[Path, typer.Option("--rtdose", help="the RTDOSE file (dose in GY)")],
     out: Annotated[Path, typer.Option("--out", help="output folder: metrics.csv, dvh.png")],
@@ -99,10 +82,8 @@ def evaluate(
     """DVH metrics of an external RTDOSE per RTSTRUCT ROI (and the TPS's own DVHs beside them)."""
     from iortopt.io.output_dir import (
         check_output_target,
-        clean_stale_temporaries,
-        new_temp_folder,
-        output_lock,
-        publish_folder,
+        refuse_other_output,
+        write_command_folder,
     )
 
     try:
@@ -114,7 +95,7 @@ def evaluate(
             raise ConfigError("--rtstruct: required (the ROIs to evaluate the dose on)")
         if prescription_gy is not None and not (prescription_gy > 0):
             raise ConfigError(f"--prescription-gy: must be positive, got {prescription_gy}")
-        _refuse_plan_output(out)
+        refuse_other_output(out, EVALUATE_PLAN)
         check_output_target(out, overwrite, EVALUATE_PLAN)
         dose = read_rtdose(rtdose)
         ed.check_dose_units(rtdose, dose)
@@ -133,19 +114,12 @@ def evaluate(
             where=rtstruct,
         )
         title = f"{rtdose.name} on {rtstruct.name}"
-        with output_lock(out):
-            _refuse_plan_output(out)
-            check_output_target(out, overwrite, EVALUATE_PLAN)
-            clean_stale_temporaries(out)
-            tmp = new_temp_folder(out)
-            try:
-                ed.write_evaluation(tmp, evaluated, prescription_gy, title)
-                publish_folder(tmp, out, EVALUATE_PLAN, EVALUATE_PLAN)
-            finally:
-                if tmp.exists():
-                    import shutil
-
-                    shutil.rmtree(tmp, ignore_errors=True)
+        write_command_folder(
+            out,
+            overwrite,
+            EVALUATE_PLAN,
+            lambda tmp: ed.write_evaluation(tmp, evaluated, prescription_gy, title),
+        )
     except IortoptError as exc:
         _fail(exc)
     _print_table(evaluated, outside, f"{title}: dose metrics in Gy")

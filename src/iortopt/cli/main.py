@@ -436,9 +436,16 @@ def run(
         console.print("[yellow]Not every clinical goal is met (see the table above).[/]")
 
 
+#: Longer than this from the process start to the CLI is not Python's start-up: the process was
+#: a shell script that ran other work before it exec'd iortopt (e.g. ``scripts/quickstart.sh``).
+MAX_INTERPRETER_S = 10.0
+
+
 def _seconds_since_process_start(now_perf_s: float) -> float | None:
     """Seconds from this process's start to ``now_perf_s`` (a perf_counter reading): the Python
-    start-up and the CLI's imports. Linux only (``/proc``); None elsewhere."""
+    start-up and the CLI's imports. Linux only (``/proc``); None elsewhere, and None when the
+    process is older than :data:`MAX_INTERPRETER_S` (it was exec'd by a script that did other
+    work first, whose time is not iortopt's)."""
     import os
     import time
 
@@ -449,7 +456,8 @@ def _seconds_since_process_start(now_perf_s: float) -> float | None:
         age_s = uptime_s - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
-    return max(0.0, age_s - (time.perf_counter() - now_perf_s))
+    seconds = max(0.0, age_s - (time.perf_counter() - now_perf_s))
+    return seconds if seconds <= MAX_INTERPRETER_S else None
 
 
 #: The output folder of the ``run`` in progress (for the Ctrl-C message); empty otherwise.

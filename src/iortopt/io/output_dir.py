@@ -413,3 +413,35 @@ def publish_folder(tmp: Path, out_dir: str | Path, plan_name: str, kind: str) ->
     marker_tmp.write_text(marker_text)
     os.replace(marker_tmp, out_dir / MARKER_NAME)
     tmp.rmdir()
+
+
+def refuse_other_output(out: Path, command: str) -> None:
+    """An output folder of a plan or of another command would be replaced whole by ``command``'s
+    (every entry there is iortopt's own): refuse it, even with --overwrite.
+
+    Raises:
+        ConfigError: naming the folder and what it holds.
+    """
+    marker = read_marker(out) if out.is_dir() else None
+    if marker is not None and marker["plan"] != command:
+        raise ConfigError(
+            f"--out {out}: holds the outputs of {marker['plan']!r}, which {command} would "
+            "replace; choose another folder (even with --overwrite)"
+        )
+
+
+def write_command_folder(out: Path, overwrite: bool, command: str, write) -> None:
+    """Write a command's output folder (``iortopt evaluate``, ``check-plan``): under the
+    folder's lock, check it again, clear killed runs' temporaries, ``write(tmp)`` into a new
+    temporary folder and publish it with the marker last (nothing half-written is left)."""
+    with output_lock(out):
+        refuse_other_output(out, command)
+        check_output_target(out, overwrite, command)
+        clean_stale_temporaries(out)
+        tmp = new_temp_folder(out)
+        try:
+            write(tmp)
+            publish_folder(tmp, out, command, command)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)

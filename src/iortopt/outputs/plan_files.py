@@ -326,19 +326,22 @@ def write_plan_outputs(
             colours=colours,
             goals=evaluation["goals"],
         )
+        slices = {  # the same for the target-centre and the hot-spot slices
+            "isodose_levels_gy": [rx * p / 100 for p in settings.isodose_percent],
+            "dwell_positions_mm": markers_mm,
+            "markers_label": markers_label,
+            "shield_points_mm": shield_points_mm,
+            "hu": case.hu,
+            "colours": colours,
+            "prescription_gy": rx,
+        }
         report.plot_dose_slices(
             dose,
             case.grid,
             case.structures,
             tmp / "dose_slices.png",
-            [rx * p / 100 for p in settings.isodose_percent],
-            dwell_positions_mm=markers_mm,
-            markers_label=markers_label,
-            shield_points_mm=shield_points_mm,
             title=f"{settings.plan_name}: dose (Gy)",
-            hu=case.hu,
-            colours=colours,
-            prescription_gy=rx,
+            **slices,
         )
         hot_centre = hot_spot_centre_mm(evaluation)
         if hot_centre is not None:  # the same slices through the worst OAR hot spot
@@ -348,15 +351,9 @@ def write_plan_outputs(
                 case.grid,
                 case.structures,
                 tmp / HOT_SPOT_FIGURE,
-                [rx * p / 100 for p in settings.isodose_percent],
                 centre_xyz_mm=hot_centre,
-                dwell_positions_mm=markers_mm,
-                markers_label=markers_label,
-                shield_points_mm=shield_points_mm,
                 title=f"{settings.plan_name}: dose (Gy) through the {worst} hot spot",
-                hu=case.hu,
-                colours=colours,
-                prescription_gy=rx,
+                **slices,
             )
         if extra_writer is not None:
             extra_writer(tmp)
@@ -428,6 +425,12 @@ def print_report(summary: dict, case: Case, console: Console) -> None:
     )
 
 
+def format_wall_times(times_s: dict) -> str:
+    """``stage 1.23, ...`` of summary.json's ``wall_times_s`` (s); stages not measured (None,
+    e.g. the interpreter start-up off Linux) are left out."""
+    return ", ".join(f"{k} {v:.2f}" for k, v in times_s.items() if v is not None)
+
+
 def print_notes_and_times(summary: dict, out_dir, console: Console) -> None:
     """The plan's notes, its wall times (s) and where the outputs went (the last lines printed)."""
     from rich.markup import escape
@@ -436,7 +439,7 @@ def print_notes_and_times(summary: dict, out_dir, console: Console) -> None:
         console.print(f"[yellow]note:[/] {escape(str(note))}", highlight=False)
     times = summary["wall_times_s"]
     console.print(
-        ", ".join(f"{k} {v:.2f}" for k, v in times.items()) + f"; outputs in {out_dir}",
+        format_wall_times(times) + f"; outputs in {out_dir}",
         highlight=False,
         markup=False,
     )

@@ -138,3 +138,30 @@ def bands_writer(
             then(folder)
 
     return write
+
+
+def case_bands_writer(
+    doses_gy: np.ndarray,
+    weights: Mapping[str, np.ndarray],
+    structures,
+    voxel_volume_cm3: float,
+    band_percent: tuple[float, float],
+    prescription_gy: float,
+    plan_name: str,
+    then: Callable[[Path], None] | None = None,
+) -> Callable[[Path], None]:
+    """:func:`bands_writer` for a case: the clinical structures (role not "other") of
+    ``structures`` in the plan's fixed structure colours, titled with the scenario count."""
+    from iortopt.outputs.figures import structure_colours
+
+    clinical = {s.name for s in structures if s.role != "other"}
+    return bands_writer(
+        doses_gy,
+        {k: v for k, v in weights.items() if k in clinical},
+        voxel_volume_cm3,
+        band_percent,
+        prescription_gy,
+        f"{plan_name}: DVH bands over {len(doses_gy)} scenarios",
+        structure_colours([s.name for s in structures]),
+        then=then,
+    )

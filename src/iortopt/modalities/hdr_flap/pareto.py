@@ -96,7 +96,7 @@ def group_indices(cfg: PlanConfig) -> tuple[list[str], list[list[int]]]:
     return names, groups
 
 
-def term_rows(
+def term_blocks(
     cfg: PlanConfig, weights: dict[str, np.ndarray], matrix: np.ndarray, dtype=np.float32
 ):
     """(matrix rows, weights) for the objective terms alone: each structure's voxels as its own
@@ -173,7 +173,7 @@ def compute_set(prepared, matrix, nominal_times_s: np.ndarray) -> ParetoSet:
     t0 = time.perf_counter()
     names, groups = group_indices(cfg)
     matrix_np = np.asarray(matrix)
-    rows, weights = term_rows(cfg, prepared.weights, matrix_np)
+    rows, weights = term_blocks(cfg, prepared.weights, matrix_np)
     terms = objectives.build_terms(
         cfg.objectives,
         {k: jnp.asarray(v, prepared.dtype) for k, v in weights.items()},

@@ -40,6 +40,7 @@ from iortopt.outputs.dicom_export import hdr_writer
 from iortopt.outputs.plan_files import (
     common_summary,
     evaluate_plan,
+    format_wall_times,
     print_report,
     provenance,
     rewrite_summary,
@@ -807,7 +808,7 @@ def print_summary(result: PlanResult, console: Console) -> None:
         f"{s['n_dwells_active']} active dwells, total time {s['total_treatment_time_s']:.1f} s "
         f"at S_K {s['air_kerma_strength_U']:.0f} U; "
         f"{s['iterations']} iterations ({s['stop_reason']}); "
-        + ", ".join(f"{k} {v:.2f}" for k, v in w.items())
+        + format_wall_times(w)
         + f"; outputs in {result.out_dir}",
         highlight=False,
     )

@@ -30,7 +30,7 @@ import numpy as np
 from iortopt.config import Goal, PlanConfig
 from iortopt.errors import ConfigError
 from iortopt.evaluation import dvh
-from iortopt.modalities.hdr_flap.pareto import term_rows
+from iortopt.modalities.hdr_flap.pareto import term_blocks
 from iortopt.optimisation import objectives
 from iortopt.optimisation.optax_loop import run_optax, times_from_u, u_from_times
 from iortopt.outputs.plan_files import goal_rows
@@ -68,7 +68,7 @@ class ReplanSession:
         self._matrix = matrix_gy_per_s  # every optimisation voxel: the metrics
         # the objective reads only its structures' rows (each a contiguous block; a structure of
         # mean-dose terms only as its mean row): several times fewer rows per iteration
-        rows, weights = term_rows(cfg, prepared.weights, np.asarray(matrix_gy_per_s), dtype)
+        rows, weights = term_blocks(cfg, prepared.weights, np.asarray(matrix_gy_per_s), dtype)
         self._term_matrix = jnp.asarray(rows)
         self._weights = {k: jnp.asarray(v, dtype) for k, v in weights.items()}
         n = len(prepared.dwells)

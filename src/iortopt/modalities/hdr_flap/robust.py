@@ -200,9 +200,8 @@ def evaluate(prepared, terms, points_opt, times_s, chunk: int, then=None, matric
     ``matrices``: the (S, P, N) scenario matrices of the optimisation, if it built them on
     every optimisation voxel (else the doses are computed matrix-free)."""
     from iortopt.evaluation.robust_metrics import scenario_metrics
-    from iortopt.outputs.figures import structure_colours
     from iortopt.outputs.plan_files import GoalSpec
-    from iortopt.outputs.robust_figures import bands_writer, robust_summary
+    from iortopt.outputs.robust_figures import case_bands_writer, robust_summary
 
     cfg, rs, case, dtype = prepared.config, prepared.robust, prepared.case, prepared.dtype
     r = cfg.robust
@@ -238,17 +237,7 @@ def evaluate(prepared, terms, points_opt, times_s, chunk: int, then=None, matric
         tuple(r.band_percent),
         extra={"objective_terms_per_scenario": per_term},
     )
-    clinical = {s.name for s in case.structures if s.role != "other"}
-    weights = {k: v for k, v in prepared.weights.items() if k in clinical}
-    colours = structure_colours([s.name for s in case.structures])
-    writer = bands_writer(
-        doses,
-        weights,
-        vv,
-        tuple(r.band_percent),
-        rx,
-        f"{cfg.plan.name}: DVH bands over {len(rs.scenarios)} scenarios",
-        colours,
-        then=then,
+    writer = case_bands_writer(
+        doses, prepared.weights, case.structures, vv, tuple(r.band_percent), rx, cfg.plan.name, then
     )
     return summary, writer

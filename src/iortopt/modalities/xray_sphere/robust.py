@@ -58,9 +58,8 @@ def choice_scenarios(cfg: PlanConfig):
 def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None):
     """The summary ``robust`` dict and an ``extra_writer`` adding dvh_bands.png (then ``then``)."""
     from iortopt.evaluation.robust_metrics import scenario_metrics
-    from iortopt.outputs.figures import structure_colours
     from iortopt.outputs.plan_files import GoalSpec
-    from iortopt.outputs.robust_figures import bands_writer, robust_summary
+    from iortopt.outputs.robust_figures import case_bands_writer, robust_summary
 
     r = cfg.robust
     mags = check(cfg)
@@ -105,15 +104,7 @@ def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None):
         "surface), so the nominal scenario differs slightly from the plan's metrics",
     }
     summary = robust_summary(scenario_set, per_scenario, goals, tuple(r.band_percent))
-    clinical = {s.name for s in case.structures if s.role != "other"}
-    writer = bands_writer(
-        doses,
-        {k: v for k, v in weights.items() if k in clinical},
-        vv,
-        tuple(r.band_percent),
-        rx,
-        f"{cfg.plan.name}: DVH bands over {len(rows)} scenarios",
-        structure_colours([s.name for s in case.structures]),
-        then=then,
+    writer = case_bands_writer(
+        doses, weights, case.structures, vv, tuple(r.band_percent), rx, cfg.plan.name, then
     )
     return summary, writer
