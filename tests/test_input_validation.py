@@ -90,6 +90,10 @@ FLOAT_FIELDS = [
     (SHIELD + "min_target_distance_mm = {v}\n", "shields.0.min_target_distance_mm"),
     (SHIELD + "edge_mm = {v}\n", "shields.0.edge_mm"),
     ('[pareto]\nobjectives = ["CTV", "bowel"]\nlearning_rate = {v}\n', "pareto.learning_rate"),
+    ("[robust]\ntemperature = {v}\n", "robust.temperature"),
+    ("[robust]\ncvar_alpha = {v}\n", "robust.cvar_alpha"),
+    ("[robust]\nband_percent = [10.0, {v}]\n", "robust.band_percent"),
+    ("[robust]\nmagnitudes = {{CTV = {v}}}\n", "robust.magnitudes.CTV"),
     (
         '[[shields]]\nname = "p"\nsurface = "plane"\nsizes_mm = [[40.0, 30.0]]\n'
         "origin_mm = [0.0, {v}, 0.0]\nnormal = [0.0, 1.0, 0.0]\naxis_u = [1.0, 0.0, 0.0]\n",

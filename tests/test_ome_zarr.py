@@ -139,7 +139,8 @@ def test_plan_outputs_share_structure_colours(tmp_path):
     )
     settings = OutputSettings("tiny", "hdr", 5.0, "CTV", (50.0, 100.0), {"plan": {"name": "t"}})
     out = tmp_path / "out"
-    write_plan_outputs(settings, case, _dose(), evaluation, {"notes": []}, out, {}, {})
+    summary = {"plan": "tiny", "metrics": evaluation["metrics"], "notes": []}
+    write_plan_outputs(settings, case, _dose(), evaluation, summary, out, {}, {})
     _check_image(out / "plan.zarr", _dose(), "dose")
     _check_image(out / "plan.zarr" / "ct", case.hu, "ct")
     root = zarr.open_group(str(out / "plan.zarr"), mode="r")
