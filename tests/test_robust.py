@@ -548,3 +548,57 @@ def test_xray_robust_time_and_centre_optimise_what_they_claim(xray_pose):
     key = ("PTV_shell", "D90_gy")
     # the worst-case target D90 improves on the nominal plan (4 mm: 6.45 -> 7.55 Gy)
     assert robust_plan[key]["worst_value"] > nominal[key]["worst_value"] + 0.5
+
+
+# -- robust electron pose and MU ------------------------------------------------------------------
+
+
+def test_electron_robust_mu_rule_and_rotation_against_hand_values():
+    from iortopt.modalities.electron.choice import robust_mu, rotate
+
+    per_mu, scale = np.array([0.010, 0.0098, 0.0101]), np.array([1.0, 1.0, 0.98])
+    hand = 23.0 / min(0.010, 0.0098, 0.0101 * 0.98)
+    assert robust_mu(per_mu, scale, 23.0, jnp.max) == pytest.approx(hand, rel=1e-12)
+    mean = robust_mu(per_mu, scale, 23.0, robust.aggregator("expected"))
+    assert mean == pytest.approx(23.0 / np.mean(per_mu * scale), rel=1e-12)
+    assert robust_mu([0.0098], [1.0], 23.0, jnp.max) == 23.0 / 0.0098  # one scenario: nominal
+    v = jnp.array([0.0, 0.0, -1.0])
+    np.testing.assert_array_equal(rotate(v, jnp.zeros(3)), v)
+    got = rotate(v, jnp.array([np.deg2rad(3.0), 0.0, 0.0]))  # 3 degrees about x
+    np.testing.assert_allclose(got, [0.0, np.sin(np.deg2rad(3.0)), -np.cos(np.deg2rad(3.0))],
+                               atol=1e-7)  # fmt: skip
+
+
+def _electron_doc(**robust_fields) -> dict:
+    doc = tomllib.loads((ROOT / "configs" / "breast_electron_robust.toml").read_text())
+    doc["case"]["eliot"]["spacing_mm"] = 5.0
+    doc["electron"] |= {"iterations": 40, "energies_mev": [12.0], "cone_diameters_cm": [6.0],
+                        "bevels_deg": [0.0]}  # fmt: skip
+    doc["robust"] |= {"optimise": True, **robust_fields}
+    return doc
+
+
+@pytest.fixture(scope="module")
+def electron_pose(tmp_path_factory):
+    """The shipped robust electron config, optimise = true, 5 mm, its chosen row only (12 MeV,
+    6 cm, flat), 40 Adam steps, cone shift and dose scale scenarios (7): ``robust.pose``."""
+    doc = _electron_doc(magnitudes={"cone_tilt_deg": 0.0, "disc_shift_mm": 0.0})
+    return _run(doc, tmp_path_factory.mktemp("electron_pose") / "plan").summary
+
+
+def test_electron_robust_pose_and_mu_optimise_what_they_claim(electron_pose):
+    pose = electron_pose["robust"]["pose"]
+    rates = np.array(pose["dose_per_mu_gy_per_scenario"])
+    d100 = electron_pose["d100_gy"]
+    assert pose["robust"]["mu"] == pytest.approx(d100 / rates.min(), rel=1e-9)
+    assert electron_pose["chosen_applicator"]["mu"] == pose["robust"]["mu"] > pose["nominal"]["mu"]
+    assert pose["pose_optimised"] and pose["objective_min"] < pose["objective_first"]
+    if pose["pose_kept"]:
+        assert pose["robust_score_optimised_pose"] >= pose["robust_score_nominal_pose"]
+    nominal, robust_plan = (
+        {(g["structure"], g["metric"]): g for g in pose[k]}
+        for k in ("goals_nominal_plan", "goals_robust_plan")
+    )
+    key = ("PTV_gland", "V100_percent")
+    # the worst-case target coverage does not get worse than the nominal plan's
+    assert robust_plan[key]["worst_value"] >= nominal[key]["worst_value"]

@@ -735,6 +735,7 @@ def robust_pose_stage(ctx: _Context, batch, robust, spec: dict, row: dict, cone:
         report |= {
             "objective_first": float(history[0]),
             "objective_last": float(history[-1]),
+            "objective_min": float(history.min()),
             "robust_score_optimised_pose": trial["score_robust"],
         }
         if kept:
