@@ -844,19 +844,25 @@ def _robust_centre_objective(ctx: _Context, spec: dict, max_shift_mm: float):
 
 
 def _robust_centre_run(objective, iterations: int):
-    """Adam on ``objective(v, radius, t)`` from ``v0``, the relaxation's schedule; jitted."""
+    """Adam on ``objective(v, radius, t)`` from ``v0``, the relaxation's schedule; jitted.
+    Returns the best iterate seen (its objective is at most ``objective(v0)``: Adam's last
+    step can oscillate about a flat optimum)."""
     opt = optax.adam(optax.exponential_decay(0.1, iterations, LEARNING_RATE_DECAY))
     value_and_grad = jax.value_and_grad(objective)
 
     def run(v0, radius, t):
         def step(carry, _):
-            v, state = carry
-            _, grad = value_and_grad(v, radius, t)
+            v, state, best_v, best_f = carry
+            value, grad = value_and_grad(v, radius, t)
+            better = value < best_f
+            best_v, best_f = jnp.where(better, v, best_v), jnp.where(better, value, best_f)
             updates, state = opt.update(grad, state, v)
-            return (optax.apply_updates(v, updates), state), None
+            return (optax.apply_updates(v, updates), state, best_v, best_f), None
 
-        (v, _), _ = jax.lax.scan(step, (v0, opt.init(v0)), None, length=iterations)
-        return v
+        inf = jnp.asarray(jnp.inf, v0.dtype)
+        carry = (v0, opt.init(v0), v0, inf)
+        (v, _, best_v, best_f), _ = jax.lax.scan(step, carry, None, length=iterations)
+        return jnp.where(objective(v, radius, t) < best_f, v, best_v)
 
     return jax.jit(run)
 
@@ -929,7 +935,7 @@ def robust_time_and_centre(
         ctx, batch, scenario_points, reduce, best, *args, centre_nominal
     )
     centre, kept = centre_nominal, False
-    objective_nominal = objective_robust = None
+    objective_nominal = objective_robust = objective_trial = None
     score_rob, per_rob = score_nom, per_nom
     if max_shift_mm > 0:
         objective = _robust_centre_objective(ctx, spec, float(max_shift_mm))
@@ -938,7 +944,7 @@ def robust_time_and_centre(
         a, t = jnp.asarray(radius, ctx.dtype), jnp.asarray(t_robust, ctx.dtype)
         v = _robust_centre_run(objective, iterations)(v0, a, t)
         f = jax.jit(objective)
-        objective_nominal, objective_robust = float(f(v0, a, t)), float(f(v, a, t))
+        objective_nominal, objective_trial = float(f(v0, a, t)), float(f(v, a, t))
         trial = np.asarray(
             ctx.geometry.cavity_centre_mm + max_shift_mm * np.tanh(np.asarray(v, np.float64))
         )
@@ -954,6 +960,7 @@ def robust_time_and_centre(
             and (not row_t["skin_flag"] or nominal_row["skin_flag"])
         ):
             centre, kept, score_rob, per_rob = trial, True, score_t, per_t
+        objective_robust = objective_trial if kept else objective_nominal
     n = len(radii)
     dose = np.asarray(batch(*ctx.batch_args(np.tile(centre, (n, 1)), radii, times_r)))[best]
     row = _catalogue_row(ctx, dose, diameters[best], radius, centre, t_robust)
@@ -967,6 +974,7 @@ def robust_time_and_centre(
         "centre_kept": kept,
         "objective_at_nominal_centre": objective_nominal,
         "objective_at_robust_centre": objective_robust,
+        "objective_at_optimised_centre": objective_trial if max_shift_mm > 0 else None,
         "robust_score_at_nominal_centre": score_nom,
         "robust_score_at_robust_centre": score_rob,
         "scores_per_scenario_nominal_centre": per_nom.tolist(),
