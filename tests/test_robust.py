@@ -602,3 +602,24 @@ def test_electron_robust_pose_and_mu_optimise_what_they_claim(electron_pose):
     key = ("PTV_gland", "V100_percent")
     # the worst-case target coverage does not get worse than the nominal plan's
     assert robust_plan[key]["worst_value"] >= nominal[key]["worst_value"]
+
+
+def test_electron_zero_magnitudes_keep_the_nominal_pose_and_mu():
+    from types import SimpleNamespace
+
+    from iortopt.modalities.electron import robust as electron_robust
+    from iortopt.modalities.electron.choice import robust_pose_stage
+
+    zero = {
+        k: 0.0 for k in ("cone_shift_mm", "cone_tilt_deg", "disc_shift_mm", "dose_scale_percent")
+    }
+    spec = electron_robust.pose_scenarios(parse_config(_electron_doc(magnitudes=zero)))
+    assert spec["scale"].tolist() == [1.0]
+    geometry = SimpleNamespace(surface_point_mm=np.zeros(3), surface_normal=np.array([0.0, 0, 1]))
+    ctx = SimpleNamespace(geometry=geometry)
+    row = {"mu": 2381.4, "score": 99.7}
+    cone = {"end_mm": np.zeros(3), "axis": np.array([0.0, 0, -1]), "toe": np.array([0.0, -1, 0])}
+    disc = {"centre_mm": np.array([0.0, 0, -20]), "normal": np.array([0.0, 0, 1])}
+    out = robust_pose_stage(ctx, None, (None, None), spec, row, cone, disc, True, {}, 5)
+    assert out[0] is row and out[1] is cone and out[2] is disc
+    assert out[3]["robust"] == out[3]["nominal"] and out[3]["nominal"]["mu"] == 2381.4
