@@ -55,7 +55,9 @@ least Rx.
    axis tilt, and the tilted disc's rim staying inside the disc space (1 per mm^2 or degree^2 of
    violation). The result is evaluated exactly (MU renormalised exactly) and kept if its disc
    covers the field and either it brings the beam axis within reach where the nominal placement
-   did not, or it keeps the axis status and does not lower the score.
+   did not, or it keeps the axis status and does not lower the score. Robust (``robust_pose``,
+   ``[robust] optimise = true``): then the pose and the MU against uncertainty scenarios
+   (:func:`robust_pose_stage`).
 
 4. The final :class:`~iortopt.cases.case.Case` (rigid anatomy: it does not depend on the plan) and
 the
@@ -1073,6 +1075,12 @@ def optimise_electron(
 
     if optimisation["accepted"]:
         reason += "; cone and disc placement then optimised jointly"
+    if "robust" in optimisation and "mu" in optimisation["robust"]["robust"]:
+        rob = optimisation["robust"]
+        reason += (
+            f"; robust MU {rob['robust']['mu']:.1f} (nominal {rob['nominal']['mu']:.1f}), "
+            f"{'robust' if rob.get('pose_kept') else 'nominal'} pose"
+        )
     chosen = _placement(chosen_row, chosen_cone, chosen_disc, g) | {
         "reason": reason,
         "full_grid": _grid_metrics(case, dose, ctx.prescription_gy),

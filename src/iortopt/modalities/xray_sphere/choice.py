@@ -42,6 +42,8 @@ prescription. :func:`plan_spheres` does four things (described here for the brea
    score; it shows where the trade-off would sit if any size could be made. With
    ``optimise_position`` the chosen size's centre is then optimised the same way (radius fixed;
    kept only if its exact score is at least the centred one's and the constraints still hold).
+   Robust (``robust_pose``, ``[robust] optimise = true``): then the time and the centre of the
+   chosen size against uncertainty scenarios (:func:`robust_time_and_centre`).
 
 4. The final :class:`~iortopt.cases.case.Case` for the chosen applicator and its full-grid dose. In
    voxels cut by the applicator surface the dose is the mean over the voxel's tissue sub-samples
@@ -681,8 +683,8 @@ def plan_spheres(
         reason += f"; centre then optimised ({moved:.1f} mm from the cavity centre)"
     if pose_report is not None and t_best != float(times[best]):
         reason += (
-            f"; robust time {t_best:.1f} min (nominal {float(times[best]):.1f} min) and "
-            f"centre ({'kept' if pose_report.get('centre_kept') else 'nominal'})"
+            f"; robust time {t_best:.1f} min (nominal {float(times[best]):.1f} min), "
+            f"{'robust' if pose_report.get('centre_kept') else 'nominal'} centre"
         )
     chosen = {
         "diameter_cm": float(diameters[best]),
