@@ -4,7 +4,7 @@ For each robust config (``configs/*_robust.toml``) three runs of the whole plan 
 prepare`` + ``execute``, outputs into a temporary folder), after one unrecorded warm-up run of
 the nominal plan: the nominal plan (``[robust]`` removed), its robust evaluation (``optimise =
 false``) and the robust optimisation (``optimise = true``: HDR dwell times, X-ray size,
-electron energy/cone/bevel).
+electron energy/cone/bevel, then the X-ray time and centre and the electron pose and MU).
 Prints wall times, scenario counts, the ratio to the nominal plan and the fraction of scenarios
 in which each clinical goal is met, and writes
 ``benchmarks/results/bench_robust_<time>_<platform>.json`` (temporary name, then rename).
@@ -78,6 +78,19 @@ def bench_config(name: str, tmp: Path) -> dict:
             "wall_times_s": summary.get("wall_times_s", {}),
             "goals": _goals(summary),
             "metrics": summary["metrics"],
+            **({"pose": _pose(summary)} if "pose" in summary.get("robust", {}) else {}),
+        }
+    return out
+
+
+def _pose(summary: dict) -> dict:
+    """Nominal against robust time/centre (X-ray) or pose/MU (electron), without the
+    per-scenario lists."""
+    pose = summary["robust"]["pose"]
+    out = {k: v for k, v in pose.items() if "per_scenario" not in k and not k.startswith("goals")}
+    for k in ("goals_nominal_plan", "goals_robust_plan"):
+        out[k] = {
+            f"{g['structure']} {g['metric']}": [g["n_met"], g["worst_value"]] for g in pose[k]
         }
     return out
 

@@ -468,3 +468,158 @@ def test_xray_robust_choice_ranks_by_the_aggregate_of_scenario_scores():
     assert _choose(rows, 5.0, 5.0)[0] == 1
     best, reason, _ = _choose(rows, 5.0, 5.0, "score_robust")
     assert best == 0 and "robust score (80.0)" in reason
+
+
+# -- robust X-ray time and centre -----------------------------------------------------------------
+
+
+def test_xray_robust_time_rule_against_hand_values():
+    """Dose is linear in time: the robust time is Rx over the aggregated scenario rate, the rate
+    of a gap g being the depth dose at g (surface mode), times the scale."""
+    from iortopt.modalities.xray_sphere.choice import robust_time_min
+    from iortopt.physics.xray import depth_dose_gy, load_xray_beam, surface_dose_rate_gy_min
+
+    beam, a = load_xray_beam("generic_50kV_spheres"), 20.0
+    gap, scale = np.array([0.0, 1.5, 0.0]), np.array([1.0, 1.0, 0.95])
+    surface = float(surface_dose_rate_gy_min(a, beam))
+    hand = np.array([surface, float(depth_dose_gy(jnp.asarray(1.5), a, 1.0, beam)), 0.95 * surface])
+    worst, rates = robust_time_min(a, "surface", 10.0, beam, 20.0, gap, scale, jnp.max)
+    np.testing.assert_allclose(rates, hand, rtol=1e-12)
+    assert worst == pytest.approx(20.0 / hand.min(), rel=1e-12)
+    assert (rates * worst).min() == pytest.approx(20.0, rel=1e-12)  # the worst scenario gets Rx
+    mean, _ = robust_time_min(
+        a, "surface", 10.0, beam, 20.0, gap, scale, robust.aggregator("expected")
+    )
+    assert mean == pytest.approx(20.0 / hand.mean(), rel=1e-12) and mean < worst
+    depth, rates = robust_time_min(a, "depth", 10.0, beam, 5.0, gap[:2], scale[:2], jnp.max)
+    assert rates[1] == pytest.approx(float(depth_dose_gy(jnp.asarray(11.5), a, 1.0, beam)))
+    assert depth == pytest.approx(5.0 / rates[1], rel=1e-12)
+    one, _ = robust_time_min(a, "surface", 10.0, beam, 20.0, [0.0], [1.0], jnp.max)
+    assert one == 20.0 / surface  # zero magnitudes: the nominal time bit for bit
+
+
+def test_xray_zero_magnitudes_keep_the_nominal_time_and_centre():
+    from types import SimpleNamespace
+
+    from iortopt.modalities.xray_sphere import robust as xray_robust
+    from iortopt.modalities.xray_sphere.choice import robust_time_and_centre
+    from iortopt.physics.xray import load_xray_beam
+
+    doc = tomllib.loads((ROOT / "configs" / "breast_xray_robust.toml").read_text())
+    doc["robust"] |= {"optimise": True, "magnitudes": {k: 0.0 for k in (
+        "centre_shift_mm", "tissue_gap_mm", "dose_scale_percent")}}  # fmt: skip
+    spec = xray_robust.pose_scenarios(parse_config(doc))
+    assert spec["shift_mm"].shape == (1, 3)
+    ctx = SimpleNamespace(beam=load_xray_beam("generic_50kV_spheres"), prescription_gy=20.0)
+    centre, row = np.array([0.3, -0.1, 0.2]), {"score": 1.0}
+    got_row, got_centre, t, report = robust_time_and_centre(
+        ctx, None, spec, None, mode="surface", depth_mm=10.0, best=1, diameters=[3.5, 4.0],
+        radii=[17.5, 20.0], times=[21.0, 25.0], centre_mm=centre, nominal_row=row,
+        max_shift_mm=3.0, iterations=5,
+    )  # fmt: skip
+    assert got_row is row and t == 25.0 and np.array_equal(got_centre, centre)
+    assert report["robust"] == report["nominal"]
+
+
+@pytest.fixture(scope="module")
+def xray_pose(tmp_path_factory):
+    """The shipped robust X-ray config, optimise = true, at 4 mm: summary ``robust.pose``."""
+    doc = tomllib.loads((ROOT / "configs" / "breast_xray_robust.toml").read_text())
+    doc["case"]["breast"]["spacing_mm"] = 4.0
+    doc["robust"]["optimise"] = True
+    out = tmp_path_factory.mktemp("xray_pose") / "plan"
+    run = _run(doc, out)
+    return run.summary
+
+
+def test_xray_robust_time_and_centre_optimise_what_they_claim(xray_pose):
+    pose = xray_pose["robust"]["pose"]
+    rates = np.array(pose["prescription_rate_gy_min_per_scenario"])
+    assert pose["robust"]["time_min"] == pytest.approx(20.0 / rates.min(), rel=1e-9)
+    assert pose["robust"]["time_min"] > pose["nominal"]["time_min"]
+    assert xray_pose["chosen_applicator"]["time_min"] == pose["robust"]["time_min"]
+    assert pose["centre_optimised"] and pose["centre_kept"]
+    assert pose["objective_at_robust_centre"] < pose["objective_at_nominal_centre"]
+    assert pose["robust_score_at_robust_centre"] >= pose["robust_score_at_nominal_centre"]
+    nominal, robust_plan = (
+        {(g["structure"], g["metric"]): g for g in pose[k]}
+        for k in ("goals_nominal_plan", "goals_robust_plan")
+    )
+    key = ("PTV_shell", "D90_gy")
+    # the worst-case target D90 improves on the nominal plan (4 mm: 6.45 -> 7.55 Gy)
+    assert robust_plan[key]["worst_value"] > nominal[key]["worst_value"] + 0.5
+
+
+# -- robust electron pose and MU ------------------------------------------------------------------
+
+
+def test_electron_robust_mu_rule_and_rotation_against_hand_values():
+    from iortopt.modalities.electron.choice import robust_mu, rotate
+
+    per_mu, scale = np.array([0.010, 0.0098, 0.0101]), np.array([1.0, 1.0, 0.98])
+    hand = 23.0 / min(0.010, 0.0098, 0.0101 * 0.98)
+    assert robust_mu(per_mu, scale, 23.0, jnp.max) == pytest.approx(hand, rel=1e-12)
+    mean = robust_mu(per_mu, scale, 23.0, robust.aggregator("expected"))
+    assert mean == pytest.approx(23.0 / np.mean(per_mu * scale), rel=1e-12)
+    assert robust_mu([0.0098], [1.0], 23.0, jnp.max) == 23.0 / 0.0098  # one scenario: nominal
+    v = jnp.array([0.0, 0.0, -1.0])
+    np.testing.assert_array_equal(rotate(v, jnp.zeros(3)), v)
+    got = rotate(v, jnp.array([np.deg2rad(3.0), 0.0, 0.0]))  # 3 degrees about x
+    np.testing.assert_allclose(got, [0.0, np.sin(np.deg2rad(3.0)), -np.cos(np.deg2rad(3.0))],
+                               atol=1e-7)  # fmt: skip
+
+
+def _electron_doc(**robust_fields) -> dict:
+    doc = tomllib.loads((ROOT / "configs" / "breast_electron_robust.toml").read_text())
+    doc["case"]["eliot"]["spacing_mm"] = 5.0
+    doc["electron"] |= {"iterations": 40, "energies_mev": [12.0], "cone_diameters_cm": [6.0],
+                        "bevels_deg": [0.0]}  # fmt: skip
+    doc["robust"] |= {"optimise": True, **robust_fields}
+    return doc
+
+
+@pytest.fixture(scope="module")
+def electron_pose(tmp_path_factory):
+    """The shipped robust electron config, optimise = true, 5 mm, its chosen row only (12 MeV,
+    6 cm, flat), 40 Adam steps, cone shift and dose scale scenarios (7): ``robust.pose``."""
+    doc = _electron_doc(magnitudes={"cone_tilt_deg": 0.0, "disc_shift_mm": 0.0})
+    return _run(doc, tmp_path_factory.mktemp("electron_pose") / "plan").summary
+
+
+def test_electron_robust_pose_and_mu_optimise_what_they_claim(electron_pose):
+    pose = electron_pose["robust"]["pose"]
+    rates = np.array(pose["dose_per_mu_gy_per_scenario"])
+    d100 = electron_pose["d100_gy"]
+    assert pose["robust"]["mu"] == pytest.approx(d100 / rates.min(), rel=1e-9)
+    assert electron_pose["chosen_applicator"]["mu"] == pose["robust"]["mu"] > pose["nominal"]["mu"]
+    assert pose["pose_optimised"] and pose["objective_min"] < pose["objective_first"]
+    if pose["pose_kept"]:
+        assert pose["robust_score_optimised_pose"] >= pose["robust_score_nominal_pose"]
+    nominal, robust_plan = (
+        {(g["structure"], g["metric"]): g for g in pose[k]}
+        for k in ("goals_nominal_plan", "goals_robust_plan")
+    )
+    key = ("PTV_gland", "V100_percent")
+    # the worst-case target coverage does not get worse than the nominal plan's
+    assert robust_plan[key]["worst_value"] >= nominal[key]["worst_value"]
+
+
+def test_electron_zero_magnitudes_keep_the_nominal_pose_and_mu():
+    from types import SimpleNamespace
+
+    from iortopt.modalities.electron import robust as electron_robust
+    from iortopt.modalities.electron.choice import robust_pose_stage
+
+    zero = {
+        k: 0.0 for k in ("cone_shift_mm", "cone_tilt_deg", "disc_shift_mm", "dose_scale_percent")
+    }
+    spec = electron_robust.pose_scenarios(parse_config(_electron_doc(magnitudes=zero)))
+    assert spec["scale"].tolist() == [1.0]
+    geometry = SimpleNamespace(surface_point_mm=np.zeros(3), surface_normal=np.array([0.0, 0, 1]))
+    ctx = SimpleNamespace(geometry=geometry)
+    row = {"mu": 2381.4, "score": 99.7}
+    cone = {"end_mm": np.zeros(3), "axis": np.array([0.0, 0, -1]), "toe": np.array([0.0, -1, 0])}
+    disc = {"centre_mm": np.array([0.0, 0, -20]), "normal": np.array([0.0, 0, 1])}
+    out = robust_pose_stage(ctx, None, (None, None), spec, row, cone, disc, True, {}, 5)
+    assert out[0] is row and out[1] is cone and out[2] is disc
+    assert out[3]["robust"] == out[3]["nominal"] and out[3]["nominal"]["mu"] == 2381.4

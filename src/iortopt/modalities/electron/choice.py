@@ -55,7 +55,9 @@ least Rx.
    axis tilt, and the tilted disc's rim staying inside the disc space (1 per mm^2 or degree^2 of
    violation). The result is evaluated exactly (MU renormalised exactly) and kept if its disc
    covers the field and either it brings the beam axis within reach where the nominal placement
-   did not, or it keeps the axis status and does not lower the score.
+   did not, or it keeps the axis status and does not lower the score. Robust (``robust_pose``,
+   ``[robust] optimise = true``): then the pose and the MU against uncertainty scenarios
+   (:func:`robust_pose_stage`).
 
 4. The final :class:`~iortopt.cases.case.Case` (rigid anatomy: it does not depend on the plan) and
 the
@@ -153,6 +155,8 @@ class ElectronPlanResult:
     geometry: object = None  # ElectronSetting.geometry
     #: (context, Cone, Disc) of the final plan, for re-evaluating it on moved geometry (robust)
     final_pose: tuple | None = None
+    #: the nominal plan's (context, Cone, Disc) when the pose and MU were made robust
+    nominal_pose: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -459,8 +463,15 @@ def _joint_optimiser(
     max_disc_shift_mm: float,
     max_disc_tilt_deg: float,
     iterations: int,
+    scenarios: dict | None = None,
 ):
     """Jitted optimiser of the 11 continuous variables u of one (energy, cone, bevel).
+
+    ``scenarios`` (robust, :func:`robust_pose_stage`): None for the nominal objective, or the
+    scenario deviations ``cone_shift_mm`` (S, 2), ``cone_tilt_deg`` (S, 2), ``disc_shift_mm``
+    (S, 2), ``scale`` (S,), the in-plane directions ``e1``, ``e2`` (3,) and ``smooth_reduce``:
+    the dose terms (score and under-dose) are then evaluated on every moved cone and disc (one
+    vmap) and aggregated; the prescription and constraint penalties stay on the nominal pose.
 
     u[0:2] cone shift (e1, e2), u[2] air gap, u[3:5] cone tilt toward e1, e2, u[5] ln(MU / MU0),
     u[6:8] disc shift (e1, e2), u[8] disc depth (0 to the disc space's slack below the gland),
@@ -543,10 +554,7 @@ def _joint_optimiser(
         lateral = jax.scipy.special.erf(radius_mm * (vsd + z) / vsd * scale)
         return output * jnp.square((vsd + dmax) / (vsd + z)) * lateral / lateral_ref
 
-    def objective(u, data):
-        pts, w = data["points"], data["weights"]
-        cone, disc = decode(u)
-        dose = cone_dose_gy(pts, cone, beam, surface, disc, ctx.disc_index, ctx.disc_edge_mm)
+    def dose_terms(dose, w):
         t = idx["PTV_gland"]
         wt = w[t] / jnp.sum(w[t])
         covered = jax.nn.sigmoid((dose[t] - rx) / (SOFT_DOSE_FRACTION * rx))
@@ -561,6 +569,38 @@ def _joint_optimiser(
             + jnp.max(dose[idx["skin"]])
         )
         score = coverage - ctx.oar_weight * oar / rx
+        return -score + UNDERDOSE_WEIGHT * under
+
+    def moved_terms(cone, disc, pts, w):
+        s = scenarios
+        sh, ti, ds = (
+            jnp.asarray(s[k], dtype) for k in ("cone_shift_mm", "cone_tilt_deg", "disc_shift_mm")
+        )
+        f = jnp.asarray(s["scale"], dtype)
+        a1, a2 = jnp.asarray(s["e1"], dtype), jnp.asarray(s["e2"], dtype)
+
+        def one(sh, ti, ds, f):
+            rotvec = jnp.deg2rad(ti[0]) * a1 + jnp.deg2rad(ti[1]) * a2
+            c = cone._replace(
+                end_mm=cone.end_mm + sh[0] * a1 + sh[1] * a2,
+                axis=rotate(cone.axis, rotvec),
+                toe=rotate(cone.toe, rotvec),
+            )
+            ip = [unit(v - jnp.dot(v, disc.normal) * disc.normal) for v in (a1, a2)]
+            d = disc._replace(centre_mm=disc.centre_mm + ds[0] * ip[0] + ds[1] * ip[1])
+            dose = f * cone_dose_gy(pts, c, beam, surface, d, ctx.disc_index, ctx.disc_edge_mm)
+            return dose_terms(dose, w)
+
+        return s["smooth_reduce"](jax.vmap(one)(sh, ti, ds, f))
+
+    def objective(u, data):
+        pts, w = data["points"], data["weights"]
+        cone, disc = decode(u)
+        if scenarios is None:
+            dose = cone_dose_gy(pts, cone, beam, surface, disc, ctx.disc_index, ctx.disc_edge_mm)
+            terms = dose_terms(dose, w)
+        else:
+            terms = moved_terms(cone, disc, pts, w)
         gap = jnp.maximum(jnp.dot(cone.end_mm - surface.point_mm, surface.normal), 0.0)
         per_mu = per_mu_at(gap / jnp.maximum(-jnp.dot(cone.axis, surface.normal), 0.05))
         # Disc coverage: field radius where the central axis crosses the disc, plus margin.
@@ -583,7 +623,7 @@ def _joint_optimiser(
             + CONSTRAINT_PENALTY * jnp.square(jax.nn.relu(top + rim))
             + CONSTRAINT_PENALTY * jnp.square(jax.nn.relu(rim - top - slack))
         )
-        return (-score + UNDERDOSE_WEIGHT * under + penalty).astype(dtype)
+        return (terms + penalty).astype(dtype)
 
     opt = optax.adam(optax.exponential_decay(LEARNING_RATE, iterations, LEARNING_RATE_DECAY))
     value_and_grad = jax.value_and_grad(objective)
@@ -605,6 +645,115 @@ def _joint_optimiser(
 
     u0 = jnp.zeros(11, dtype).at[2].set(-6.0)  # air gap ~0 to start with
     return run, jax.jit(decode), u0
+
+
+def rotate(v, rotvec):
+    """``v`` (3,) rotated by the rotation vector ``rotvec`` (3,) rad (Rodrigues; traceable, and
+    exactly ``v`` for a zero rotation)."""
+    angle = jnp.sqrt(jnp.sum(jnp.square(rotvec)))
+    k = rotvec / jnp.maximum(angle, 1e-12)
+    return (
+        v * jnp.cos(angle)
+        + jnp.cross(k, v) * jnp.sin(angle)
+        + k * jnp.dot(k, v) * (1.0 - jnp.cos(angle))
+    )
+
+
+def robust_mu(per_mu_gy, scale, d100_gy: float, reduce) -> float:
+    """The robust MU: the dose is linear in MU, so ``d100 / (-reduce(-scale x per_mu))`` makes
+    the aggregate (``reduce``, larger = worse, on the negated doses) of the scenario doses at the
+    normalisation point (dmax on the moved cone's axis) equal to D100 exactly; with one
+    scenario of scale 1 it is ``d100 / per_mu``, the nominal MU."""
+    rates = np.asarray(scale, np.float64) * np.asarray(per_mu_gy, np.float64)
+    return float(d100_gy / float(-reduce(jnp.asarray(-rates))))
+
+
+def _scenario_per_mu(ctx: _Context, batch, moves, cone: dict, disc: dict):
+    """Dose per MU at the normalisation point (S,) of every moved cone, and the scales (S,)."""
+    sets = moves(cone, disc)
+    per = []
+    for start in range(0, len(sets), CHUNK):
+        part = sets[start : start + CHUNK]
+        pad = part + [part[-1]] * (CHUNK - len(part))
+        _, per_mu = batch(
+            jnp.asarray(ctx.ev.points_mm, ctx.dtype),
+            stack_cones([m[0] for m in pad], np.ones(CHUNK), ctx.dtype),
+            stack_discs(ctx, [m[1] for m in pad], ctx.dtype),
+        )
+        per += np.asarray(per_mu, np.float64)[: len(part)].tolist()
+    return np.asarray(per), np.array([m[2] for m in sets], np.float64)
+
+
+def _with_mu(ctx: _Context, batch, cone: dict, disc: dict, mu: float) -> dict:
+    """The row of ``cone``/``disc`` at ``mu`` MU (the batch gives it at the MU for Rx)."""
+    dose, per_mu = batch(
+        jnp.asarray(ctx.ev.points_mm, ctx.dtype),
+        stack_cones([cone] * CHUNK, np.ones(CHUNK), ctx.dtype),
+        stack_discs(ctx, [disc] * CHUNK, ctx.dtype),
+    )
+    dose, per_mu = np.asarray(dose, np.float64)[0], float(np.asarray(per_mu, np.float64)[0])
+    return _row(ctx, dose * mu * per_mu / ctx.d100_gy, cone, disc, mu, per_mu)
+
+
+def robust_pose_stage(ctx: _Context, batch, robust, spec: dict, row: dict, cone: dict,
+                      disc: dict, optimise_pose: bool, bounds: dict, iterations: int):  # fmt: skip
+    """Robust pose and MU of the chosen row, started from the nominal plan (``row``, ``cone``,
+    ``disc``: after the nominal joint optimisation).
+
+    1. Pose (with ``optimise_pose``): the joint optimiser (same variables, bounds and Adam) on
+       the scenario-aggregated objective (``spec``, see :func:`_joint_optimiser`); the result is
+       kept if the disc covers the field, the axis tilt stays allowed (or was not) and its exact
+       robust score at its MU for Rx (-reduce(-scenario scores)) is at least the nominal one's.
+    2. MU: :func:`robust_mu` on the kept pose's moved cones.
+
+    With one scenario (zero magnitudes) nothing moves: the nominal pose and MU.
+    Returns (row, cone, disc, report).
+    """
+    moves, reduce = robust
+    report = {"nominal": _placement(row, cone, disc, ctx.geometry)}
+    if len(spec["scale"]) == 1:
+        report["robust"] = report["nominal"]
+        report["rule"] = "one scenario (zero magnitudes): the nominal pose and MU"
+        return row, cone, disc, report
+    base = dict(row)
+    _robust_scores(ctx, batch, [cone], [disc], [base], robust)
+    report["robust_score_nominal_pose"] = base["score_robust"]
+    kept = False
+    if optimise_pose:
+        run, decode, u0 = _joint_optimiser(
+            ctx, cone, disc, row["mu"], **bounds, iterations=iterations, scenarios=spec
+        )
+        u, history = run(u0)
+        history = np.asarray(history, np.float64)
+        cone_u, disc_u = decode(u)
+        cone_o, disc_o = _cone_dict(cone_u), _disc_dict(disc_u)
+        trial = _evaluate(ctx, batch, [cone_o], [disc_o])[0]
+        _robust_scores(ctx, batch, [cone_o], [disc_o], [trial], robust)
+        kept = bool(
+            trial["disc_covers_field"]
+            and (trial["axis_tilt_ok"] or not row["axis_tilt_ok"])
+            and trial["score_robust"] >= base["score_robust"]
+        )
+        report |= {
+            "objective_first": float(history[0]),
+            "objective_last": float(history[-1]),
+            "objective_min": float(history.min()),
+            "robust_score_optimised_pose": trial["score_robust"],
+        }
+        if kept:
+            cone, disc = cone_o, disc_o
+    per_mu, scale = _scenario_per_mu(ctx, batch, moves, cone, disc)
+    mu = robust_mu(per_mu, scale, ctx.d100_gy, reduce)
+    out = _with_mu(ctx, batch, cone, disc, mu)
+    report |= {
+        "pose_optimised": bool(optimise_pose),
+        "pose_kept": kept,
+        "mu_rule": "MU = D100 / (aggregate over the scenarios of the dose per MU at dmax on the "
+        "moved cone's axis times the dose scale; worst = the lowest)",
+        "dose_per_mu_gy_per_scenario": (per_mu * scale).tolist(),
+        "robust": _placement(out, cone, disc, ctx.geometry),
+    }
+    return out, cone, disc, report
 
 
 def _cone_dict(cone: Cone) -> dict:
@@ -763,14 +912,17 @@ def optimise_electron(
     max_disc_tilt_deg: float = 10.0,
     iterations: int = 100,
     robust=None,
+    robust_pose=None,
 ) -> ElectronPlanResult:
     """Choose energy, cone and bevel, then place cone and disc (see the module docstring).
 
     ``robust``: None, or (``moves``, ``reduce``) for a robust row choice: ``moves(cone, disc)``
     -> [(cone, disc, dose factor)] per uncertainty scenario (catalogue dicts), ``reduce(values
     (S,))`` -> their aggregate (larger = worse). Every row is then scored in every scenario at its
-    planned MU, ``score_robust`` = -reduce(-scores), and the row chosen by it; the joint pose
-    optimisation stays nominal.
+    planned MU, ``score_robust`` = -reduce(-scores), and the row chosen by it.
+    ``robust_pose`` (with ``robust``): the scenario deviations of :func:`robust_pose_stage`,
+    which then makes the pose and the MU of the nominal plan robust
+    (``optimisation["robust"]``: nominal against robust; ``nominal_pose`` keeps the nominal).
 
     Args:
         setting: the case side (:class:`ElectronSetting`).
@@ -896,6 +1048,21 @@ def optimise_electron(
         }
         if accepted:
             chosen_row, chosen_cone, chosen_disc = optimised, cone_o, disc_o
+    nominal_pose = None
+    if robust_pose is not None:
+        nominal_pose = (chosen_cone, chosen_disc, chosen_row["mu"])
+        bounds = {
+            "max_shift_mm": max_shift_mm,
+            "max_air_gap_mm": max_air_gap_mm,
+            "max_tilt_deg": max_tilt_deg,
+            "max_disc_shift_mm": max_disc_shift_mm,
+            "max_disc_tilt_deg": max_disc_tilt_deg,
+        }
+        e1, e2 = robust_pose["across"](chosen_cone["axis"])
+        chosen_row, chosen_cone, chosen_disc, optimisation["robust"] = robust_pose_stage(
+            ctx, batch, robust, robust_pose | {"e1": e1, "e2": e2}, chosen_row, chosen_cone,
+            chosen_disc, optimise_pose, bounds, iterations,
+        )  # fmt: skip
     optimise_s = time.perf_counter() - t0
 
     # 4. full-grid dose.
@@ -908,6 +1075,12 @@ def optimise_electron(
 
     if optimisation["accepted"]:
         reason += "; cone and disc placement then optimised jointly"
+    if "robust" in optimisation and "mu" in optimisation["robust"]["robust"]:
+        rob = optimisation["robust"]
+        reason += (
+            f"; robust MU {rob['robust']['mu']:.1f} (nominal {rob['nominal']['mu']:.1f}), "
+            f"{'robust' if rob.get('pose_kept') else 'nominal'} pose"
+        )
     chosen = _placement(chosen_row, chosen_cone, chosen_disc, g) | {
         "reason": reason,
         "full_grid": _grid_metrics(case, dose, ctx.prescription_gy),
@@ -958,7 +1131,15 @@ def optimise_electron(
         beam_name=beam.name,
         geometry=g,
         final_pose=(ctx, cone_final, disc_final),
+        nominal_pose=None if nominal_pose is None else _pose_pytrees(ctx, *nominal_pose),
     )
+
+
+def _pose_pytrees(ctx: _Context, cone: dict, disc: dict, mu: float) -> tuple:
+    """(context, Cone, Disc) of one plan, as ``ElectronPlanResult.final_pose``."""
+    c = stack_cones([cone], [mu], ctx.dtype)
+    d = stack_discs(ctx, [disc], ctx.dtype)
+    return ctx, Cone(*(leaf[0] for leaf in c)), Disc(*(leaf[0] for leaf in d))
 
 
 def _placement(row: dict, cone: dict, disc: dict, g) -> dict:

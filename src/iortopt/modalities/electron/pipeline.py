@@ -215,6 +215,7 @@ def _optimise(prepared: PreparedElectron):
         max_disc_tilt_deg=e.max_disc_tilt_deg,
         iterations=e.iterations,
         robust=_robust_choice(prepared.config),
+        robust_pose=_robust_pose(prepared.config),
     )
 
 
@@ -225,6 +226,15 @@ def _robust_choice(cfg: PlanConfig):
     from iortopt.modalities.electron.robust import choice_scenarios
 
     return choice_scenarios(cfg)
+
+
+def _robust_pose(cfg: PlanConfig):
+    """``robust_pose`` of ``optimise_electron``: the scenarios of a robust pose and MU, or None."""
+    if cfg.robust is None:
+        return None
+    from iortopt.modalities.electron.robust import pose_scenarios
+
+    return pose_scenarios(cfg)
 
 
 def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRunResult:
@@ -275,7 +285,13 @@ def run_electron(prepared: PreparedElectron, out_dir: str | Path) -> ElectronRun
 
         t0 = time.perf_counter()
         summary["robust"], extra_writer = electron_robust.evaluate(
-            cfg, case, result.final_pose, prepared.dtype, extra_writer
+            cfg,
+            case,
+            result.final_pose,
+            prepared.dtype,
+            extra_writer,
+            getattr(result, "nominal_pose", None),
+            result.optimisation.get("robust"),
         )
         summary["wall_times_s"]["robust_evaluation_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -42,6 +42,8 @@ prescription. :func:`plan_spheres` does four things (described here for the brea
    score; it shows where the trade-off would sit if any size could be made. With
    ``optimise_position`` the chosen size's centre is then optimised the same way (radius fixed;
    kept only if its exact score is at least the centred one's and the constraints still hold).
+   Robust (``robust_pose``, ``[robust] optimise = true``): then the time and the centre of the
+   chosen size against uncertainty scenarios (:func:`robust_time_and_centre`).
 
 4. The final :class:`~iortopt.cases.case.Case` for the chosen applicator and its full-grid dose. In
    voxels cut by the applicator surface the dose is the mean over the voxel's tissue sub-samples
@@ -119,6 +121,7 @@ class XrayPlanResult:
     shield_size_index: np.ndarray | None = None
     shield_trials: list = field(default_factory=list)
     dose_without_shields_gy: np.ndarray | None = None  # same applicator and time, no shields
+    robust_pose: dict | None = None  # nominal vs robust time and centre (robust_pose argument)
 
 
 @dataclass(frozen=True)
@@ -482,6 +485,7 @@ def plan_spheres(
     relaxation_iterations: int = 150,
     shield_specs=None,
     robust=None,
+    robust_pose=None,
 ) -> XrayPlanResult:
     """:func:`optimise_xray` on any :class:`SphereSetting` (same arguments, the case side given by
     ``setting``; see the module docstring).
@@ -490,8 +494,13 @@ def plan_spheres(
     ``scenario_points(points_mm, centre_mm)`` -> [(moved points, dose factor)] per uncertainty
     scenario, ``reduce(values (S,))`` -> their aggregate (larger = worse). Every catalogue size is
     then scored in every scenario (the same batched pass on the moved points), its
-    ``score_robust`` = -reduce(-scores), and the size chosen by that; the centre refinement and
-    the relaxation stay nominal."""
+    ``score_robust`` = -reduce(-scores), and the size chosen by that; the relaxation stays
+    nominal.
+
+    ``robust_pose``: None, or the scenario arrays of :func:`robust_time_and_centre` (with
+    ``robust``): after the size choice and the nominal centre refinement, the time and the
+    centre of the chosen size are made robust there (``chosen`` gets them;
+    ``XrayPlanResult.robust_pose`` reports nominal against robust)."""
     t_start = time.perf_counter()
     if not isinstance(beam, XrayBeam):
         beam = load_xray_beam(beam)
@@ -633,11 +642,29 @@ def plan_spheres(
         ):
             chosen_row, chosen_centre = shifted, centre_k
             placement = shifted_placement if placer is not None else placement
+    pose_report, t_best = None, float(times[best])
+    if robust_pose is not None:
+        chosen_row, chosen_centre, t_best, pose_report = robust_time_and_centre(
+            ctx,
+            batch,
+            robust_pose,
+            robust[0],
+            mode=prescription_mode,
+            depth_mm=prescription_depth_mm,
+            best=best,
+            diameters=diameters,
+            radii=radii,
+            times=times,
+            centre_mm=chosen_centre,
+            nominal_row=chosen_row,
+            max_shift_mm=max_shift_mm if optimise_position else 0.0,
+            iterations=relaxation_iterations,
+        )
     optimise_s = time.perf_counter() - t0 + batch_s
 
     # 4. final case and full-grid dose.
     t0 = time.perf_counter()
-    a_best, t_best = float(radii[best]), float(times[best])
+    a_best = float(radii[best])
     case, dose, geometry = setting.final_case(
         a_best, chosen_centre, t_best, beam, axis, anisotropy, dtype
     )
@@ -654,6 +681,11 @@ def plan_spheres(
     moved = float(np.linalg.norm(chosen_centre - c0))
     if moved > 0:
         reason += f"; centre then optimised ({moved:.1f} mm from the cavity centre)"
+    if pose_report is not None and t_best != float(times[best]):
+        reason += (
+            f"; robust time {t_best:.1f} min (nominal {float(times[best]):.1f} min), "
+            f"{'robust' if pose_report.get('centre_kept') else 'nominal'} centre"
+        )
     chosen = {
         "diameter_cm": float(diameters[best]),
         "radius_mm": a_best,
@@ -708,6 +740,7 @@ def plan_spheres(
         shield_size_index=None if placement is None else placement.size_index,
         shield_trials=[] if placement is None else placement.trials,
         dose_without_shields_gy=dose_open,
+        robust_pose=pose_report,
     )
 
 
@@ -728,6 +761,228 @@ def _robust_scores(ctx, batch, args, rows, diameters, radii, times, c0, robust) 
     for k, row in enumerate(rows):
         row["score_robust"] = float(-reduce(jnp.asarray(-per[:, k])))
         row["scores_per_scenario"] = per[:, k].tolist()
+
+
+def robust_time_min(
+    radius_mm: float,
+    mode: str,
+    depth_mm: float,
+    beam,
+    prescription_gy: float,
+    gap_mm,
+    scale,
+    reduce,
+) -> tuple[float, np.ndarray]:
+    """The robust treatment time (min) and the prescription dose rate (Gy/min) per scenario.
+
+    Rule: in scenario s the prescription point (the applicator surface, or ``depth_mm`` beyond
+    it) moves with the applicator, so a centre shift leaves its dose unchanged; a tissue gap
+    ``gap_mm[s]`` puts the tissue there ``gap_mm[s]`` further out, and the dose model is scaled by
+    ``scale[s]``: rate_s = scale_s x (depth dose rate at depth + gap_s). The dose is linear in
+    time, so the time ``Rx / (-reduce(-rate))`` makes the aggregate (``reduce``, larger = worse,
+    applied to the negated doses) of the scenario prescription doses equal to Rx exactly. With
+    zero gaps and unit scales it is the nominal time ``Rx / rate`` bit for bit.
+    """
+    nominal = _prescription_dose_per_min(radius_mm, mode, depth_mm, beam)
+    base_mm = 0.0 if mode == "surface" else float(depth_mm)
+    rates = np.array(
+        [
+            float(f)
+            * (
+                nominal
+                if g == 0
+                else float(depth_dose_gy(jnp.asarray(base_mm + float(g)), radius_mm, 1.0, beam))
+            )
+            for g, f in zip(np.asarray(gap_mm), np.asarray(scale), strict=True)
+        ]
+    )
+    rate = float(-reduce(jnp.asarray(-rates)))
+    return float(prescription_gy / rate), rates
+
+
+def _robust_centre_objective(ctx: _Context, spec: dict, max_shift_mm: float):
+    """``objective(v, centre0, radius, time)``, jitted: the aggregate (``spec["smooth_reduce"]``)
+    over the scenarios of the negated smooth score (coverage - oar_weight x OAR sum / Rx) at the
+    centre ``c_cavity + max_shift tanh(v)``, plus the nominal fit and skin-distance terms of the
+    relaxation. The scenario doses are one vmap over the (shift, gap, scale) rows."""
+    ev, g, beam, dtype = ctx.ev, ctx.geometry, ctx.beam, ctx.dtype
+    pts = jnp.asarray(ev.points_mm, dtype)
+    idx = ev.groups
+    weight = {name: jnp.asarray(ev.weights_cm3[i], dtype) for name, i in idx.items()}
+    wall = jnp.asarray(g.cavity_wall_mm, dtype)
+    c0 = jnp.asarray(g.cavity_centre_mm, dtype)
+    shifts = jnp.asarray(spec["shift_mm"], dtype)
+    gaps = jnp.asarray(spec["gap_mm"], dtype)
+    scales = jnp.asarray(spec["scale"], dtype)
+    reduce, tol = spec["smooth_reduce"], g.fit_tolerance_mm
+    traced_skin_distance = getattr(g, "traced_skin_distance_mm", None) or (
+        lambda centre, radius: g.skin_surface_z_mm - centre[2] - radius
+    )
+
+    def loss_in(centre, radius, t, shift, gap, scale):
+        # the tissue relative to the planned applicator (scenarios.moved_points, traced)
+        offset = pts - (centre + shift)
+        unit = offset / jnp.maximum(jnp.linalg.norm(offset, axis=-1, keepdims=True), 1e-9)
+        moved = pts + gap * unit - shift
+        dose = scale * sphere_dose_gy(moved, centre, radius, t, beam)
+        coverage, oar = smooth_coverage_and_oar(
+            dose, pts, idx, weight, centre, radius, g.target_thickness_mm, ctx.coverage_dose_gy
+        )
+        return -(coverage - ctx.oar_weight * oar / ctx.prescription_gy)
+
+    def objective(v, radius, t):
+        centre = c0 + max_shift_mm * jnp.tanh(v)
+        per = jax.vmap(lambda s, q, f: loss_in(centre, radius, t, s, q, f))(shifts, gaps, scales)
+        gap = jnp.max(jnp.sqrt(jnp.square(jnp.linalg.norm(wall - centre, axis=-1) - radius) + 1e-4))
+        skin = traced_skin_distance(centre, radius)
+        return (
+            reduce(per)
+            + ctx.fit_weight * jnp.square(gap / tol)
+            + CONSTRAINT_PENALTY_PER_MM2 * jnp.square(jax.nn.relu(ctx.min_skin_mm - skin))
+            + CONSTRAINT_PENALTY_PER_MM2 * jnp.square(jax.nn.relu(gap - tol))
+        ).astype(dtype)
+
+    return objective
+
+
+def _robust_centre_run(objective, iterations: int):
+    """Adam on ``objective(v, radius, t)`` from ``v0``, the relaxation's schedule; jitted.
+    Returns the best iterate seen (its objective is at most ``objective(v0)``: Adam's last
+    step can oscillate about a flat optimum)."""
+    opt = optax.adam(optax.exponential_decay(0.1, iterations, LEARNING_RATE_DECAY))
+    value_and_grad = jax.value_and_grad(objective)
+
+    def run(v0, radius, t):
+        def step(carry, _):
+            v, state, best_v, best_f = carry
+            value, grad = value_and_grad(v, radius, t)
+            better = value < best_f
+            best_v, best_f = jnp.where(better, v, best_v), jnp.where(better, value, best_f)
+            updates, state = opt.update(grad, state, v)
+            return (optax.apply_updates(v, updates), state, best_v, best_f), None
+
+        inf = jnp.asarray(jnp.inf, v0.dtype)
+        carry = (v0, opt.init(v0), v0, inf)
+        (v, _, best_v, best_f), _ = jax.lax.scan(step, carry, None, length=iterations)
+        return jnp.where(objective(v, radius, t) < best_f, v, best_v)
+
+    return jax.jit(run)
+
+
+def _robust_exact_score(ctx, batch, scenario_points, reduce, k, diameters, radii, times, centre):
+    """The exact robust score -reduce(-score_s) of catalogue row ``k`` at ``centre`` and the
+    times ``times``, and the per-scenario scores."""
+    per = []
+    n = len(radii)
+    args = ctx.batch_args(np.tile(centre, (n, 1)), radii, times)
+    for pts, factor in scenario_points(ctx.ev.points_mm, centre):
+        moved = jnp.asarray(np.asarray(pts, np.float64), ctx.dtype)
+        dose = np.asarray(batch(moved, *args[1:]), np.float64)[k] * factor
+        per.append(_catalogue_row(ctx, dose, diameters[k], radii[k], centre, times[k])["score"])
+    per = np.asarray(per)
+    return float(-reduce(jnp.asarray(-per))), per
+
+
+def robust_time_and_centre(
+    ctx,
+    batch,
+    spec: dict,
+    scenario_points,
+    *,
+    mode: str,
+    depth_mm: float,
+    best: int,
+    diameters,
+    radii,
+    times,
+    centre_mm,
+    nominal_row: dict,
+    max_shift_mm: float,
+    iterations: int,
+):
+    """Robust time and centre of the chosen size ``best`` (documented in :func:`robust_time_min`
+    and :func:`_robust_centre_objective`).
+
+    ``spec``: ``shift_mm`` (S, 3), ``gap_mm`` (S,), ``scale`` (S,), ``reduce`` (exact aggregate,
+    for the time rule and the exact score) and ``smooth_reduce`` (the config's, for the
+    gradient). The centre starts at the nominal one (``centre_mm``) and is kept only if its exact
+    robust score is at least the nominal centre's at the robust time and the constraints still
+    hold. With one scenario (zero magnitudes) nothing moves: the nominal time and centre.
+
+    Returns (row, centre (3,), time_min, report).
+    """
+    radius = float(radii[best])
+    reduce = spec["reduce"]
+    t_nominal = float(times[best])
+    t_robust, rates = robust_time_min(
+        radius, mode, depth_mm, ctx.beam, ctx.prescription_gy, spec["gap_mm"], spec["scale"], reduce
+    )
+    centre_nominal = np.asarray(centre_mm, np.float64)
+    report = {
+        "nominal": {"time_min": t_nominal, "centre_mm": centre_nominal.tolist()},
+        "time_rule": "time = Rx / (aggregate over the scenarios of the prescription-point dose "
+        "rate; worst = the lowest): the scenario rate is the depth dose rate at the prescription "
+        "depth + the tissue gap, times the dose scale (a centre shift moves the prescription "
+        "point with the applicator)",
+        "prescription_rate_gy_min_per_scenario": rates.tolist(),
+    }
+    if len(rates) == 1:
+        report["robust"] = dict(report["nominal"])
+        report["centre_rule"] = "one scenario (zero magnitudes): the nominal centre and time"
+        return nominal_row, centre_nominal, t_nominal, report
+    times_r = np.array(times, np.float64)
+    times_r[best] = t_robust
+    args = (diameters, radii, times_r)
+    score_nom, per_nom = _robust_exact_score(
+        ctx, batch, scenario_points, reduce, best, *args, centre_nominal
+    )
+    centre, kept = centre_nominal, False
+    objective_nominal = objective_robust = objective_trial = None
+    score_rob, per_rob = score_nom, per_nom
+    if max_shift_mm > 0:
+        objective = _robust_centre_objective(ctx, spec, float(max_shift_mm))
+        rel = (centre_nominal - ctx.geometry.cavity_centre_mm) / max_shift_mm
+        v0 = jnp.asarray(np.arctanh(np.clip(rel, -0.999, 0.999)), ctx.dtype)
+        a, t = jnp.asarray(radius, ctx.dtype), jnp.asarray(t_robust, ctx.dtype)
+        v = _robust_centre_run(objective, iterations)(v0, a, t)
+        f = jax.jit(objective)
+        objective_nominal, objective_trial = float(f(v0, a, t)), float(f(v, a, t))
+        trial = np.asarray(
+            ctx.geometry.cavity_centre_mm + max_shift_mm * np.tanh(np.asarray(v, np.float64))
+        )
+        score_t, per_t = _robust_exact_score(
+            ctx, batch, scenario_points, reduce, best, *args, trial
+        )
+        n = len(radii)
+        dose_t = np.asarray(batch(*ctx.batch_args(np.tile(trial, (n, 1)), radii, times_r)))[best]
+        row_t = _catalogue_row(ctx, dose_t, diameters[best], radius, trial, t_robust)
+        if (
+            score_t >= score_nom
+            and row_t["fits_cavity"]
+            and (not row_t["skin_flag"] or nominal_row["skin_flag"])
+        ):
+            centre, kept, score_rob, per_rob = trial, True, score_t, per_t
+        objective_robust = objective_trial if kept else objective_nominal
+    n = len(radii)
+    dose = np.asarray(batch(*ctx.batch_args(np.tile(centre, (n, 1)), radii, times_r)))[best]
+    row = _catalogue_row(ctx, dose, diameters[best], radius, centre, t_robust)
+    report |= {
+        "robust": {"time_min": t_robust, "centre_mm": centre.tolist()},
+        "centre_rule": "Adam on the aggregate over the scenarios of the smooth score (coverage "
+        "and OAR terms, scenario doses vmapped) plus the fit and skin terms, from the nominal "
+        "centre; kept only if its exact robust score is at least the nominal centre's (both at "
+        "the robust time) and the constraints hold",
+        "centre_optimised": max_shift_mm > 0,
+        "centre_kept": kept,
+        "objective_at_nominal_centre": objective_nominal,
+        "objective_at_robust_centre": objective_robust,
+        "objective_at_optimised_centre": objective_trial if max_shift_mm > 0 else None,
+        "robust_score_at_nominal_centre": score_nom,
+        "robust_score_at_robust_centre": score_rob,
+        "scores_per_scenario_nominal_centre": per_nom.tolist(),
+        "scores_per_scenario_robust_centre": per_rob.tolist(),
+    }
+    return row, centre, t_robust, report
 
 
 def _catalogue_row(ctx: _Context, dose, diameter_cm, radius_mm, centre_mm, time_min) -> dict:

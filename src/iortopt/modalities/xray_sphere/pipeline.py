@@ -206,11 +206,11 @@ def _prepare_dicom(cfg: PlanConfig, beam: XrayBeam, dtype, t0: float) -> Prepare
 def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
     """Choose the applicator size, position and time; evaluate and write every output."""
     cfg, x = prepared.config, prepared.config.xray
-    robust_choice = None
+    robust_choice = robust_pose = None
     if cfg.robust is not None:
-        from iortopt.modalities.xray_sphere.robust import choice_scenarios
+        from iortopt.modalities.xray_sphere.robust import choice_scenarios, pose_scenarios
 
-        robust_choice = choice_scenarios(cfg)
+        robust_choice, robust_pose = choice_scenarios(cfg), pose_scenarios(cfg)
     try:
         result = plan_spheres(
             prepared.setting,
@@ -225,6 +225,7 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
             anisotropy=x.anisotropy,
             shield_specs=prepared.shield_specs or None,
             robust=robust_choice,
+            robust_pose=robust_pose,
         )
     except ValueError as exc:
         raise ConfigError(f"xray: {exc}") from None
@@ -275,7 +276,7 @@ def run_xray(prepared: PreparedXray, out_dir: str | Path) -> XrayRunResult:
 
         t0 = time.perf_counter()
         summary["robust"], extra_writer = xray_robust.evaluate(
-            cfg, case, chosen, prepared.beam, prepared.dtype, extra_writer
+            cfg, case, chosen, prepared.beam, prepared.dtype, extra_writer, result.robust_pose
         )
         summary["wall_times_s"]["robust_evaluation_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

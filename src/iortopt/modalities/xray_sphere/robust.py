@@ -3,7 +3,8 @@ of :mod:`.scenarios`, metrics per scenario, goal fractions and DVH bands.
 
     check(cfg) -> magnitudes                    ConfigError for what is not supported
     choice_scenarios(cfg) -> robust argument of plan_spheres (robust size choice) or None
-    evaluate(cfg, case, chosen, beam, dtype, then) -> (summary dict, extra_writer)
+    pose_scenarios(cfg) -> robust_pose argument of plan_spheres (robust time, centre) or None
+    evaluate(cfg, case, chosen, beam, dtype, then, pose) -> (summary dict, extra_writer)
 """
 
 from __future__ import annotations
@@ -55,32 +56,69 @@ def choice_scenarios(cfg: PlanConfig):
     return scenario_points, aggregator(r.aggregate, 0.0, r.cvar_alpha)
 
 
-def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None):
-    """The summary ``robust`` dict and an ``extra_writer`` adding dvh_bands.png (then ``then``)."""
+def pose_scenarios(cfg: PlanConfig) -> dict | None:
+    """``robust_pose`` of :func:`~iortopt.modalities.xray_sphere.choice.plan_spheres` for
+    ``[robust] optimise = true`` (None otherwise): the stacked scenario deviations, the exact
+    aggregate (time rule, acceptance) and the config's smooth one (``temperature``, gradient)."""
+    from iortopt.optimisation.robust import aggregator
+
+    r = cfg.robust
+    if r is None or not r.optimise:
+        return None
+    mags = check(cfg)
+    rows = sc.build({k: v["value"] for k, v in mags.items()}, r.scenarios, r.n_scenarios, r.seed)
+    return sc.stacked(rows) | {
+        "reduce": aggregator(r.aggregate, 0.0, r.cvar_alpha),
+        "smooth_reduce": aggregator(r.aggregate, r.temperature, r.cvar_alpha),
+    }
+
+
+def _plan_in_scenarios(case, centre_mm, radius_mm, time_min, beam, rows, dtype, rx):
+    """(doses (S, P), weights, per-scenario metrics) of one applicator on every structure."""
     from iortopt.evaluation.robust_metrics import scenario_metrics
+
+    inside = np.zeros(case.grid.n_voxels, bool)
+    for s in case.structures:
+        inside |= s.occupancy.reshape(-1) > 0
+    points = case.grid.points_mm()[inside]
+    weights = {s.name: s.occupancy.reshape(-1)[inside] for s in case.structures}
+    doses = sc.scenario_doses(points, centre_mm, radius_mm, time_min, beam, rows, dtype)
+    return doses, weights, scenario_metrics(doses, weights, case.grid.voxel_volume_cm3, rx)
+
+
+def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None, pose=None):
+    """The summary ``robust`` dict and an ``extra_writer`` adding dvh_bands.png (then ``then``).
+
+    ``pose``: ``XrayPlanResult.robust_pose`` of a robust time/centre; the nominal plan (same
+    size, nominal time and centre) is then evaluated on the same scenarios too, and the summary
+    gets ``pose`` = nominal against robust time, centre, goal fractions and worst values."""
+    from iortopt.evaluation.robust_metrics import goal_fractions
     from iortopt.outputs.plan_files import GoalSpec
     from iortopt.outputs.robust_figures import case_bands_writer, robust_summary
 
     r = cfg.robust
     mags = check(cfg)
     rows = sc.build({k: v["value"] for k, v in mags.items()}, r.scenarios, r.n_scenarios, r.seed)
-    inside = np.zeros(case.grid.n_voxels, bool)
-    for s in case.structures:
-        inside |= s.occupancy.reshape(-1) > 0
-    points = case.grid.points_mm()[inside]
-    weights = {s.name: s.occupancy.reshape(-1)[inside] for s in case.structures}
-    doses = sc.scenario_doses(
-        points,
-        chosen["centre_mm"],
-        10.0 * float(chosen["diameter_cm"]) / 2.0,
-        float(chosen["time_min"]),
-        beam,
-        rows,
-        dtype,
-    )
     vv, rx = case.grid.voxel_volume_cm3, cfg.prescription.dose_gy
-    per_scenario = scenario_metrics(doses, weights, vv, rx)
+    radius_mm = 10.0 * float(chosen["diameter_cm"]) / 2.0
+    doses, weights, per_scenario = _plan_in_scenarios(
+        case, chosen["centre_mm"], radius_mm, float(chosen["time_min"]), beam, rows, dtype, rx
+    )
     goals = [GoalSpec(g.structure, g.metric, g.op, g.value) for g in cfg.goals]
+    extra = None
+    if pose is not None:
+        nom = pose["nominal"]
+        _, _, per_nominal = _plan_in_scenarios(
+            case, nom["centre_mm"], radius_mm, nom["time_min"], beam, rows, dtype, rx
+        )
+        names = [name for name, _ in rows]
+        extra = {
+            "pose": pose
+            | {
+                "goals_nominal_plan": goal_fractions(goals, per_nominal, names),
+                "goals_robust_plan": goal_fractions(goals, per_scenario, names),
+            }
+        }
     scenario_set = {
         "modality": "xray_sphere",
         "kind": r.scenarios,
@@ -94,7 +132,10 @@ def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None):
                 "temperature": 0.0,
                 "cvar_alpha": r.cvar_alpha,
                 "optimised": "the catalogue size, by the aggregate of its score over the "
-                "scenarios (score_robust in applicator_comparison); centre and time nominal",
+                "scenarios (score_robust in applicator_comparison); then the time, by the "
+                "aggregate of the scenario prescription doses (= Rx), and the centre (with "
+                "xray.optimise_position), by the aggregate of the smooth score over the "
+                "scenarios (pose: nominal against robust)",
             }
             if r.optimise
             else {}
@@ -103,7 +144,7 @@ def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None):
         "dose_points": "voxel centres of every structure (no sub-sampling at the applicator "
         "surface), so the nominal scenario differs slightly from the plan's metrics",
     }
-    summary = robust_summary(scenario_set, per_scenario, goals, tuple(r.band_percent))
+    summary = robust_summary(scenario_set, per_scenario, goals, tuple(r.band_percent), extra)
     writer = case_bands_writer(
         doses, weights, case.structures, vv, tuple(r.band_percent), rx, cfg.plan.name, then
     )
