@@ -1,8 +1,9 @@
 """Replanning an HDR flap plan without restarting: the case, the influence matrix and the compiled
 optimiser stay in memory, so a changed goal, objective weight or dose, or a changed set of active
-dwells re-optimises in a fraction of a second.
+dwells re-optimises without recompiling (about 0.2-1.1 s on the built-in case, 2-core CPU;
+benchmarks/RESULTS.md).
 
-    session = ReplanSession(prepare_modality(cfg, jnp.float32))
+    session = iortopt.pipeline.replan_session("configs/flap_default.toml")
     first = session.optimise()                       # compiles once (or loads the cache)
     session.set_objective(0, dose_gy=10.5)           # numbers only: no recompilation
     session.set_goal(1, 9.0)
