@@ -10,23 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from iortopt.evaluation.dvh import _CUMULATIVE_RTOL
+from iortopt.evaluation.dvh import _CUMULATIVE_RTOL, METRIC_KEYS
 
 #: Metrics of :func:`structure_metrics_batched` (a subset of ``dvh.METRIC_KEYS``).
-BATCHED_METRIC_KEYS = (
-    "mean_gy",
-    "max_gy",
-    "min_gy",
-    "D98_gy",
-    "D90_gy",
-    "D50_gy",
-    "D2_gy",
-    "D2cc_gy",
-    "D0.1cc_gy",
-    "V100_percent",
-    "V150_percent",
-    "V200_percent",
-)
+BATCHED_METRIC_KEYS = tuple(k for k in METRIC_KEYS if k not in ("volume_cm3", "HI_icru83"))
 
 
 def dose_at_weights_batched(dose_gy: np.ndarray, weights: np.ndarray, targets) -> np.ndarray:

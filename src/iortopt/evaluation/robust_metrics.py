@@ -134,3 +134,44 @@ def dvh_bands(
             "max": stack.max(axis=0),
         }
     return out
+
+
+def pose_comparison(pose: dict, goals, per_nominal, per_robust, names) -> dict:
+    """``pose`` (the nominal and the robust pose/time of an X-ray or electron plan) with the
+    goal fractions of the nominal and the robust plan over the same scenarios."""
+    return pose | {
+        "goals_nominal_plan": goal_fractions(goals, per_nominal, names),
+        "goals_robust_plan": goal_fractions(goals, per_robust, names),
+    }
+
+
+def scenario_set_record(
+    modality: str,
+    robust,
+    names: list[str],
+    magnitudes: dict,
+    one_sided: list[str],
+    optimised: str,
+    dose_points: str,
+) -> dict:
+    """The scenario set as summary.json ``robust`` states it for a plan whose robust choice is
+    scored with the exact aggregate (temperature 0). ``robust``: the ``[robust]`` settings
+    (scenarios, optimise, aggregate, cvar_alpha, seed)."""
+    record = {
+        "modality": modality,
+        "kind": robust.scenarios,
+        "names": names,
+        "magnitudes": magnitudes,
+        "one_sided": one_sided,
+        "optimise": bool(robust.optimise),
+    }
+    if robust.optimise:
+        record |= {
+            "aggregate": robust.aggregate,
+            "temperature": 0.0,
+            "cvar_alpha": robust.cvar_alpha,
+            "optimised": optimised,
+        }
+    record["seed"] = robust.seed if robust.scenarios == "sampled" else None
+    record["dose_points"] = dose_points
+    return record

@@ -106,7 +106,11 @@ def evaluate(cfg: PlanConfig, case, final_pose: tuple, dtype, then=None, nominal
     ``nominal_pose``, ``pose``: the nominal plan and ``optimisation["robust"]`` of a robust pose
     and MU; the nominal plan is then evaluated on the same scenarios and the summary gets
     ``pose`` = nominal against robust pose, MU, goal fractions and worst values."""
-    from iortopt.evaluation.robust_metrics import goal_fractions, scenario_metrics
+    from iortopt.evaluation.robust_metrics import (
+        pose_comparison,
+        scenario_metrics,
+        scenario_set_record,
+    )
     from iortopt.outputs.plan_files import GoalSpec
     from iortopt.outputs.robust_figures import case_bands_writer, robust_summary
 
@@ -122,39 +126,22 @@ def evaluate(cfg: PlanConfig, case, final_pose: tuple, dtype, then=None, nominal
         names = [name for name, _ in rows]
         per_nominal = scenario_metrics(_scenario_doses(case, nominal_pose, rows, dtype)[0],
                                        weights, vv, rx)  # fmt: skip
-        extra = {
-            "pose": pose
-            | {
-                "goals_nominal_plan": goal_fractions(goals, per_nominal, names),
-                "goals_robust_plan": goal_fractions(goals, per_scenario, names),
-            }
-        }
-    scenario_set = {
-        "modality": "electron",
-        "kind": r.scenarios,
-        "names": [name for name, _ in rows],
-        "magnitudes": mags,
-        "one_sided": [],
-        "optimise": bool(r.optimise),
-        **(
-            {
-                "aggregate": r.aggregate,
-                "temperature": 0.0,
-                "cvar_alpha": r.cvar_alpha,
-                "optimised": "the catalogue row (energy, cone, bevel), by the aggregate of its "
-                "score over the scenarios at its planned MU (score_robust in "
-                "catalogue_comparison); then the cone pose and disc, by the joint optimiser on "
-                "the aggregate of its dose terms over the scenarios (vmapped), and the MU, by "
-                "the aggregate of the scenario doses at the normalisation point (= D100) "
-                "(pose: nominal against robust)",
-            }
-            if r.optimise
-            else {}
-        ),
-        "seed": r.seed if r.scenarios == "sampled" else None,
-        "dose_points": "voxel centres of every structure (no sub-sampling at tissue "
+        extra = {"pose": pose_comparison(pose, goals, per_nominal, per_scenario, names)}
+    scenario_set = scenario_set_record(
+        "electron",
+        r,
+        [name for name, _ in rows],
+        mags,
+        [],
+        "the catalogue row (energy, cone, bevel), by the aggregate of its "
+        "score over the scenarios at its planned MU (score_robust in "
+        "catalogue_comparison); then the cone pose and disc, by the joint optimiser on "
+        "the aggregate of its dose terms over the scenarios (vmapped), and the MU, by "
+        "the aggregate of the scenario doses at the normalisation point (= D100) "
+        "(pose: nominal against robust)",
+        "voxel centres of every structure (no sub-sampling at tissue "
         "boundaries), planned MU kept, so the nominal scenario differs slightly from the plan",
-    }
+    )
     summary = robust_summary(scenario_set, per_scenario, goals, tuple(r.band_percent), extra)
     writer = case_bands_writer(
         doses, weights, case.structures, vv, tuple(r.band_percent), rx, cfg.plan.name, then

@@ -92,7 +92,7 @@ def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None, pose=N
     ``pose``: ``XrayPlanResult.robust_pose`` of a robust time/centre; the nominal plan (same
     size, nominal time and centre) is then evaluated on the same scenarios too, and the summary
     gets ``pose`` = nominal against robust time, centre, goal fractions and worst values."""
-    from iortopt.evaluation.robust_metrics import goal_fractions
+    from iortopt.evaluation.robust_metrics import pose_comparison, scenario_set_record
     from iortopt.outputs.plan_files import GoalSpec
     from iortopt.outputs.robust_figures import case_bands_writer, robust_summary
 
@@ -112,38 +112,21 @@ def evaluate(cfg: PlanConfig, case, chosen: dict, beam, dtype, then=None, pose=N
             case, nom["centre_mm"], radius_mm, nom["time_min"], beam, rows, dtype, rx
         )
         names = [name for name, _ in rows]
-        extra = {
-            "pose": pose
-            | {
-                "goals_nominal_plan": goal_fractions(goals, per_nominal, names),
-                "goals_robust_plan": goal_fractions(goals, per_scenario, names),
-            }
-        }
-    scenario_set = {
-        "modality": "xray_sphere",
-        "kind": r.scenarios,
-        "names": [name for name, _ in rows],
-        "magnitudes": mags,
-        "one_sided": ["tissue_gap_mm"],
-        "optimise": bool(r.optimise),
-        **(
-            {
-                "aggregate": r.aggregate,
-                "temperature": 0.0,
-                "cvar_alpha": r.cvar_alpha,
-                "optimised": "the catalogue size, by the aggregate of its score over the "
-                "scenarios (score_robust in applicator_comparison); then the time, by the "
-                "aggregate of the scenario prescription doses (= Rx), and the centre (with "
-                "xray.optimise_position), by the aggregate of the smooth score over the "
-                "scenarios (pose: nominal against robust)",
-            }
-            if r.optimise
-            else {}
-        ),
-        "seed": r.seed if r.scenarios == "sampled" else None,
-        "dose_points": "voxel centres of every structure (no sub-sampling at the applicator "
+        extra = {"pose": pose_comparison(pose, goals, per_nominal, per_scenario, names)}
+    scenario_set = scenario_set_record(
+        "xray_sphere",
+        r,
+        [name for name, _ in rows],
+        mags,
+        ["tissue_gap_mm"],
+        "the catalogue size, by the aggregate of its score over the "
+        "scenarios (score_robust in applicator_comparison); then the time, by the "
+        "aggregate of the scenario prescription doses (= Rx), and the centre (with "
+        "xray.optimise_position), by the aggregate of the smooth score over the "
+        "scenarios (pose: nominal against robust)",
+        "voxel centres of every structure (no sub-sampling at the applicator "
         "surface), so the nominal scenario differs slightly from the plan's metrics",
-    }
+    )
     summary = robust_summary(scenario_set, per_scenario, goals, tuple(r.band_percent), extra)
     writer = case_bands_writer(
         doses, weights, case.structures, vv, tuple(r.band_percent), rx, cfg.plan.name, then
