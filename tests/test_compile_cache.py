@@ -108,3 +108,16 @@ def test_plan_is_the_same_without_the_cache_filling_it_and_reading_it(tmp_path):
         assert key in split
     stages = {k: v for k, v in split.items() if k not in ("total_s", "planning_s")}
     assert split["total_s"] == pytest.approx(sum(stages.values()))
+
+
+def test_total_wall_times_split_and_clamp():
+    from iortopt.compute.run_context import total_wall_times_s
+
+    before = {"interpreter_s": None, "jax_import_s": 0.5, "case_build_s": 0.25}
+    stages = {"optimise_s": 1.0, "write_s": 0.5, "total_s": 1.75}  # a modality's own total
+    times = total_wall_times_s(before, stages, run_s=2.0)
+    assert list(times) == [*before, "optimise_s", "write_s", "other_s", "planning_s", "total_s"]
+    assert times["total_s"] == pytest.approx(2.75)  # known start-up + the run
+    assert times["other_s"] == pytest.approx(0.5)  # 2.75 - (0.5 + 0.25 + 1.0 + 0.5)
+    assert times["planning_s"] == 1.75
+    assert total_wall_times_s({}, {"optimise_s": 3.0}, run_s=2.0)["other_s"] == 0.0

@@ -15,6 +15,7 @@ with the voxel axis split over ``compute.devices`` (:mod:`iortopt.compute.shardi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from iortopt.compute import memory
 from iortopt.compute.run_context import RunContext
 from iortopt.config import PlanConfig, config_origin, non_default_sections, with_origin
 from iortopt.errors import ConfigError
-from iortopt.outputs.plan_files import rewrite_summary
+from iortopt.outputs.preload import start_preload
 
 
 def prepare(cfg: PlanConfig, dtype):
@@ -123,34 +124,18 @@ def execute(
     in its :class:`~iortopt.compute.run_context.RunContext`.
 
     ``process_times_s``: what the caller spent before (start-up, imports, case build); they go
-    first in summary.json's ``wall_times_s``, with ``total_s`` (everything up to the written
-    outputs) last, so a slow run shows where its time went. ``compile_cache``: the persistent
-    compilation cache folder in use (recorded in the summary; None: none)."""
-    t0 = time.perf_counter()
-    ctx = run_context(plan_memory(prepared), console)
-    result = modalities.get(prepared.config.plan.modality).run(prepared, out_dir, ctx)
-    if process_times_s is not None or compile_cache is not None:
-        _record_process_times(result, process_times_s or {}, t0, compile_cache)
-    return result
-
-
-def _record_process_times(result, before_s: dict, t0: float, compile_cache: str | None) -> None:
-    """Put the caller's times and the total into the result's summary.json (rewritten whole)."""
-    summary = result.summary
-    stages = dict(summary.get("wall_times_s", {}))
-    # a modality's own total (its stages summed) would be counted twice: keep it under its name
-    planning_s = stages.pop("total_s", None)
-    times = {**before_s, **stages}
-    known = [v for v in before_s.values() if v is not None]
-    total_s = sum(known) + (time.perf_counter() - t0)
-    # what no stage timed (memory plan, metrics, the modality's glue): named so it shows if it grows
-    times["other_s"] = max(0.0, total_s - sum(v for v in times.values() if v is not None))
-    if planning_s is not None:
-        times["planning_s"] = planning_s
-    times["total_s"] = total_s
-    summary["wall_times_s"] = times
-    summary["compile_cache"] = compile_cache
-    rewrite_summary(Path(result.out_dir), summary)
+    first in summary.json's ``wall_times_s``, with ``total_s`` (everything up to summary.json,
+    the last file written) last, so a slow run shows where its time went. ``compile_cache``: the
+    persistent compilation cache folder in use (recorded in the summary; None: none)."""
+    started_s = time.perf_counter()
+    start_preload()  # the figure/report libraries import while the plan is computed
+    ctx = dataclasses.replace(
+        run_context(plan_memory(prepared), console),
+        started_s=started_s,
+        times_before_s=process_times_s,
+        compile_cache=compile_cache,
+    )
+    return modalities.get(prepared.config.plan.modality).run(prepared, out_dir, ctx)
 
 
 def replan_session(config, dtype=None):

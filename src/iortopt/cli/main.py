@@ -374,6 +374,14 @@ def run(
             "IORTOPT_NO_COMPILE_CACHE=1)",
         ),
     ] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="after the plan, plan again in this process each time CONFIG is saved "
+            "(compiled programs stay loaded); Ctrl-C stops",
+        ),
+    ] = False,
 ):
     """Optimise a plan and write plan.zarr, summary.json, dvh.png, dose_slices.png, report.html.
 
@@ -383,8 +391,8 @@ def run(
     """
     import time
 
-    from iortopt.io.output_dir import check_output_target, clean_stale_temporaries, output_lock
-
+    if watch and config is None:
+        _fail(IortoptError("--watch needs a CONFIG file to watch (e.g. from `iortopt init`)"))
     try:
         t0 = time.perf_counter()
         from iortopt.compute.runtime import configure
@@ -397,8 +405,7 @@ def run(
         start_backend()
         cache = enable_compile_cache(not no_cache)
         t2 = time.perf_counter()
-        from iortopt.config import load_config
-        from iortopt.pipeline import execute, prepare, print_result
+        import iortopt.pipeline  # noqa: F401 - timed here, with the CLI's other imports
 
         startup = {
             "interpreter_s": _seconds_since_process_start(t0),
@@ -406,34 +413,90 @@ def run(
             "jax_startup_s": t2 - t1,
             "imports_s": time.perf_counter() - t2,
         }
-        cfg = load_config(config)
-        out_dir = out if out is not None else Path("iortopt-out") / cfg.plan.name
-        check_output_target(out_dir, overwrite, cfg.plan.name)
-        with output_lock(out_dir):
-            check_output_target(out_dir, overwrite, cfg.plan.name)  # again, now that we own it
-            CURRENT_RUN["out_dir"] = out_dir
-            clean_stale_temporaries(out_dir)
-            t3 = time.perf_counter()
-            prepared = prepare(cfg, dtype)
-            startup["case_build_s"] = time.perf_counter() - t3
-            result = execute(
-                prepared,
-                out_dir,
-                console=None if quiet else console,
-                process_times_s=startup,
-                compile_cache=None if cache is None else str(cache),
-            )
     except IortoptError as exc:
         _fail(exc)
-    except PlanFailedError as exc:
-        from rich.markup import escape
+    plan = dict(
+        out=out,
+        overwrite=overwrite,
+        dtype=dtype,
+        quiet=quiet,
+        compile_cache=None if cache is None else str(cache),
+    )
+    if not watch:
+        try:
+            _plan_once(config, startup=startup, **plan)
+        except IortoptError as exc:
+            _fail(exc)
+        except PlanFailedError as exc:
+            _plan_failed(exc)
+            raise typer.Exit(1) from None
+        return
+    _watch(config, startup, plan)
 
-        err_console.print(f"[bold red]plan failed:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
+
+def _plan_once(config, out, overwrite, dtype, quiet, compile_cache, startup) -> None:
+    """One ``iortopt run``: load, check the output folder, plan, write, print."""
+    import time
+
+    from iortopt.config import load_config
+    from iortopt.io.output_dir import check_output_target, clean_stale_temporaries, output_lock
+    from iortopt.pipeline import execute, prepare, print_result
+
+    cfg = load_config(config)
+    out_dir = out if out is not None else Path("iortopt-out") / cfg.plan.name
+    check_output_target(out_dir, overwrite, cfg.plan.name)
+    with output_lock(out_dir):
+        check_output_target(out_dir, overwrite, cfg.plan.name)  # again, now that we own it
+        CURRENT_RUN["out_dir"] = out_dir
+        clean_stale_temporaries(out_dir)
+        t3 = time.perf_counter()
+        prepared = prepare(cfg, dtype)
+        startup = {**startup, "case_build_s": time.perf_counter() - t3}
+        result = execute(
+            prepared,
+            out_dir,
+            console=None if quiet else console,
+            process_times_s=startup,
+            compile_cache=compile_cache,
+        )
     CURRENT_RUN.clear()
     print_result(result, console)
     if not result.summary["goals_all_met"]:
         console.print("[yellow]Not every clinical goal is met (see the table above).[/]")
+
+
+def _plan_failed(exc: PlanFailedError) -> None:
+    err_console.print(f"[bold red]plan failed:[/] {escape(str(exc))}", highlight=False)
+
+
+def _watch(config: Path, startup: dict, plan: dict) -> None:
+    """Plan ``config``, then again each time it is saved, until Ctrl-C while waiting."""
+    import time
+
+    from iortopt.cli.watch import file_stamp, wait_for_change
+
+    # start-up was paid once; later plans record it as not spent (None)
+    again = {k: None for k in startup} | {"interpreter_s": None}
+    stamp = file_stamp(config)
+    first = True
+    while True:
+        t0 = time.perf_counter()
+        try:
+            _plan_once(config, startup=startup if first else again, **plan)
+            console.print(f"planned in {time.perf_counter() - t0:.2f} s (this process)")
+        except IortoptError as exc:
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        except PlanFailedError as exc:
+            _plan_failed(exc)
+        finally:
+            CURRENT_RUN.clear()
+        first = False
+        console.print(f"watching {config} (Ctrl-C stops)", markup=False)
+        try:
+            stamp = wait_for_change(config, stamp)
+        except KeyboardInterrupt:
+            console.print("stopped watching")
+            return
 
 
 #: Longer than this from the process start to the CLI is not Python's start-up: the process was

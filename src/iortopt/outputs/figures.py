@@ -92,12 +92,19 @@ def isodose_label(level_gy: float, prescription_gy: float | None) -> str:
 
 
 def _new_figure(figsize):
+    # Margins are set by hand (fig.subplots_adjust) rather than by a layout engine: constrained
+    # layout measured ~0.15 s per dose-slice figure on the 2-core CPU, a tenth of a warm run.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=figsize, dpi=110, layout="constrained")
+    fig = Figure(figsize=figsize, dpi=110)
     FigureCanvasAgg(fig)
     return fig
+
+
+#: Heights (inches) of the text rows the slice figure's margins hold: one legend row, the tick
+#: labels plus axis label under a panel, the suptitle plus the panel titles.
+_LEGEND_ROW_IN, _XLABEL_IN, _TITLES_IN = 0.24, 0.62, 0.72
 
 
 def _save_png_atomic(fig, path) -> Path:
@@ -198,6 +205,7 @@ def plot_dvh(
         ax.legend(handles=handles, loc="upper right", fontsize="small")
     if title:
         ax.set_title(title)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.1, top=0.93 if title else 0.97)
     return _save_png_atomic(fig, path)
 
 
@@ -374,9 +382,17 @@ def plot_dose_slices(
                               **_DWELL_MARKER))  # fmt: skip
     if any_shield_drawn:
         handles.append(Line2D([], [], ls="none", label="shields", **_SHIELD_MARKER))
+    ncols = min(len(handles), 6)
+    height_in = fig.get_figheight()
+    legend_in = (-(-len(handles) // ncols) * _LEGEND_ROW_IN + 0.1) if handles else 0.0
+    bottom = (legend_in + _XLABEL_IN) / height_in
+    top = 1.0 - (_TITLES_IN if title else _TITLES_IN - 0.3) / height_in
+    fig.subplots_adjust(left=0.045, right=0.9, bottom=bottom, top=top, wspace=0.28)
     if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
-    fig.colorbar(image, ax=list(axes), label="dose (Gy)", extend="max", shrink=0.8)
+        fig.legend(handles=handles, loc="lower center", ncols=ncols, bbox_to_anchor=(0.47, 0.005))
+    span = top - bottom
+    cax = fig.add_axes((0.925, bottom + 0.1 * span, 0.011, 0.8 * span))
+    fig.colorbar(image, cax=cax, label="dose (Gy)", extend="max")
     if title:
         fig.suptitle(title)
     return _save_png_atomic(fig, path)

@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from rich.table import Table
 
 from iortopt import __version__
 from iortopt.cases.case import Case
+from iortopt.compute.run_context import RunContext
 from iortopt.compute.runtime import device_info
 from iortopt.errors import ConfigError
 from iortopt.outputs.result_checks import check_dose_finite, check_result_finite
@@ -272,8 +274,10 @@ def write_plan_outputs(
     markers_label: str = "dwell positions",
     extra_writer: Callable[[Path], None] | None = None,
     shield_points_mm: np.ndarray | None = None,
+    ctx: RunContext | None = None,
 ) -> None:
-    """Write plan.zarr, summary.json, dvh.png and dose_slices.png into ``out_dir``.
+    """Write plan.zarr, the figures, the DICOM export, summary.json and report.html into
+    ``out_dir``.
 
     Built in a temporary folder, then swapped or merged into place with the marker written last
     (:func:`iortopt.io.output_dir.publish_folder`); files iortopt did not write are kept.
@@ -284,7 +288,11 @@ def write_plan_outputs(
         extra_writer: called with the temporary folder before it is renamed into place (e.g.
             the DICOM export), so its files are part of the same atomic write.
         shield_points_mm: (K, 3) points sampling the shields, drawn on the dose slices.
+        ctx: the run's context: with its clock, ``summary["wall_times_s"]`` gets ``write_s``
+            and the run's totals (:meth:`RunContext.wall_times_s`) just before summary.json is
+            written, the last file but the report built from it (so both are written once).
     """
+    t_write = time.perf_counter()
     check_result_finite(dose, applicator, summary)
     from iortopt.io.output_dir import new_temp_folder, publish_folder
     from iortopt.io.store import _to_jsonable, write_plan_store
@@ -314,7 +322,6 @@ def write_plan_outputs(
                 },
             },
         )
-        (tmp / "summary.json").write_text(json.dumps(_to_jsonable(summary), indent=2))
         rx = settings.prescription_gy
         clinical = {s.name for s in case.structures if s.role != "other"}
         dvhs = {k: v for k, v in evaluation["dvhs"].items() if k in clinical}
@@ -357,6 +364,11 @@ def write_plan_outputs(
             )
         if extra_writer is not None:
             extra_writer(tmp)
+        stages = {**summary.get("wall_times_s", {}), "write_s": time.perf_counter() - t_write}
+        summary["wall_times_s"] = stages if ctx is None else ctx.wall_times_s(stages)
+        if ctx is not None and ctx.timed:
+            summary["compile_cache"] = ctx.compile_cache
+        (tmp / "summary.json").write_text(json.dumps(_to_jsonable(summary), indent=2))
         write_report(tmp)  # from the files just written, so the folder is complete with it
         publish_folder(tmp, out_dir, settings.plan_name, settings.modality)
     finally:

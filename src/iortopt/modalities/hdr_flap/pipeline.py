@@ -43,7 +43,6 @@ from iortopt.outputs.plan_files import (
     format_wall_times,
     print_report,
     provenance,
-    rewrite_summary,
     write_plan_outputs,
 )
 from iortopt.physics.sources import SourceData, load_source
@@ -659,7 +658,6 @@ def optimise_and_write(
         summary["pareto"] = hdr_pareto.summary(pareto_set)
         timings["pareto_s"] = pareto_set.timings_s["wall_s"]
         extra_writer = hdr_pareto.writer(pareto_set, cfg, then=extra_writer)
-    t0 = time.perf_counter()
     summary["wall_times_s"] = timings
     d = dwells
     write_plan_outputs(
@@ -695,10 +693,8 @@ def optimise_and_write(
         markers_mm=d.positions_mm,
         extra_writer=extra_writer,
         shield_points_mm=None if stage is None else shl.figure_points(stage.specs, stage.placed),
+        ctx=ctx,
     )
-    timings["write_s"] = time.perf_counter() - t0
-    summary["wall_times_s"] = timings
-    rewrite_summary(out_dir, summary)
     for path in (checkpoint_path, shield_checkpoint_path):
         if path.is_file() or path.is_symlink():  # never a folder someone put there
             path.unlink(missing_ok=True)
