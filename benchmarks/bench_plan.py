@@ -20,6 +20,9 @@ again with the cache that run filled (warm), ``--repeats`` times each; the proce
 summary.json's split (imports, JAX start-up, case build, compiles, optimisation, writing). Writes
 ``benchmarks/results/plan_processes_<device>_<utc>.json``. "Cold" means an empty compilation
 cache; the operating system's file cache (Python modules already read once) is not emptied.
+A third phase, "watch", is the second plan of the config in one process (what ``iortopt run
+--watch`` does after a save): its wall time is the plan's alone (the process start-up is paid
+once, before the first).
 """
 
 from __future__ import annotations
@@ -84,6 +87,39 @@ def _cli_run(config: Path, out: Path, cache: Path) -> tuple[float, dict]:
     return wall, json.loads((out / "summary.json").read_text())
 
 
+def _watch_replan(config: Path, out: Path, cache: Path) -> tuple[float, dict]:
+    """The second of two plans of ``config`` in one new process, as ``iortopt run --watch``
+    makes them (the CLI's own plan function): (its wall time s, its summary.json)."""
+    import subprocess
+
+    env = {**os.environ, "IORTOPT_CACHE_DIR": str(cache)}
+    env.pop("IORTOPT_NO_COMPILE_CACHE", None)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--watch-worker", str(config), str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr)[-2000:]
+        raise SystemExit(f"{config}: in-process replan failed ({done.returncode}):\n{tail}")
+    wall = float(done.stdout.strip().splitlines()[-1])
+    return wall, json.loads((out / "summary.json").read_text())
+
+
+def _watch_worker(config: Path, out: Path) -> None:
+    """Plan ``config`` twice in this process with the CLI's plan step; print the second's wall
+    time (s) last."""
+    from iortopt.cli import main as cli
+    from iortopt.compute.compile_cache import enable_compile_cache
+    from iortopt.compute.runtime import configure, start_backend
+
+    dtype = configure(None, "float32")
+    start_backend()
+    cache = enable_compile_cache(True)
+    plan = dict(out=out, overwrite=False, dtype=dtype, quiet=True, compile_cache=str(cache))
+    cli._plan_once(config, startup={}, **plan)
+    t0 = time.perf_counter()
+    cli._plan_once(config, startup={}, **plan)
+    print(f"{time.perf_counter() - t0:.6f}")
+
+
 def bench_processes(configs: list[Path], repeats: int, out_dir: Path) -> dict:
     """Cold and warm whole-process runs of each config (see the module docstring)."""
     from iortopt.compute.runtime import device_info
@@ -93,8 +129,9 @@ def bench_processes(configs: list[Path], repeats: int, out_dir: Path) -> dict:
         for rep in range(repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 cache = Path(tmp) / "cache"
-                for phase in ("cold", "warm"):
-                    wall, s = _cli_run(config, Path(tmp) / phase, cache)
+                for phase in ("cold", "warm", "watch"):
+                    run = _watch_replan if phase == "watch" else _cli_run
+                    wall, s = run(config, Path(tmp) / phase, cache)
                     rows.append(
                         {
                             "config": config.name,
@@ -125,7 +162,7 @@ def bench_processes(configs: list[Path], repeats: int, out_dir: Path) -> dict:
     print("| config | phase | process wall s (median) | split (median of repeats) |")
     print("|---|---|---|---|")
     for config in configs:
-        for phase in ("cold", "warm"):
+        for phase in ("cold", "warm", "watch"):
             mine = [r for r in rows if r["config"] == config.name and r["phase"] == phase]
             walls = sorted(r["process_wall_s"] for r in mine)
             keys = mine[0]["wall_times_s"].keys()
@@ -141,6 +178,9 @@ def bench_processes(configs: list[Path], repeats: int, out_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     if argv is None:
         argv = sys.argv[1:]
+    if argv[:1] == ["--watch-worker"]:
+        _watch_worker(Path(argv[1]), Path(argv[2]))
+        return {"watch_worker": str(argv[1])}
     if "--processes" in argv:
         proc = argparse.ArgumentParser(description="cold/warm whole-process runs")
         proc.add_argument("--processes", action="store_true")
