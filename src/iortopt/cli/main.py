@@ -391,6 +391,7 @@ def run(
     """
     import time
 
+    SKIP_TEARDOWN["run"] = True  # every file is written and closed before run returns
     if watch and config is None:
         _fail(IortoptError("--watch needs a CONFIG file to watch (e.g. from `iortopt init`)"))
     try:
@@ -547,6 +548,22 @@ def interrupted_message() -> str:
     return "\n".join(lines)
 
 
+#: Set by commands whose files are all written and closed when they return (``run``): the
+#: process then ends without Python's teardown, which after a plan measured 0.6-1.0 s on the
+#: 2-core CPU (freeing the compiled programs and thousands of modules) for nothing a user sees.
+SKIP_TEARDOWN = {"run": False}
+
+
+def _exit_without_teardown(code) -> None:
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else (0 if code is None else 1))
+
+
 def entry() -> None:
     """Console script: the app, with a message on Ctrl-C (exit 130)."""
     try:
@@ -555,6 +572,8 @@ def entry() -> None:
         # typer turns KeyboardInterrupt into exit code 130 without a word
         if exc.code == EXIT_INTERRUPTED:
             err_console.print(interrupted_message(), highlight=False, soft_wrap=True)
+        if SKIP_TEARDOWN["run"]:
+            _exit_without_teardown(exc.code)
         raise
     except KeyboardInterrupt:
         err_console.print(interrupted_message(), highlight=False, soft_wrap=True)
