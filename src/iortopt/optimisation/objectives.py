@@ -53,11 +53,19 @@ def mean_dose(w: jnp.ndarray, dose_limit_gy: float, scale_gy: float) -> TermFn:
     return lambda d, t: jnp.square(jax.nn.relu(_wmean(w, d) - dose_limit_gy)) / scale_gy**2
 
 
-def dose_at_volume(d: jnp.ndarray, w: jnp.ndarray, volume: float | jnp.ndarray) -> jnp.ndarray:
-    """D_v: minimum dose to the hottest ``volume`` (in units of w: fraction x sum(w) or voxels)."""
+def dose_at_volume(
+    d: jnp.ndarray, w: jnp.ndarray, volume: float | jnp.ndarray, n_valid=None
+) -> jnp.ndarray:
+    """D_v: minimum dose to the hottest ``volume`` (in units of w: fraction x sum(w) or voxels).
+
+    ``n_valid``: only the first n_valid voxels are real, the rest padding of dose 0 and weight 0
+    (:mod:`iortopt.optimisation.buckets`). The stable sort puts every real voxel before the
+    padding (doses are >= 0), so clamping the index to n_valid - 1 gives the unpadded D_v.
+    """
     order = jnp.argsort(-d)
     cum = jnp.cumsum(w[order])
-    k = jnp.minimum(jnp.searchsorted(cum, volume), d.shape[0] - 1)
+    last = d.shape[0] - 1 if n_valid is None else n_valid - 1
+    k = jnp.minimum(jnp.searchsorted(cum, volume), last)
     return d[order][k]
 
 
@@ -130,11 +138,18 @@ def combine(terms: Sequence[Term]) -> Callable[[jnp.ndarray, jnp.ndarray, list],
 
 
 def evaluate(terms: Sequence[Term], d: jnp.ndarray, t: jnp.ndarray) -> dict[str, float]:
-    """Each weighted term's value (for reports)."""
-    return {
-        term.name: float(p["weight"] * term.fn(d, t, p))
-        for term, p in zip(terms, term_params(terms, d.dtype), strict=True)
-    }
+    """Each weighted term's value (for reports), computed as one compiled program and fetched
+    with one transfer (term by term, eagerly, every operation was dispatched on its own)."""
+    if not terms:
+        return {}
+
+    def values(d, t, params):
+        return jnp.stack(
+            [p["weight"] * term.fn(d, t, p) for term, p in zip(terms, params, strict=True)]
+        )
+
+    out = np.asarray(jax.jit(values)(d, t, term_params(terms, d.dtype)), np.float64)
+    return {term.name: float(v) for term, v in zip(terms, out, strict=True)}
 
 
 def build_terms(
@@ -169,12 +184,14 @@ def build_terms(
                 f"objectives[{k}].structure: unknown structure {obj.structure!r}; "
                 f"have {sorted(weights)}"
             )
-        inside = np.flatnonzero(np.asarray(weights[obj.structure]) > 0)
+        w_all = np.asarray(weights[obj.structure])
+        inside = np.flatnonzero(w_all > 0)
         if inside.size == 0:
             raise ValueError(
                 f"objectives[{k}].structure: {obj.structure!r} has no voxels on the grid"
             )
-        w = jnp.asarray(weights[obj.structure])[inside]
+        # indexed on the host: an eager gather on the device is one compiled program per term
+        w = jnp.asarray(w_all[inside])
         dose = obj.dose_gy
         if obj.type in ("underdose", "overdose", "max_dose", "dvh_min", "dvh_max") and dose <= 0:
             raise ValueError(f"objectives[{k}].dose_gy: must be > 0 for type {obj.type!r}")

@@ -96,6 +96,27 @@ def group_indices(cfg: PlanConfig) -> tuple[list[str], list[list[int]]]:
     return names, groups
 
 
+def structure_blocks(
+    cfg: PlanConfig, weights: dict[str, np.ndarray], matrix: np.ndarray
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """structure -> (matrix rows, weights) of the voxels the objective terms read, in the order
+    of the structures' names: the voxels of positive weight, or for a structure used only by
+    mean-dose terms one row holding its occupancy-weighted mean (exact for those terms)."""
+    used = sorted({o.structure for o in cfg.objectives if o.structure})
+    mean_only = {
+        s for s in used if all(o.type == "mean_dose" for o in cfg.objectives if o.structure == s)
+    }
+    out = {}
+    for name in used:
+        w = np.asarray(weights[name], np.float64)
+        if name in mean_only:
+            out[name] = ((w @ matrix / np.sum(w))[None, :], np.ones(1))
+        else:
+            rows = np.flatnonzero(w > 0)
+            out[name] = (matrix[rows], w[rows])
+    return out
+
+
 def term_blocks(
     cfg: PlanConfig, weights: dict[str, np.ndarray], matrix: np.ndarray, dtype=np.float32
 ):
@@ -104,20 +125,9 @@ def term_blocks(
     structure used only by mean-dose terms as one row holding its occupancy-weighted mean
     (exact for those terms). Voxels of no term (the optimisation margin) are left out. The rows
     come in ``dtype``."""
-    used = sorted({o.structure for o in cfg.objectives if o.structure})
-    mean_only = {
-        s for s in used if all(o.type == "mean_dose" for o in cfg.objectives if o.structure == s)
-    }
-    blocks, values = [], []
-    for name in used:
-        w = np.asarray(weights[name], np.float64)
-        if name in mean_only:
-            blocks.append((w @ matrix / np.sum(w))[None, :])
-            values.append(np.ones(1))
-        else:
-            rows = np.flatnonzero(w > 0)
-            blocks.append(matrix[rows])
-            values.append(w[rows])
+    blocks = structure_blocks(cfg, weights, matrix)
+    used = list(blocks)
+    values = [blocks[name][1] for name in used]
     sizes = [len(v) for v in values]
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     compact = {}
@@ -125,7 +135,8 @@ def term_blocks(
         column = np.zeros(offsets[-1], np.float32)
         column[offsets[k] : offsets[k + 1]] = values[k]
         compact[name] = column
-    return np.concatenate(blocks, axis=0).astype(dtype), compact
+    rows = np.concatenate([blocks[name][0] for name in used], axis=0)
+    return rows.astype(dtype), compact
 
 
 def _plan_metrics(prepared, matrix: np.ndarray, times_s: np.ndarray):

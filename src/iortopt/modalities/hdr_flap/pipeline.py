@@ -537,6 +537,8 @@ def optimise_and_write(
     t_max = cfg.applicator.max_dwell_time_s
     init = np.full(n_dwells, _initial_time_s(unit_dose, target_w, cfg.prescription.dose_gy, t_max))
 
+    from iortopt.optimisation import bucketed
+    from iortopt.optimisation.buckets import bucketed_runs_enabled
     from iortopt.optimisation.optax_loop import minimise
 
     out_dir = Path(out_dir)
@@ -550,20 +552,37 @@ def optimise_and_write(
 
     bar = DelayedProgress(ctx.console, cfg.optimizer.max_iterations, "optimising")
     params = objectives.term_params(terms, dtype)
-    optimise = minimise if fixed_times_s is None else _fixed_plan(fixed_times_s, t_max)
-    result = optimise(
-        objective_of,
-        init,
-        t_max,
-        method=cfg.optimizer.method,
-        max_iterations=cfg.optimizer.max_iterations,
-        tolerance=cfg.optimizer.tolerance,
-        learning_rate=cfg.optimizer.learning_rate,
-        progress=lambda it, value: bar.update(it, f"objective {value:.4g}"),
-        dtype=dtype,
-        checkpoint=checkpoint_writer(checkpoint_path, run_key, prepared.notes),
-        operands=(params, *operands),
-    )
+    progress = lambda it, value: bar.update(it, f"objective {value:.4g}")  # noqa: E731
+    checkpoint = checkpoint_writer(checkpoint_path, run_key, prepared.notes)
+    problem = None
+    if use_matrix and not robust_opt and fixed_times_s is None and bucketed_runs_enabled():
+        problem = _bucketed_problem(prepared, matrix)
+        result = bucketed.minimise_problem(
+            problem,
+            init,
+            t_max,
+            method=cfg.optimizer.method,
+            max_iterations=cfg.optimizer.max_iterations,
+            tolerance=cfg.optimizer.tolerance,
+            learning_rate=cfg.optimizer.learning_rate,
+            progress=progress,
+            checkpoint=checkpoint,
+        )
+    else:
+        optimise = minimise if fixed_times_s is None else _fixed_plan(fixed_times_s, t_max)
+        result = optimise(
+            objective_of,
+            init,
+            t_max,
+            method=cfg.optimizer.method,
+            max_iterations=cfg.optimizer.max_iterations,
+            tolerance=cfg.optimizer.tolerance,
+            learning_rate=cfg.optimizer.learning_rate,
+            progress=progress,
+            dtype=dtype,
+            checkpoint=checkpoint,
+            operands=(params, *operands),
+        )
     bar.close()
     timings.update(optimise_compile_s=result.compile_s, optimise_s=result.optimise_s)
     times_s, stage = result.times_s, None
@@ -604,12 +623,15 @@ def optimise_and_write(
         dose = hdr_shields.full_dose_gy(prepared, times_s, stage, ctx)
     timings["full_dose_s"] = time.perf_counter() - t0
     times_final = jnp.asarray(times_s, dtype)
-    dose_opt = (
-        dose_of(times_final, *operands)
-        if stage is None
-        else jnp.asarray(dose.reshape(-1)[prepared.opt_mask.reshape(-1)], dtype)
-    )
-    term_values = objectives.evaluate(terms, dose_opt, times_final)
+    if stage is None and problem is not None:
+        term_values = bucketed.term_values(problem, times_s)  # one program, one transfer
+    else:
+        dose_opt = (
+            dose_of(times_final, *operands)
+            if stage is None
+            else jnp.asarray(dose.reshape(-1)[prepared.opt_mask.reshape(-1)], dtype)
+        )
+        term_values = objectives.evaluate(terms, dose_opt, times_final)
 
     evaluation = evaluate_plan(stage_settings.evaluation_settings(cfg), case, dose)
     settings = stage_settings.output_settings(cfg)
@@ -700,6 +722,23 @@ def optimise_and_write(
             path.unlink(missing_ok=True)
     return PlanResult(
         prepared, times_s, dose, evaluation["metrics"], evaluation["goals"], summary, out_dir
+    )
+
+
+def _bucketed_problem(prepared: PreparedPlan, matrix):
+    """The nominal dwell-time problem on the rows its terms read, padded to size buckets
+    (:mod:`iortopt.optimisation.bucketed`): a case of similar size reuses the compiled step."""
+    from iortopt.modalities.hdr_flap.pareto import structure_blocks
+    from iortopt.optimisation import bucketed
+
+    cfg = prepared.config
+    return bucketed.build_problem(
+        cfg.objectives,
+        structure_blocks(cfg, prepared.weights, np.asarray(matrix)),
+        prepared.dwells.neighbour_pairs(),
+        prepared.case.grid.voxel_volume_cm3,
+        cfg.prescription.dose_gy,
+        prepared.dtype,
     )
 
 

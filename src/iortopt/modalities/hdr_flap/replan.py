@@ -1,7 +1,7 @@
 """Replanning an HDR flap plan without restarting: the case, the influence matrix and the compiled
 optimiser stay in memory, so a changed goal, objective weight or dose, or a changed set of active
-dwells re-optimises without recompiling (about 0.2-1.1 s on the built-in case, 2-core CPU;
-benchmarks/RESULTS.md).
+dwells re-optimises without recompiling (about 0.05-1.3 s on the built-in case, 2-core CPU, with
+the size buckets: 38-72 iterations of ~15-20 ms; benchmarks/RESULTS.md).
 
     session = iortopt.pipeline.replan_session("configs/flap_default.toml")
     first = session.optimise()                       # compiles once (or loads the cache)
@@ -14,6 +14,8 @@ What stays compiled: the objective's structure (term types and their structures,
 optimisation voxels). Everything a replan changes enters the compiled step as an argument: the
 terms' weights, doses and volumes (:func:`iortopt.optimisation.objectives.term_params`) and the
 active-dwell mask (times of inactive dwells are multiplied by 0, so the matrix keeps its shape).
+The problem is padded to size buckets (:mod:`iortopt.optimisation.bucketed`), so a session of
+another case of similar size runs the same compiled step.
 
 Metrics and goals of a replan are evaluated on the optimisation voxels (every structure voxel and a
 margin), so they equal the full-grid metrics of the same times; the full-grid dose, DVH figures
@@ -31,9 +33,8 @@ import numpy as np
 from iortopt.config import Goal, PlanConfig
 from iortopt.errors import ConfigError
 from iortopt.evaluation import dvh
-from iortopt.modalities.hdr_flap.pareto import term_blocks
-from iortopt.optimisation import objectives
-from iortopt.optimisation.optax_loop import run_optax, times_from_u, u_from_times
+from iortopt.modalities.hdr_flap.pareto import structure_blocks
+from iortopt.optimisation import bucketed
 from iortopt.outputs.plan_files import goal_rows
 
 
@@ -67,17 +68,24 @@ class ReplanSession:
         self._prepared, self._cfg = prepared, cfg
         dtype = prepared.dtype
         self._matrix = matrix_gy_per_s  # every optimisation voxel: the metrics
-        # the objective reads only its structures' rows (each a contiguous block; a structure of
-        # mean-dose terms only as its mean row): several times fewer rows per iteration
-        rows, weights = term_blocks(cfg, prepared.weights, np.asarray(matrix_gy_per_s), dtype)
-        self._term_matrix = jnp.asarray(rows)
-        self._weights = {k: jnp.asarray(v, dtype) for k, v in weights.items()}
+        # the objective reads only its structures' rows (each a contiguous block padded to a size
+        # bucket; a structure of mean-dose terms only as its mean row): several times fewer rows
+        # per iteration, and a case of similar size reuses the compiled step
+        blocks = structure_blocks(cfg, prepared.weights, np.asarray(matrix_gy_per_s))
+        self._problem = bucketed.build_problem(
+            cfg.objectives,
+            blocks,
+            prepared.dwells.neighbour_pairs(),
+            prepared.case.grid.voxel_volume_cm3,
+            cfg.prescription.dose_gy,
+            dtype,
+        )
+        self._f = bucketed.objective_of_u(self._problem.layout, jnp.dtype(dtype).name)
         n = len(prepared.dwells)
         self._t_max = cfg.applicator.max_dwell_time_s
         self._active = np.ones(n, bool)
         self._objectives = list(cfg.objectives)
         self._goals = list(cfg.goals)
-        self._build_objective()
         self._start_s = np.full(n, start_time_s)  # the run's start: mean target dose = Rx
         self._times_s = self._start_s
 
@@ -106,8 +114,20 @@ class ReplanSession:
             raise ConfigError(f"objectives[{index}].volume_percent: this term has no volume in %")
         if update.get("weight", 1.0) < 0 or update.get("dose_gy", 1.0) < 0:
             raise ConfigError(f"objectives[{index}]: weight and dose_gy must be >= 0")
-        self._objectives[index] = obj.model_copy(update=update)
-        self._terms = self._terms_for(self._objectives)
+        objs = list(self._objectives)
+        objs[index] = obj.model_copy(update=update)
+        try:
+            _, _, params = bucketed.term_specs(
+                objs,
+                self._structures(),
+                self._prepared.case.grid.voxel_volume_cm3,
+                self._cfg.prescription.dose_gy,
+                self._prepared.dtype,
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self._objectives = objs
+        self._problem = self._problem.with_params(params)
 
     def set_goal(self, index: int, value: float) -> None:
         """Change the limit of clinical goal ``index`` (evaluation only)."""
@@ -145,25 +165,23 @@ class ReplanSession:
         t0 = time.perf_counter()
         cfg, dtype = self._cfg.optimizer, self._prepared.dtype
         start = self._times_s if warm_start else self._start_s
-        mask = jnp.asarray(self._active, dtype)
-        params = objectives.term_params(self._terms, dtype)
-        loop = run_optax(
-            self._f,
-            u_from_times(start, self._t_max).astype(dtype),
+        result = bucketed.minimise_problem(
+            self._problem.with_mask(self._active),
+            start,
+            self._t_max,
             cfg.method,
             max_iterations or cfg.max_iterations,
             cfg.tolerance,
             cfg.learning_rate,
-            operands=(params, mask, self._term_matrix),
         )
-        times = np.asarray(times_from_u(loop.u, self._t_max), np.float64)
+        times = result.times_s
         self._times_s = times
         applied = times * self._active
         dose = np.asarray(self._matrix @ jnp.asarray(applied, dtype), np.float64)
-        value = loop.final_value
+        value = result.objective
         metrics, goals = self._evaluate(dose)
         return Replan(
-            applied, value, loop.iterations, loop.converged, metrics, goals,
+            applied, value, result.iterations, result.converged, metrics, goals,
             time.perf_counter() - t0,
         )  # fmt: skip
 
@@ -174,28 +192,8 @@ class ReplanSession:
             raise ConfigError(f"objectives[{index}]: the plan has {len(self._objectives)} terms")
         return self._objectives[index]
 
-    def _terms_for(self, objs) -> list[objectives.Term]:
-        grid = self._prepared.case.grid
-        return objectives.build_terms(
-            objs,
-            self._weights,
-            grid.voxel_volume_cm3,
-            self._prepared.dwells.neighbour_pairs(),
-            self._cfg.prescription.dose_gy,
-        )
-
-    def _build_objective(self) -> None:
-        """One objective function object for the session, so the optimiser's compiled step
-        (cached per function) is reused by every replan."""
-        self._terms = self._terms_for(self._objectives)
-        total = objectives.combine(self._terms)
-        t_max, dtype = self._t_max, self._prepared.dtype
-
-        def f(u, params, mask, matrix):
-            t = times_from_u(u, t_max) * mask
-            return jnp.asarray(total(matrix @ t, t, params), dtype)
-
-        self._f = f
+    def _structures(self) -> list[str]:
+        return sorted({o.structure for o in self._cfg.objectives if o.structure})
 
     def _evaluate(self, dose_opt_gy: np.ndarray) -> tuple[dict, list[dict]]:
         vv = self._prepared.case.grid.voxel_volume_cm3
