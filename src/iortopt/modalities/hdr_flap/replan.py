@@ -153,6 +153,11 @@ class ReplanSession:
     # -- results -----------------------------------------------------------------------------
 
     @property
+    def catheters(self) -> list[int]:
+        """The catheter indices the plan's dwells lie on (for :meth:`set_active_catheters`)."""
+        return sorted({int(c) for c in self._prepared.dwells.catheter})
+
+    @property
     def goals(self) -> list[Goal]:
         return list(self._goals)
 
