@@ -92,7 +92,10 @@ def test_padded_problem_optimises_as_the_exact_one(sessions):
     assert padded.layout.n_dwells > padded.n_dwells  # the padding is there
     assert padded.layout.block_rows != exact.layout.block_rows
     init, t_max = session._start_s, session._t_max
-    runs = [bucketed.minimise_problem(p, init, t_max, "lbfgs", 10, 0.0) for p in (padded, exact)]
+    runs = [
+        bucketed.minimise_problem(p, init, t_max, method="lbfgs", max_iterations=10, tolerance=0.0)
+        for p in (padded, exact)
+    ]
     assert runs[0].iterations == runs[1].iterations == 10
     # float32: the padded sums are re-associated, so equal to rounding (~1e-5 after 10 steps)
     np.testing.assert_allclose(runs[0].times_s, runs[1].times_s, rtol=1e-5, atol=1e-4)

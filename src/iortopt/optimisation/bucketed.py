@@ -35,7 +35,7 @@ from iortopt.optimisation.buckets import (
 )
 from iortopt.optimisation.optax_loop import (
     OptimizationResult,
-    run_optax,
+    minimise_u,
     times_from_u,
     u_from_times,
 )
@@ -255,51 +255,23 @@ def term_values(problem: Problem, times_s: np.ndarray) -> dict[str, float]:
 
 
 def minimise_problem(
-    problem: Problem,
-    init_times_s: np.ndarray,
-    t_max_s: float,
-    method: str = "lbfgs",
-    max_iterations: int = 300,
-    tolerance: float = 1e-6,
-    learning_rate: float = 0.05,
-    progress: Callable[[int, float], None] | None = None,
-    checkpoint: Callable[[int, np.ndarray], None] | None = None,
-    checkpoint_every: int = 25,
+    problem: Problem, init_times_s: np.ndarray, t_max_s: float, **loop_settings
 ) -> OptimizationResult:
     """:func:`iortopt.optimisation.optax_loop.minimise` of a bucketed problem; times (N,) of the
-    real dwells in and out (s)."""
+    real dwells in and out (s). ``loop_settings``: method, max_iterations, tolerance,
+    learning_rate, progress, checkpoint, checkpoint_every
+    (:func:`~iortopt.optimisation.optax_loop.minimise_u`)."""
     dtype = problem.data["matrix"].dtype
     f = objective_of_u(problem.layout, jnp.dtype(dtype).name)
     n = problem.n_dwells
     # padded dwells start at the first real dwell's time: their time is masked to 0 anyway
     init = pad_axis(np.asarray(init_times_s, np.float64), problem.layout.n_dwells)
     init[n:] = init[0] if n else 0.0
-    t_max = jnp.asarray(t_max_s, dtype)
-
-    def save(it, u):
-        checkpoint(it, np.asarray(times_from_u(u, t_max_s), np.float64)[:n])
-
-    loop = run_optax(
+    return minimise_u(
         f,
         u_from_times(init, t_max_s).astype(dtype),
-        method,
-        max_iterations,
-        tolerance,
-        learning_rate,
-        progress,
-        save if checkpoint is not None else None,
-        checkpoint_every,
-        operands=(problem.params, problem.data, t_max),
-    )
-    times = np.asarray(times_from_u(loop.u, t_max_s), np.float64)[:n]
-    return OptimizationResult(
-        times_s=times,
-        objective=loop.final_value,
-        iterations=loop.iterations,
-        converged=loop.converged,
-        stop_reason=loop.stop_reason,
-        history=loop.history,
-        compile_s=loop.compile_s,
-        optimise_s=loop.optimise_s,
-        method=method,
+        t_max_s,
+        operands=(problem.params, problem.data, jnp.asarray(t_max_s, dtype)),
+        n_dwells=n,
+        **loop_settings,
     )

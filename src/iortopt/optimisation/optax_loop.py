@@ -190,12 +190,47 @@ def minimise(
     def f(u, *ops):
         return jnp.asarray(objective_of_times(times_from_u(u, t_max_s), *ops), dtype)
 
+    return minimise_u(
+        f,
+        u_from_times(init_times_s, t_max_s).astype(dtype),
+        t_max_s,
+        method,
+        max_iterations,
+        tolerance,
+        learning_rate,
+        progress,
+        checkpoint,
+        checkpoint_every,
+        operands,
+    )
+
+
+def minimise_u(
+    f: Callable[..., jnp.ndarray],
+    u0,
+    t_max_s: float,
+    method: str = "lbfgs",
+    max_iterations: int = 300,
+    tolerance: float = 1e-6,
+    learning_rate: float = 0.05,
+    progress: Callable[[int, float], None] | None = None,
+    checkpoint: Callable[[int, np.ndarray], None] | None = None,
+    checkpoint_every: int = 25,
+    operands: tuple = (),
+    n_dwells: int | None = None,
+) -> OptimizationResult:
+    """:func:`minimise` of ``f(u, *operands)`` over the unconstrained variable ``u`` (times
+    ``times_from_u(u, t_max_s)``); the times and checkpoints keep the first ``n_dwells`` (None:
+    all; a padded problem's real dwells). Pass the same ``f`` object to reuse its compiled
+    step (:func:`_compiled_step` is cached per function)."""
+    keep = slice(None) if n_dwells is None else slice(0, n_dwells)
+
     def save(it, u):
-        checkpoint(it, np.asarray(times_from_u(u, t_max_s), dtype=np.float64))
+        checkpoint(it, np.asarray(times_from_u(u, t_max_s), dtype=np.float64)[keep])
 
     loop = run_optax(
         f,
-        u_from_times(init_times_s, t_max_s).astype(dtype),
+        u0,
         method,
         max_iterations,
         tolerance,
@@ -205,7 +240,7 @@ def minimise(
         checkpoint_every,
         operands,
     )
-    times = np.asarray(times_from_u(loop.u, t_max_s), dtype=np.float64)
+    times = np.asarray(times_from_u(loop.u, t_max_s), dtype=np.float64)[keep]
     return OptimizationResult(
         times_s=times,
         objective=loop.final_value,

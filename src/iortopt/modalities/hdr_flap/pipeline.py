@@ -555,33 +555,21 @@ def optimise_and_write(
     progress = lambda it, value: bar.update(it, f"objective {value:.4g}")  # noqa: E731
     checkpoint = checkpoint_writer(checkpoint_path, run_key, prepared.notes)
     problem = None
+    loop_settings = dict(
+        method=cfg.optimizer.method,
+        max_iterations=cfg.optimizer.max_iterations,
+        tolerance=cfg.optimizer.tolerance,
+        learning_rate=cfg.optimizer.learning_rate,
+        progress=progress,
+        checkpoint=checkpoint,
+    )
     if use_matrix and not robust_opt and fixed_times_s is None and bucketed_runs_enabled():
         problem = _bucketed_problem(prepared, matrix)
-        result = bucketed.minimise_problem(
-            problem,
-            init,
-            t_max,
-            method=cfg.optimizer.method,
-            max_iterations=cfg.optimizer.max_iterations,
-            tolerance=cfg.optimizer.tolerance,
-            learning_rate=cfg.optimizer.learning_rate,
-            progress=progress,
-            checkpoint=checkpoint,
-        )
+        result = bucketed.minimise_problem(problem, init, t_max, **loop_settings)
     else:
         optimise = minimise if fixed_times_s is None else _fixed_plan(fixed_times_s, t_max)
         result = optimise(
-            objective_of,
-            init,
-            t_max,
-            method=cfg.optimizer.method,
-            max_iterations=cfg.optimizer.max_iterations,
-            tolerance=cfg.optimizer.tolerance,
-            learning_rate=cfg.optimizer.learning_rate,
-            progress=progress,
-            dtype=dtype,
-            checkpoint=checkpoint,
-            operands=(params, *operands),
+            objective_of, init, t_max, dtype=dtype, operands=(params, *operands), **loop_settings
         )
     bar.close()
     timings.update(optimise_compile_s=result.compile_s, optimise_s=result.optimise_s)

@@ -174,10 +174,10 @@ class ReplanSession:
             self._problem.with_mask(self._active),
             start,
             self._t_max,
-            cfg.method,
-            max_iterations or cfg.max_iterations,
-            cfg.tolerance,
-            cfg.learning_rate,
+            method=cfg.method,
+            max_iterations=max_iterations or cfg.max_iterations,
+            tolerance=cfg.tolerance,
+            learning_rate=cfg.learning_rate,
         )
         times = result.times_s
         self._times_s = times
