@@ -101,6 +101,8 @@ D2CC_CM3 = 2.0
 CHUNK = 16
 OAR_GROUPS = ("chest_wall", "rib", "lung")
 TISSUE_GROUPS = ("PTV_gland", "gland", "skin", "chest_wall", "rib", "lung")
+#: The groups whose doses the joint optimiser's objective uses (target, beyond the disc, skin).
+OBJECTIVE_GROUPS = ("PTV_gland", "skin", "chest_wall", "rib", "lung")
 #: Soft-coverage width (fraction of Rx) and the weight of the quadratic under-dose term.
 SOFT_DOSE_FRACTION = 0.02
 UNDERDOSE_WEIGHT = 1.0
@@ -189,6 +191,20 @@ class _Context:
     max_axis_tilt_deg: float
     oar_weight: float
     dtype: object
+
+
+def _objective_points(ev: EvalPoints) -> EvalPoints:
+    """The sample points of the groups that the joint optimiser's objective reads
+    (:data:`OBJECTIVE_GROUPS`: the gland outside the target is left out, a third of the points),
+    with their slices re-based; each point's dose is that of the full set."""
+    points, weights, groups, n = [], [], {}, 0
+    for name in OBJECTIVE_GROUPS:
+        part = ev.groups[name]
+        points.append(ev.points_mm[part])
+        weights.append(ev.weights_cm3[part])
+        groups[name] = slice(n, n + len(points[-1]))
+        n += len(points[-1])
+    return EvalPoints(np.concatenate(points), np.concatenate(weights), groups)
 
 
 def _eval_points(samples: dict) -> EvalPoints:
@@ -641,7 +657,9 @@ def _joint_optimiser(
         for _ in range(iterations):
             u, state, value = step(u, state, data)
             history.append(value)
-        return u, jnp.stack(history)
+        # Gathered on the host: a jnp.stack of the scalars would be one more program (of
+        # ``iterations`` arguments) to lower and load in every process.
+        return u, np.asarray([np.asarray(v) for v in history])
 
     u0 = jnp.zeros(11, dtype).at[2].set(-6.0)  # air gap ~0 to start with
     return run, jax.jit(decode), u0
