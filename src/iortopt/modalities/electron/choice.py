@@ -497,7 +497,7 @@ def _joint_optimiser(
     Returns:
         run(u0) -> (u, objective history (iterations,)); decode(u) -> (Cone, Disc); u0.
     """
-    dtype, beam, surface, ev = ctx.dtype, ctx.beam, ctx.surface, ctx.ev
+    dtype, beam, surface, ev = ctx.dtype, ctx.beam, ctx.surface, _objective_points(ctx.ev)
     e1, e2, n = (jnp.asarray(v, dtype) for v in _surface_frame(ctx.geometry))
     # Passed as arguments, not captured: large captured arrays become constants that slow down
     # XLA's compilation.
