@@ -230,3 +230,27 @@ def test_invalid_requests(beam):
         optimise_eliot(params, beam, energies_mev=[7.0], optimise_pose=False)
     with pytest.raises(ValueError, match="toe_direction"):
         optimise_eliot(params, beam, toe_direction=(0.0, 0.0, 1.0), optimise_pose=False)
+
+
+def test_objective_points_are_the_objective_groups_unchanged():
+    from iortopt.modalities.electron import choice
+
+    rng = np.random.default_rng(5)
+    sizes = dict(zip(choice.TISSUE_GROUPS, (4, 6, 3, 5, 2, 7), strict=True))
+    samples = {k: (rng.normal(size=(n, 3)), rng.uniform(0.1, 1.0, n)) for k, n in sizes.items()}
+    sub = choice._objective_points(choice._eval_points(samples))
+    assert tuple(sub.groups) == choice.OBJECTIVE_GROUPS and "gland" not in sub.groups
+    assert len(sub.points_mm) == sum(sizes[k] for k in choice.OBJECTIVE_GROUPS)
+    for name, part in sub.groups.items():
+        assert np.array_equal(sub.points_mm[part], samples[name][0])
+        assert np.array_equal(sub.weights_cm3[part], samples[name][1])
+
+
+def test_on_device_matches_jnp_asarray():
+    from iortopt.modalities.electron.choice import on_device
+
+    values = np.random.default_rng(2).normal(size=(4, 3)) * 1e3
+    for v, dtype in ((values, jnp.float32), (3, jnp.int32), ([0.1, 2.0], jnp.float32)):
+        got, want = on_device(v, dtype), jnp.asarray(v, dtype)
+        assert got.dtype == want.dtype
+        assert np.array_equal(np.asarray(got), np.asarray(want))

@@ -101,3 +101,27 @@ def test_invalid_parameters_name_the_field(field, value, expected):
     with pytest.raises(ValueError) as err:
         EliotCaseParams(**{field: value})
     assert field in str(err.value) and expected in str(err.value)
+
+
+def test_rib_distance_running_minimum_equals_the_broadcast_minimum():
+    from iortopt.cases.eliot import _nearest_square
+
+    rng = np.random.default_rng(3)
+    values = rng.uniform(-80.0, 80.0, (5, 7, 9))
+    centres = (-50.0, -25.0, 0.0, 25.0, 50.0)
+    expected = np.min((values[..., None] - np.asarray(centres)) ** 2, axis=-1)
+    assert np.array_equal(_nearest_square(values, centres), expected)
+    assert np.all(np.isinf(_nearest_square(values, ())))
+
+
+def test_sample_of_a_voxel_inside_one_structure_is_its_centre():
+    params = EliotCaseParams(spacing_mm=4.0)
+    case, _, samples = build_eliot_case_with_samples(params)
+    centres = case.grid.points_mm()
+    for s in case.structures:
+        occ = s.occupancy.reshape(-1)
+        pts, _ = samples[s.name]
+        full = occ[occ > 0] == 1.0  # every sub-sample in the structure
+        if s.name in ("PTV_gland", "chest_wall", "lung"):
+            assert full.any()
+        np.testing.assert_allclose(pts[full], centres[occ == 1.0], atol=1e-9)

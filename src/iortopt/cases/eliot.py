@@ -226,6 +226,16 @@ def _tissue(g: EliotGeometry, x, y, w):
     return region & _in(w, g.lung_back_w_mm, 0.0) & ~gap
 
 
+def _nearest_square(values, centres) -> np.ndarray:
+    """min over ``centres`` of (values - centre)^2, elementwise (a running minimum: no array with
+    an extra axis of the centres, which is slow on the full grid)."""
+    out = None
+    for c in centres:
+        d = values - c
+        out = d * d if out is None else np.minimum(out, d * d)
+    return np.full(np.shape(values), np.inf) if out is None else out
+
+
 def _labels(g: EliotGeometry, x, y, w) -> dict[str, np.ndarray]:
     """Labels from tissue-frame coordinates (broadcasting)."""
     hw = g.half_width_mm
@@ -234,8 +244,8 @@ def _labels(g: EliotGeometry, x, y, w) -> dict[str, np.ndarray]:
     gland_layer = _in(w, g.gland_bottom_w_mm, 0.0) & region
     skin = gland_layer & _in(w, g.skin_inner_w_mm, 0.0) & (rho2 >= g.skin_opening_radius_mm**2)
     gland = gland_layer & ~skin
-    dy = np.asarray(y, dtype=np.float64)[..., None] - np.asarray(g.rib_centres_y_mm)
-    rib_d2 = np.min(dy * dy, axis=-1) + (w - g.rib_centre_w_mm) ** 2
+    rib_d2 = _nearest_square(np.asarray(y, dtype=np.float64), g.rib_centres_y_mm)
+    rib_d2 = rib_d2 + (w - g.rib_centre_w_mm) ** 2
     rib = (rib_d2 <= g.rib_radius_mm**2) & region
     return {
         "PTV_gland": gland & (rho2 <= g.target_radius_mm**2),
@@ -304,7 +314,13 @@ def _accumulate(params: EliotCaseParams, g: EliotGeometry, grid: Grid, centroids
     (nz, ny, nx, 3) (else None), and the HU sum over the sub-samples (nz, ny, nx)."""
     axes = [grid.axis_mm(a) for a in "xyz"]
     counts = {name: np.zeros(grid.shape_zyx, np.float32) for name in STRUCTURE_ORDER}
-    sums = {name: np.zeros((*grid.shape_zyx, 3)) for name in STRUCTURE_ORDER} if centroids else None
+    # One contiguous array per coordinate, added to in place where the label holds (the same
+    # sums as adding np.where(label, coordinate, 0), without the temporaries).
+    sums = (
+        {name: [np.zeros(grid.shape_zyx) for _ in range(3)] for name in STRUCTURE_ORDER}
+        if centroids
+        else None
+    )
     hu_sum = np.zeros(grid.shape_zyx, np.float32)
     for ox, oy, oz in sub_offsets_mm(grid, params.supersampling):
         x = (axes[0] + ox)[None, None, :]
@@ -321,8 +337,10 @@ def _accumulate(params: EliotCaseParams, g: EliotGeometry, grid: Grid, centroids
             counts[name] += m
             if not centroids:
                 continue
-            for k, coord in enumerate((x, y, z)):
-                sums[name][..., k] += np.where(m, coord, 0.0)
+            for total, coord in zip(sums[name], (x, y, z), strict=True):
+                np.add(total, coord, out=total, where=m)
+    if centroids:
+        sums = {name: np.stack(parts, axis=-1) for name, parts in sums.items()}
     return counts, sums, hu_sum
 
 

@@ -101,6 +101,8 @@ D2CC_CM3 = 2.0
 CHUNK = 16
 OAR_GROUPS = ("chest_wall", "rib", "lung")
 TISSUE_GROUPS = ("PTV_gland", "gland", "skin", "chest_wall", "rib", "lung")
+#: The groups whose doses the joint optimiser's objective uses (target, beyond the disc, skin).
+OBJECTIVE_GROUPS = ("PTV_gland", "skin", "chest_wall", "rib", "lung")
 #: Soft-coverage width (fraction of Rx) and the weight of the quadratic under-dose term.
 SOFT_DOSE_FRACTION = 0.02
 UNDERDOSE_WEIGHT = 1.0
@@ -189,6 +191,20 @@ class _Context:
     max_axis_tilt_deg: float
     oar_weight: float
     dtype: object
+
+
+def _objective_points(ev: EvalPoints) -> EvalPoints:
+    """The sample points of the groups that the joint optimiser's objective reads
+    (:data:`OBJECTIVE_GROUPS`: the gland outside the target is left out, a third of the points),
+    with their slices re-based; each point's dose is that of the full set."""
+    points, weights, groups, n = [], [], {}, 0
+    for name in OBJECTIVE_GROUPS:
+        part = ev.groups[name]
+        points.append(ev.points_mm[part])
+        weights.append(ev.weights_cm3[part])
+        groups[name] = slice(n, n + len(points[-1]))
+        n += len(points[-1])
+    return EvalPoints(np.concatenate(points), np.concatenate(weights), groups)
 
 
 def _eval_points(samples: dict) -> EvalPoints:
@@ -358,26 +374,54 @@ def _label(row: dict) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
+def on_device(values, dtype) -> jax.Array:
+    """``values`` as a device array of ``dtype`` (as JAX canonicalises it), converted by numpy
+    on the host and put on the device as they are: ``jnp.asarray`` lowers and loads a small
+    copy or conversion program per shape in every process (the same numbers, rounded to nearest
+    either way)."""
+    return jax.device_put(np.asarray(values, dtype=jax.dtypes.canonicalize_dtype(dtype)))
+
+
+def _cone_leaves(cones: list[dict], mus, dtype) -> list[np.ndarray]:
+    """The leaves of :func:`stack_cones` as host arrays (``Cone``'s field order)."""
+    dtype = jax.dtypes.canonicalize_dtype(dtype)
+    return [
+        np.asarray([c["energy_index"] for c in cones], np.int32),
+        np.asarray([c["bevel_index"] for c in cones], np.int32),
+        np.asarray([c["diameter_mm"] for c in cones], dtype),
+        np.stack([c["end_mm"] for c in cones]).astype(dtype),
+        np.stack([c["axis"] for c in cones]).astype(dtype),
+        np.stack([c["toe"] for c in cones]).astype(dtype),
+        np.asarray(mus, dtype),
+    ]
+
+
+def _disc_leaves(ctx: _Context, discs: list[dict], dtype) -> list[np.ndarray]:
+    """The leaves of :func:`stack_discs` as host arrays (``Disc``'s field order)."""
+    dtype = jax.dtypes.canonicalize_dtype(dtype)
+    k = len(discs)
+    return [
+        np.stack([d["centre_mm"] for d in discs]).astype(dtype),
+        np.stack([d["normal"] for d in discs]).astype(dtype),
+        np.full(k, ctx.disc_radius_mm, dtype),
+        np.full(k, ctx.disc_thickness_mm, dtype),
+    ]
+
+
 def stack_cones(cones: list[dict], mus, dtype) -> Cone:
-    return Cone(
-        energy_index=jnp.asarray([c["energy_index"] for c in cones], jnp.int32),
-        bevel_index=jnp.asarray([c["bevel_index"] for c in cones], jnp.int32),
-        diameter_mm=jnp.asarray([c["diameter_mm"] for c in cones], dtype),
-        end_mm=jnp.asarray(np.stack([c["end_mm"] for c in cones]), dtype),
-        axis=jnp.asarray(np.stack([c["axis"] for c in cones]), dtype),
-        toe=jnp.asarray(np.stack([c["toe"] for c in cones]), dtype),
-        mu=jnp.asarray(mus, dtype),
-    )
+    return Cone(*(jax.device_put(leaf) for leaf in _cone_leaves(cones, mus, dtype)))
 
 
 def stack_discs(ctx: _Context, discs: list[dict], dtype) -> Disc:
-    k = len(discs)
-    return Disc(
-        centre_mm=jnp.asarray(np.stack([d["centre_mm"] for d in discs]), dtype),
-        normal=jnp.asarray(np.stack([d["normal"] for d in discs]), dtype),
-        radius_mm=jnp.full(k, ctx.disc_radius_mm, dtype),
-        thickness_mm=jnp.full(k, ctx.disc_thickness_mm, dtype),
-    )
+    return Disc(*(jax.device_put(leaf) for leaf in _disc_leaves(ctx, discs, dtype)))
+
+
+def single_pose(ctx: _Context, cone: dict, disc: dict, mu: float, dtype) -> tuple[Cone, Disc]:
+    """One plan's (Cone, Disc) without the leading axis of :func:`stack_cones` (indexed on the
+    host: indexing device arrays is one more small program each)."""
+    c = Cone(*(jax.device_put(leaf[0]) for leaf in _cone_leaves([cone], [mu], dtype)))
+    d = Disc(*(jax.device_put(leaf[0]) for leaf in _disc_leaves(ctx, [disc], dtype)))
+    return c, d
 
 
 def _batch_function(ctx: _Context):
@@ -400,7 +444,7 @@ def _evaluate(ctx: _Context, batch, cones: list[dict], discs: list[dict]) -> lis
     """Rows of plans with MU for Rx, in chunks of ``CHUNK`` (padded) so that ``batch`` is
     compiled once whatever the number of plans."""
     dtype = ctx.dtype
-    points = jnp.asarray(ctx.ev.points_mm, dtype)
+    points = on_device(ctx.ev.points_mm, dtype)
     rows = []
     for start in range(0, len(cones), CHUNK):
         part_c, part_d = cones[start : start + CHUNK], discs[start : start + CHUNK]
@@ -432,7 +476,7 @@ def _robust_scores(ctx: _Context, batch, cones, discs, rows, robust) -> None:
             pad_c = part_c + [part_c[-1]] * (CHUNK - n)
             pad_d = part_d + [part_d[-1]] * (CHUNK - n)
             dose, per_mu = batch(
-                jnp.asarray(ctx.ev.points_mm, ctx.dtype),
+                on_device(ctx.ev.points_mm, ctx.dtype),
                 stack_cones(pad_c, np.ones(CHUNK), ctx.dtype),
                 stack_discs(ctx, pad_d, ctx.dtype),
             )
@@ -481,32 +525,32 @@ def _joint_optimiser(
     Returns:
         run(u0) -> (u, objective history (iterations,)); decode(u) -> (Cone, Disc); u0.
     """
-    dtype, beam, surface, ev = ctx.dtype, ctx.beam, ctx.surface, ctx.ev
-    e1, e2, n = (jnp.asarray(v, dtype) for v in _surface_frame(ctx.geometry))
+    dtype, beam, surface, ev = ctx.dtype, ctx.beam, ctx.surface, _objective_points(ctx.ev)
+    e1, e2, n = (on_device(v, dtype) for v in _surface_frame(ctx.geometry))
     # Passed as arguments, not captured: large captured arrays become constants that slow down
     # XLA's compilation.
     data = {
-        "points": jnp.asarray(ev.points_mm, dtype),
-        "weights": jnp.asarray(ev.weights_cm3, dtype),
+        "points": on_device(ev.points_mm, dtype),
+        "weights": on_device(ev.weights_cm3, dtype),
     }
     idx = ev.groups
     rx, d100 = ctx.prescription_gy, ctx.d100_gy
     cone_base = Cone(
-        jnp.int32(cone0["energy_index"]),
-        jnp.int32(cone0["bevel_index"]),
-        jnp.asarray(cone0["diameter_mm"], dtype),
-        jnp.asarray(cone0["end_mm"], dtype),
-        jnp.asarray(cone0["axis"], dtype),
-        jnp.asarray(cone0["toe"], dtype),
-        jnp.asarray(1.0, dtype),
+        on_device(cone0["energy_index"], jnp.int32),
+        on_device(cone0["bevel_index"], jnp.int32),
+        on_device(cone0["diameter_mm"], dtype),
+        on_device(cone0["end_mm"], dtype),
+        on_device(cone0["axis"], dtype),
+        on_device(cone0["toe"], dtype),
+        on_device(1.0, dtype),
     )
     mu0 = float(mu_start)
     tilt, disc_tilt = (
         math.tan(math.radians(max_tilt_deg)),
         math.tan(math.radians(max_disc_tilt_deg)),
     )
-    centre0 = jnp.asarray(disc0["centre_mm"], dtype)
-    normal0 = jnp.asarray(disc0["normal"], dtype)
+    centre0 = on_device(disc0["centre_mm"], dtype)
+    normal0 = on_device(disc0["normal"], dtype)
     cos_max = math.cos(math.radians(ctx.max_axis_tilt_deg))
     slack = ctx.disc_space_mm - ctx.disc_thickness_mm
     vsd = float(beam.vsd_mm[cone0["energy_index"]])
@@ -641,9 +685,11 @@ def _joint_optimiser(
         for _ in range(iterations):
             u, state, value = step(u, state, data)
             history.append(value)
-        return u, jnp.stack(history)
+        # Gathered on the host: a jnp.stack of the scalars would be one more program (of
+        # ``iterations`` arguments) to lower and load in every process.
+        return u, np.asarray([np.asarray(v) for v in history])
 
-    u0 = jnp.zeros(11, dtype).at[2].set(-6.0)  # air gap ~0 to start with
+    u0 = on_device([0.0, 0.0, -6.0] + [0.0] * 8, dtype)  # air gap ~0 to start with
     return run, jax.jit(decode), u0
 
 
@@ -676,7 +722,7 @@ def _scenario_per_mu(ctx: _Context, batch, moves, cone: dict, disc: dict):
         part = sets[start : start + CHUNK]
         pad = part + [part[-1]] * (CHUNK - len(part))
         _, per_mu = batch(
-            jnp.asarray(ctx.ev.points_mm, ctx.dtype),
+            on_device(ctx.ev.points_mm, ctx.dtype),
             stack_cones([m[0] for m in pad], np.ones(CHUNK), ctx.dtype),
             stack_discs(ctx, [m[1] for m in pad], ctx.dtype),
         )
@@ -687,7 +733,7 @@ def _scenario_per_mu(ctx: _Context, batch, moves, cone: dict, disc: dict):
 def _with_mu(ctx: _Context, batch, cone: dict, disc: dict, mu: float) -> dict:
     """The row of ``cone``/``disc`` at ``mu`` MU (the batch gives it at the MU for Rx)."""
     dose, per_mu = batch(
-        jnp.asarray(ctx.ev.points_mm, ctx.dtype),
+        on_device(ctx.ev.points_mm, ctx.dtype),
         stack_cones([cone] * CHUNK, np.ones(CHUNK), ctx.dtype),
         stack_discs(ctx, [disc] * CHUNK, ctx.dtype),
     )
@@ -800,7 +846,7 @@ def full_grid_dose_gy(
     band, tissue, n = band[mixed], tissue[mixed], n[mixed]
     sub_pts = (pts[band][:, None, :] + sub[None]).reshape(-1, 3)
     both = cone_dose_gy(
-        jnp.asarray(np.concatenate([pts, sub_pts]), dtype),
+        on_device(np.concatenate([pts, sub_pts]), dtype),
         cone,
         ctx.beam,
         ctx.surface,
@@ -969,7 +1015,7 @@ def optimise_electron(
         geometry=g,
         beam=beam,
         surface=PlaneSurface(
-            jnp.asarray(g.surface_point_mm, dtype), jnp.asarray(g.surface_normal, dtype)
+            on_device(g.surface_point_mm, dtype), on_device(g.surface_normal, dtype)
         ),
         prescription_gy=float(prescription_gy),
         d100_gy=float(prescription_gy) / (isodose_percent / 100.0),
@@ -1067,9 +1113,7 @@ def optimise_electron(
 
     # 4. full-grid dose.
     t0 = time.perf_counter()
-    cone_final = stack_cones([chosen_cone], [chosen_row["mu"]], dtype)
-    cone_final = Cone(*(leaf[0] for leaf in cone_final))
-    disc_final = Disc(*(leaf[0] for leaf in stack_discs(ctx, [chosen_disc], dtype)))
+    cone_final, disc_final = single_pose(ctx, chosen_cone, chosen_disc, chosen_row["mu"], dtype)
     dose = full_grid_dose_gy(ctx, case, cone_final, disc_final, setting.supersampling)
     full_dose_s = time.perf_counter() - t0
 
@@ -1137,9 +1181,7 @@ def optimise_electron(
 
 def _pose_pytrees(ctx: _Context, cone: dict, disc: dict, mu: float) -> tuple:
     """(context, Cone, Disc) of one plan, as ``ElectronPlanResult.final_pose``."""
-    c = stack_cones([cone], [mu], ctx.dtype)
-    d = stack_discs(ctx, [disc], ctx.dtype)
-    return ctx, Cone(*(leaf[0] for leaf in c)), Disc(*(leaf[0] for leaf in d))
+    return ctx, *single_pose(ctx, cone, disc, mu, ctx.dtype)
 
 
 def _placement(row: dict, cone: dict, disc: dict, g) -> dict:

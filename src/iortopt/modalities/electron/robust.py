@@ -10,7 +10,6 @@ of :mod:`.scenarios`, metrics per scenario, goal fractions and DVH bands.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from iortopt.config import PlanConfig
@@ -83,19 +82,23 @@ def _scenario_doses(case, pose: tuple, rows, dtype):
     inside = np.zeros(case.grid.n_voxels, bool)
     for s in case.structures:
         inside |= s.occupancy.reshape(-1) > 0
-    points = jnp.asarray(case.grid.points_mm()[inside], dtype)
+    # put on the device as they are (jnp.asarray would lower a copy program per shape) and
+    # passed as an argument: a captured points array would be a large constant of the program
+    points = jax.device_put(
+        np.asarray(case.grid.points_mm()[inside], jax.dtypes.canonicalize_dtype(dtype))
+    )
     weights = {s.name: s.occupancy.reshape(-1)[inside] for s in case.structures}
     one = jax.jit(
-        lambda c, d: cone_dose_gy(
-            points, c, ctx.beam, ctx.surface, d, ctx.disc_index, ctx.disc_edge_mm
+        lambda p, c, d: cone_dose_gy(
+            p, c, ctx.beam, ctx.surface, d, ctx.disc_index, ctx.disc_edge_mm
         )
     )
     doses = []
     for _, row in rows:
         cone_s, disc_s, scale = sc.moved(cone, disc, e1, e2, row)
-        c = jax.tree_util.tree_map(jnp.asarray, cone_s)
-        d = jax.tree_util.tree_map(jnp.asarray, disc_s)
-        doses.append(np.asarray(one(c, d), np.float64) * scale)
+        c = jax.tree_util.tree_map(jax.device_put, cone_s)
+        d = jax.tree_util.tree_map(jax.device_put, disc_s)
+        doses.append(np.asarray(one(points, c, d), np.float64) * scale)
     return np.stack(doses), weights
 
 
