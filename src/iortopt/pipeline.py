@@ -27,7 +27,6 @@ from iortopt.compute import memory
 from iortopt.compute.run_context import RunContext
 from iortopt.config import PlanConfig, config_origin, non_default_sections, with_origin
 from iortopt.errors import ConfigError
-from iortopt.outputs.preload import start_preload
 
 
 def prepare(cfg: PlanConfig, dtype):
@@ -128,7 +127,6 @@ def execute(
     the last file written) last, so a slow run shows where its time went. ``compile_cache``: the
     persistent compilation cache folder in use (recorded in the summary; None: none)."""
     started_s = time.perf_counter()
-    start_preload()  # the figure/report libraries import while the plan is computed
     ctx = dataclasses.replace(
         run_context(plan_memory(prepared), console),
         started_s=started_s,
