@@ -101,3 +101,46 @@ def test_checkpoint_round_trip(tmp_path):
     np.testing.assert_array_equal(times, [1.0, 2.0])
     assert it == 7 and key == "abc"
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def _calm_objective(u, offset):
+    # converges in a few iterations; afterwards every relative change is below any tolerance
+    return jnp.sum(jnp.square(u - 0.3)) + offset
+
+
+def test_stop_when_stalled_stops_at_the_first_calm_stalled_iteration(monkeypatch):
+    from iortopt.optimisation import optax_loop
+
+    u0 = jnp.zeros(4, jnp.float32)
+    args = dict(method="adam", max_iterations=400, tolerance=1e-3, learning_rate=0.1)
+    plain = optax_loop.run_optax(_calm_objective, u0, operands=(jnp.float32(5.0),), **args)
+    monkeypatch.setattr(optax_loop, "_line_search_failed", lambda state: True)
+    stalled = optax_loop.run_optax(
+        _calm_objective, u0, operands=(jnp.float32(5.0),), stop_when_stalled=True, **args
+    )
+    assert plain.stop_reason == "relative change below tolerance"
+    assert stalled.stop_reason == "relative change below tolerance, line search stalled"
+    h = plain.history  # the same path up to the stop; the stop at the first calm iteration
+    first_calm = next(i for i in range(1, len(h)) if abs(h[i - 1] - h[i]) / abs(h[i]) < 1e-3)
+    assert stalled.history == h[: first_calm + 1]
+    assert stalled.iterations == first_calm + 1 < plain.iterations
+    unflagged = optax_loop.run_optax(_calm_objective, u0, operands=(jnp.float32(5.0),), **args)
+    assert unflagged.iterations == plain.iterations  # without the flag the rule is unchanged
+
+
+def test_line_search_failed_reads_the_wolfe_errors():
+    import optax
+
+    from iortopt.optimisation.optax_loop import _line_search_failed
+
+    state = optax.lbfgs().init(jnp.zeros(3))  # before any search: errors are inf
+
+    def with_errors(decrease, curvature):
+        info = optax.tree_utils.tree_get(state, "info")
+        info = info._replace(decrease_error=jnp.float32(decrease), curvature_error=curvature)
+        return optax.tree_utils.tree_set(state, info=info)
+
+    assert not _line_search_failed(with_errors(0.0, jnp.float32(0.0)))
+    assert _line_search_failed(with_errors(0.0, jnp.float32(5e-7)))
+    assert _line_search_failed(with_errors(1e-3, jnp.float32(0.0)))
+    assert not _line_search_failed(optax.adam(0.1).init(jnp.zeros(3)))

@@ -103,12 +103,19 @@ def run_optax(
     checkpoint: Callable[[int, object], None] | None = None,
     checkpoint_every: int = 25,
     operands: tuple = (),
+    stop_when_stalled: bool = False,
 ) -> LoopResult:
     """Minimise ``f(u, *operands)`` over an unconstrained pytree ``u`` with optax.
 
     Stops after ``max_iterations``, or when the relative objective change stays below
-    ``tolerance`` for PATIENCE iterations in a row. ``operands`` are passed to the compiled step
-    as arguments (not captured as constants, which would copy them into the program).
+    ``tolerance`` for PATIENCE iterations in a row. With ``stop_when_stalled`` (L-BFGS only) it
+    also stops at the first iteration below ``tolerance`` whose line search ended without
+    meeting the Wolfe conditions: near a flat optimum each such search spends its whole budget
+    of objective evaluations (measured ~95 ms an iteration on the built-in flap case, against
+    ~6 ms for an ordinary one) and the PATIENCE iterations that follow change nothing that
+    matters.
+    ``operands`` are passed to the compiled step as arguments (not captured as constants, which
+    would copy them into the program).
     ``checkpoint(iteration, u)`` is called every ``checkpoint_every`` iterations.
     """
     opt, step = _compiled_step(f, method, learning_rate)
@@ -136,6 +143,9 @@ def run_optax(
         if checkpoint is not None and it % checkpoint_every == 0:
             checkpoint(it, u)
         calm = calm + 1 if rel < tolerance else 0
+        if calm and stop_when_stalled and _line_search_failed(state):
+            stop_reason, converged = "relative change below tolerance, line search stalled", True
+            break
         if calm >= PATIENCE:
             stop_reason, converged = "relative change below tolerance", True
             break
@@ -155,6 +165,15 @@ def run_optax(
         time.perf_counter() - t1,
         final_value,
     )
+
+
+def _line_search_failed(state) -> bool:
+    """Whether the last zoom line search of an L-BFGS ``state`` ended without meeting the
+    sufficient-decrease and curvature (strong Wolfe) conditions (False without a line search)."""
+    info = optax.tree_utils.tree_get(state, "info")
+    if not hasattr(info, "curvature_error"):
+        return False
+    return bool(max(float(info.decrease_error), float(info.curvature_error)) > 0.0)
 
 
 def minimise(
@@ -218,11 +237,13 @@ def minimise_u(
     checkpoint_every: int = 25,
     operands: tuple = (),
     n_dwells: int | None = None,
+    stop_when_stalled: bool = False,
 ) -> OptimizationResult:
     """:func:`minimise` of ``f(u, *operands)`` over the unconstrained variable ``u`` (times
     ``times_from_u(u, t_max_s)``); the times and checkpoints keep the first ``n_dwells`` (None:
     all; a padded problem's real dwells). Pass the same ``f`` object to reuse its compiled
-    step (:func:`_compiled_step` is cached per function)."""
+    step (:func:`_compiled_step` is cached per function). ``stop_when_stalled``: see
+    :func:`run_optax`."""
     keep = slice(None) if n_dwells is None else slice(0, n_dwells)
 
     def save(it, u):
@@ -239,6 +260,7 @@ def minimise_u(
         save if checkpoint is not None else None,
         checkpoint_every,
         operands,
+        stop_when_stalled,
     )
     times = np.asarray(times_from_u(loop.u, t_max_s), dtype=np.float64)[keep]
     return OptimizationResult(

@@ -178,6 +178,7 @@ class ReplanSession:
             max_iterations=max_iterations or cfg.max_iterations,
             tolerance=cfg.tolerance,
             learning_rate=cfg.learning_rate,
+            stop_when_stalled=True,  # replans stop where the line search stalls (run_optax)
         )
         times = result.times_s
         self._times_s = times
