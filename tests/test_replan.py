@@ -77,6 +77,17 @@ def test_inactive_dwells_get_no_time_and_goals_follow_their_limits(session):
     session.set_active(np.ones(len(catheter), bool))
 
 
+def test_a_config_handed_out_keeps_its_goals_and_objectives(session):
+    before = session.config()
+    limit, dose = before.goals[0].value, before.objectives[0].dose_gy
+    session.set_goal(0, limit + 0.5)
+    session.set_objective(0, dose_gy=dose + 1.0)
+    assert before.goals[0].value == limit and before.objectives[0].dose_gy == dose
+    assert session.config().goals[0].value == limit + 0.5
+    session.set_goal(0, limit)
+    session.set_objective(0, dose_gy=dose)
+
+
 def test_bad_changes_name_the_field(session):
     with pytest.raises(ConfigError, match=r"objectives\[99\]"):
         session.set_objective(99, weight=1.0)

@@ -163,7 +163,10 @@ class ReplanSession:
 
     def config(self) -> PlanConfig:
         """The plan config with the changed objectives and goals (for ``iortopt run``)."""
-        return self._cfg.model_copy(update={"objectives": self._objectives, "goals": self._goals})
+        # copies: later changes to the session must not reach a config handed out before
+        return self._cfg.model_copy(
+            update={"objectives": list(self._objectives), "goals": list(self._goals)}
+        )
 
     def optimise(self, max_iterations: int | None = None, warm_start: bool = True) -> Replan:
         """Re-optimise the dwell times, from the last times unless ``warm_start`` is false."""
