@@ -1,7 +1,8 @@
 """Replanning an HDR flap plan without restarting: the case, the influence matrix and the compiled
 optimiser stay in memory, so a changed goal, objective weight or dose, or a changed set of active
-dwells re-optimises without recompiling (about 0.05-1.3 s on the built-in case, 2-core CPU, with
-the size buckets: 38-72 iterations of ~15-20 ms; benchmarks/RESULTS.md).
+dwells re-optimises without recompiling (0.08-0.95 s on the built-in case, 2-core CPU: 2-46
+iterations, stopping where the line search stalls; ``benchmarks/bench_replan.py``,
+benchmarks/RESULTS.md).
 
     session = iortopt.pipeline.replan_session("configs/flap_default.toml")
     first = session.optimise()                       # compiles once (or loads the cache)
