@@ -476,8 +476,7 @@ def _watch(config: Path, startup: dict, plan: dict) -> None:
 
     from iortopt.cli.watch import file_stamp, wait_for_change
 
-    # start-up was paid once; later plans record it as not spent (None)
-    again = {k: None for k in startup} | {"interpreter_s": None}
+    again = {k: None for k in startup}  # start-up was paid once: not spent by later plans
     stamp = file_stamp(config)
     first = True
     while True:
@@ -486,11 +485,12 @@ def _watch(config: Path, startup: dict, plan: dict) -> None:
             _plan_once(config, startup=startup if first else again, **plan)
             console.print(f"planned in {time.perf_counter() - t0:.2f} s (this process)")
         except IortoptError as exc:
+            CURRENT_RUN.clear()
             err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         except PlanFailedError as exc:
-            _plan_failed(exc)
-        finally:
             CURRENT_RUN.clear()
+            _plan_failed(exc)
+        # (Ctrl-C during a plan propagates with CURRENT_RUN set: its message names the checkpoint)
         first = False
         console.print(f"watching {config} (Ctrl-C stops)", markup=False)
         try:
