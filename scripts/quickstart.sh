@@ -9,4 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
-exec .venv/bin/iortopt run "$@"
+# a child process, not exec: the run's interpreter_s is then its own start-up, not the setup's
+.venv/bin/iortopt run "$@"

@@ -501,7 +501,8 @@ def _watch(config: Path, startup: dict, plan: dict) -> None:
 
 
 #: Longer than this from the process start to the CLI is not Python's start-up: the process was
-#: a shell script that ran other work before it exec'd iortopt (e.g. ``scripts/quickstart.sh``).
+#: a shell script that ran other work before it exec'd iortopt (``scripts/quickstart.sh`` runs
+#: iortopt as a child for this reason: an exec after pip's few seconds would count them).
 MAX_INTERPRETER_S = 10.0
 
 
