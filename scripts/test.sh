@@ -9,4 +9,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[test]"
-exec .venv/bin/python -m pytest -q "$@"
+# test files spread over up to 4 worker processes (pytest-xdist), each file in one worker so its
+# module fixtures are built once: 7.9 min instead of 13.5 on the 2-core CPU
+exec .venv/bin/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile "$@"

@@ -261,7 +261,12 @@ def test_failing_jobs_are_isolated_and_recorded(finished_batch):
     assert not any((store / ".scratch").iterdir())
 
 
-def test_results_table_and_batch_summary(finished_batch):
+def test_results_table_and_batch_summary(finished_batch, monkeypatch):
+    from iortopt.cli import batch_commands
+
+    # the console's width was fixed when the module was imported (80 columns under CliRunner):
+    # wide enough here that no job name is folded, whatever the length of the store's path
+    monkeypatch.setattr(batch_commands.console, "width", 200)
     _, store, _ = finished_batch
     rows = list(csv.DictReader((store / "results.csv").open()))
     assert [r["name"] for r in rows] == ["rx9", "rx10", "bad_structure", "bad_value"]
