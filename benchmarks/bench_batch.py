@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_tg43 import save_json_atomic  # noqa: E402
 
 
 def manifest_text(name: str, n_jobs: int, spacing_mm: float, max_iterations: int | None) -> str:
@@ -135,14 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "runs": runs,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     platform = (runs[0].get("device") or {}).get("platform", "unknown")
     stamp = record["utc"].replace(":", "").replace("-", "")
-    path = out / f"batch_{platform}_{stamp}.json"
-    tmp_path = path.with_name(path.name + ".tmp")
-    tmp_path.write_text(json.dumps(record, indent=2))
-    tmp_path.replace(path)
+    path = save_json_atomic(Path(args.out) / f"batch_{platform}_{stamp}.json", record)
     print(f"\nwrote {path}\n")
     kind = (runs[0].get("device") or {}).get("device_kind", platform)
     grid = "x".join(map(str, runs[0].get("grid_shape_zyx") or []))

@@ -31,13 +31,14 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_tg43 import device_peak_mib, host_peak_rss_mib, save_json_atomic  # noqa: E402
 
 
 def case_param(text: str) -> tuple[str, object]:
@@ -52,18 +53,6 @@ def case_param(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(
             f"{key}: {value!r} is not a number or quoted string"
         ) from None
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def device_peak_mib() -> float | None:
-    import jax
-
-    stats = jax.devices()[0].memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use")
-    return None if peak is None else peak / 2**20
 
 
 SHIPPED_CPU_CONFIGS = sorted(
@@ -152,12 +141,10 @@ def bench_processes(configs: list[Path], repeats: int, out_dir: Path) -> dict:
         "repeats": repeats,
         "runs": rows,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     stamp = record["utc"].replace(":", "").replace("-", "")
-    path = out_dir / f"plan_processes_{record['device']['platform']}_{stamp}.json"
-    tmp_path = path.with_name(path.name + ".tmp")
-    tmp_path.write_text(json.dumps(record, indent=2))
-    tmp_path.replace(path)
+    path = save_json_atomic(
+        out_dir / f"plan_processes_{record['device']['platform']}_{stamp}.json", record
+    )
     print(f"\nwrote {path}\n")
     print("| config | phase | process wall s (median) | split (median of repeats) |")
     print("|---|---|---|---|")
@@ -215,6 +202,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     t_start = time.perf_counter()
     dtype = configure(args.device, args.precision)
+    import jax
+
     from iortopt.config import load_config
     from iortopt.pipeline import execute, prepare
 
@@ -252,19 +241,15 @@ def main(argv: list[str] | None = None) -> dict:
         "goals_all_met": s["goals_all_met"],
         "wall_times_s": s["wall_times_s"],
         "total_wall_s_incl_imports_and_compile": total,
-        "peak_host_rss_mib": peak_rss_mib(),
-        "peak_device_mib": device_peak_mib(),
+        "peak_host_rss_mib": host_peak_rss_mib(),
+        "peak_device_mib": device_peak_mib(jax.devices()[0]),
         "cpu_count": os.cpu_count(),
     }
     w = s["wall_times_s"]
     print(json.dumps(record, indent=2))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     stamp = record["utc"].replace(":", "").replace("-", "")
-    path = out / f"plan_{cfg.plan.name}_{record['device']['platform']}_{stamp}.json"
-    tmp_path = path.with_name(path.name + ".tmp")
-    tmp_path.write_text(json.dumps(record, indent=2))
-    tmp_path.replace(path)
+    name = f"plan_{cfg.plan.name}_{record['device']['platform']}_{stamp}.json"
+    path = save_json_atomic(Path(args.out) / name, record)
     print(f"\nwrote {path}")
     size = f"{'x'.join(map(str, s['grid_shape_zyx']))} ({record['n_voxels']} vox)"
     if "n_dwells_active" in s:

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_tg43 import save_json_atomic  # noqa: E402
+
 BUILTIN = HERE.parent / "configs" / "flap_default.toml"
 
 
@@ -95,12 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     a = parser.parse_args(argv)
     record = bench(a.config, a.repeats)
-    a.out.mkdir(parents=True, exist_ok=True)
     stamp = record["utc"].replace(":", "").replace("-", "")
-    path = a.out / f"replan_{record['device']['platform']}_{stamp}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    path = save_json_atomic(a.out / f"replan_{record['device']['platform']}_{stamp}.json", record)
     print(f"session build {record['session_build_s']:.2f} s")
     for r in record["replans"]:
         print(f"{r['change']:<24} {r['wall_s']:.3f} s  {r['iterations']:>3} it  "

@@ -258,21 +258,28 @@ def markdown_row(meta: dict, ref: dict) -> str:
     )
 
 
-def write_json(out_dir: Path, payload: dict) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = payload["meta"]["timestamp_utc"].replace(":", "").replace("-", "")[:15]
-    name = f"bench_tg43_{stamp}Z_{payload['meta']['platform']}_{payload['meta']['precision']}.json"
-    final = out_dir / name
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=name + ".tmp")
+def save_json_atomic(path: Path, payload: dict) -> Path:
+    """Write ``payload`` as JSON to ``path`` via a temporary file in the same folder and
+    ``os.replace`` (no half-written result file under the final name); the benchmarks' one
+    writer of result files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(payload, fh, indent=2)
             fh.write("\n")
-        os.replace(tmp, final)
+        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return final
+    return path
+
+
+def write_json(out_dir: Path, payload: dict) -> Path:
+    stamp = payload["meta"]["timestamp_utc"].replace(":", "").replace("-", "")[:15]
+    name = f"bench_tg43_{stamp}Z_{payload['meta']['platform']}_{payload['meta']['precision']}.json"
+    return save_json_atomic(Path(out_dir) / name, payload)
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from iortopt.errors import ConfigError
+from iortopt.optimisation.robust import check_magnitudes
 
 #: Default one-sigma magnitudes: value, unit, source. ``assumed``: no published value for IORT
 #: flaps; chosen by us as plausible and labelled so in the summary.
@@ -94,20 +95,16 @@ class Scenarios:
 
 
 def magnitudes(overrides: dict[str, float]) -> dict[str, dict]:
-    """DEFAULTS with ``[robust] magnitudes`` applied (an override is labelled "config").
+    """DEFAULTS with ``[robust] magnitudes`` applied (an override is labelled "config";
+    :func:`iortopt.optimisation.robust.check_magnitudes`).
 
     Raises:
         ConfigError: an unknown axis name.
     """
-    unknown = sorted(set(overrides) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(
-            f"robust.magnitudes: unknown axis {unknown} for hdr_flap; expected {sorted(DEFAULTS)}"
-        )
-    out = {k: dict(v) for k, v in DEFAULTS.items()}
-    for k, v in overrides.items():
-        out[k] = {"value": float(v), "source": "config ([robust] magnitudes)", "assumed": False}
-    return out
+    try:
+        return check_magnitudes("hdr_flap", DEFAULTS, overrides)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _nominal(n_catheters: int, n_dwells: int) -> dict[str, np.ndarray]:
