@@ -39,6 +39,10 @@ REGISTRY = {
     "xray_sphere": "iortopt.modalities.xray_sphere.pipeline",
     "electron": "iortopt.modalities.electron.pipeline",
 }
+#: The config sections every modality reads; each adds its own to its ``SECTIONS``.
+COMMON_SECTIONS = frozenset(
+    {"plan", "case", "prescription", "goals", "radiobiology", "output", "compute"}
+)
 INTERFACE = (
     "NAME",
     "SECTIONS",

@@ -38,7 +38,7 @@ from rich.table import Table
 from iortopt.compute.run_context import RunContext
 from iortopt.config import PlanConfig
 from iortopt.errors import ConfigError
-from iortopt.modalities import stage_settings
+from iortopt.modalities import COMMON_SECTIONS, stage_settings
 from iortopt.modalities.electron.choice import ElectronSetting
 from iortopt.modalities.electron.generic_case import GenericElectronProblem
 from iortopt.outputs.dicom_export import electron_beam_geometry, electron_writer
@@ -427,19 +427,7 @@ def print_electron_summary(result: ElectronRunResult, console: Console) -> None:
 
 NAME = "electron"
 #: The config sections this modality reads; others are refused when given.
-SECTIONS = frozenset(
-    {
-        "plan",
-        "case",
-        "prescription",
-        "goals",
-        "radiobiology",
-        "output",
-        "compute",
-        "electron",
-        "robust",
-    }
-)
+SECTIONS = COMMON_SECTIONS | {"electron", "robust"}
 #: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
 NEEDS = frozenset({"tissue_surface", "cone_pose"})
 DWELL_CHUNKED = False

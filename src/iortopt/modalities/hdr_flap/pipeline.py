@@ -34,7 +34,7 @@ from iortopt.compute.progress import DelayedProgress
 from iortopt.compute.run_context import RunContext
 from iortopt.config import PlanConfig
 from iortopt.errors import ConfigError
-from iortopt.modalities import stage_settings
+from iortopt.modalities import COMMON_SECTIONS, stage_settings
 from iortopt.optimisation import objectives
 from iortopt.outputs.dicom_export import hdr_writer
 from iortopt.outputs.plan_files import (
@@ -843,24 +843,15 @@ def print_summary(result: PlanResult, console: Console) -> None:
 
 NAME = "hdr_flap"
 #: The config sections this modality reads; others are refused when given.
-SECTIONS = frozenset(
-    {
-        "plan",
-        "case",
-        "source",
-        "applicator",
-        "prescription",
-        "objectives",
-        "goals",
-        "optimizer",
-        "radiobiology",
-        "output",
-        "compute",
-        "shields",
-        "pareto",
-        "robust",
-    }
-)
+SECTIONS = COMMON_SECTIONS | {
+    "source",
+    "applicator",
+    "objectives",
+    "optimizer",
+    "shields",
+    "pareto",
+    "robust",
+}
 #: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
 NEEDS = frozenset({"catheters"})
 DWELL_CHUNKED = True

@@ -37,7 +37,7 @@ from iortopt.cases.case import Case
 from iortopt.compute.run_context import RunContext
 from iortopt.config import PlanConfig
 from iortopt.errors import ConfigError
-from iortopt.modalities import stage_settings
+from iortopt.modalities import COMMON_SECTIONS, stage_settings
 from iortopt.modalities.xray_sphere.choice import SphereSetting, plan_spheres
 from iortopt.outputs.dicom_export import XRAY_NO_RTPLAN_NOTE, xray_writer
 from iortopt.outputs.plan_files import (
@@ -395,20 +395,7 @@ def print_xray_summary(result: XrayRunResult, console: Console) -> None:
 
 NAME = "xray_sphere"
 #: The config sections this modality reads; others are refused when given.
-SECTIONS = frozenset(
-    {
-        "plan",
-        "case",
-        "prescription",
-        "goals",
-        "radiobiology",
-        "output",
-        "compute",
-        "xray",
-        "shields",
-        "robust",
-    }
-)
+SECTIONS = COMMON_SECTIONS | {"xray", "shields", "robust"}
 #: Case capabilities it needs (:mod:`iortopt.cases.capabilities`).
 NEEDS = frozenset({"cavity"})
 DWELL_CHUNKED = False
