@@ -144,3 +144,24 @@ def test_line_search_failed_reads_the_wolfe_errors():
     assert _line_search_failed(with_errors(0.0, jnp.float32(5e-7)))
     assert _line_search_failed(with_errors(1e-3, jnp.float32(0.0)))
     assert not _line_search_failed(optax.adam(0.1).init(jnp.zeros(3)))
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "adam"])
+def test_the_step_is_traced_once_per_run(method):
+    """The optimiser state after init has the types the step returns, so a run compiles its
+    step once (L-BFGS's init state is weakly typed; unstripped, the step compiled twice)."""
+    from iortopt.optimisation import optax_loop
+
+    def objective(u, offset):  # a new function: its compiled step is not shared with others
+        return jnp.sum(jnp.square(u - 0.3)) + offset
+
+    result = optax_loop.run_optax(
+        objective,
+        jnp.zeros(4, jnp.float32),
+        method=method,
+        max_iterations=20,
+        operands=(jnp.float32(5.0),),
+    )
+    assert result.iterations > 2
+    _, step = optax_loop._compiled_step(objective, method, 0.05)
+    assert step._cache_size() == 1

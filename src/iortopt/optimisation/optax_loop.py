@@ -78,6 +78,16 @@ def _compiled_step(f: Callable[..., jnp.ndarray], method: str, learning_rate: fl
     return opt, step
 
 
+def strong_typed(tree):
+    """``tree`` with JAX's weak types removed (same dtypes and values).
+
+    ``optax.lbfgs().init`` returns weakly typed scalars (its count and step sizes) that the
+    step returns strongly typed, so without this the step is traced, lowered and loaded twice
+    per run: 0.36 s of a warm run of the built-in flap case on the 2-core CPU.
+    """
+    return jax.tree.map(lambda leaf: jax.lax.convert_element_type(leaf, leaf.dtype), tree)
+
+
 @dataclass
 class LoopResult:
     """Outcome of :func:`run_optax` on an unconstrained pytree ``u``."""
@@ -119,7 +129,7 @@ def run_optax(
     ``checkpoint(iteration, u)`` is called every ``checkpoint_every`` iterations.
     """
     opt, step = _compiled_step(f, method, learning_rate)
-    state = opt.init(u0)
+    state = strong_typed(opt.init(u0))
 
     t0 = time.perf_counter()
     u_next, state_next, value = step(u0, state, operands)
