@@ -389,11 +389,30 @@ def run(
     second run into the same folder at the same time is refused. Compiled programs are kept in
     the user's cache folder (``$XDG_CACHE_HOME/iortopt``) and reused by later runs.
     """
-    import time
+    from iortopt.compute.gc_pause import cyclic_gc_paused
 
     SKIP_TEARDOWN["run"] = True  # every file is written and closed before run returns
     if watch and config is None:
         _fail(IortoptError("--watch needs a CONFIG file to watch (e.g. from `iortopt init`)"))
+    with cyclic_gc_paused():
+        startup, plan = _start_run(device, precision, no_cache, out, overwrite, quiet)
+        if not watch:
+            try:
+                _plan_once(config, startup=startup, **plan)
+            except IortoptError as exc:
+                _fail(exc)
+            except PlanFailedError as exc:
+                _plan_failed(exc)
+                raise typer.Exit(1) from None
+            return
+    _watch(config, startup, plan)
+
+
+def _start_run(device, precision, no_cache, out, overwrite, quiet) -> tuple[dict, dict]:
+    """JAX configured and started, the compile cache on (unless ``no_cache``), the pipeline
+    imported: the start-up times (s) and the keywords of :func:`_plan_once`."""
+    import time
+
     try:
         t0 = time.perf_counter()
         from iortopt.compute.runtime import configure
@@ -423,16 +442,7 @@ def run(
         quiet=quiet,
         compile_cache=None if cache is None else str(cache),
     )
-    if not watch:
-        try:
-            _plan_once(config, startup=startup, **plan)
-        except IortoptError as exc:
-            _fail(exc)
-        except PlanFailedError as exc:
-            _plan_failed(exc)
-            raise typer.Exit(1) from None
-        return
-    _watch(config, startup, plan)
+    return startup, plan
 
 
 def _plan_once(config, out, overwrite, dtype, quiet, compile_cache, startup) -> None:
@@ -472,9 +482,11 @@ def _plan_failed(exc: PlanFailedError) -> None:
 
 def _watch(config: Path, startup: dict, plan: dict) -> None:
     """Plan ``config``, then again each time it is saved, until Ctrl-C while waiting."""
+    import gc
     import time
 
     from iortopt.cli.watch import file_stamp, wait_for_change
+    from iortopt.compute.gc_pause import cyclic_gc_paused
 
     again = {k: None for k in startup}  # start-up was paid once: not spent by later plans
     stamp = file_stamp(config)
@@ -482,7 +494,8 @@ def _watch(config: Path, startup: dict, plan: dict) -> None:
     while True:
         t0 = time.perf_counter()
         try:
-            _plan_once(config, startup=startup if first else again, **plan)
+            with cyclic_gc_paused():
+                _plan_once(config, startup=startup if first else again, **plan)
             console.print(f"planned in {time.perf_counter() - t0:.2f} s (this process)")
         except IortoptError as exc:
             CURRENT_RUN.clear()
@@ -492,6 +505,7 @@ def _watch(config: Path, startup: dict, plan: dict) -> None:
             _plan_failed(exc)
         # (Ctrl-C during a plan propagates with CURRENT_RUN set: its message names the checkpoint)
         first = False
+        gc.collect()  # the cycles the plan left, while waiting for the next save
         console.print(f"watching {config} (Ctrl-C stops)", markup=False)
         try:
             stamp = wait_for_change(config, stamp)
