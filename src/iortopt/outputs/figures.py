@@ -158,7 +158,7 @@ def plot_dvh(
     ax = fig.add_subplot()
     for name, dvh in dvhs.items():
         colour = by_name[name]
-        label = f"{name} ({dvh.total_volume_cm3:.3g} cm$^3$)"
+        label = f"{name} ({dvh.total_volume_cm3:.3g} cm³)"  # not mathtext: ~35 ms to parse
         ax.plot(dvh.dose_gy, 100.0 * dvh.volume_fraction, color=colour, lw=1.8, label=label)
     if prescription_gy is not None:
         ax.axvline(prescription_gy, color="k", ls="--", lw=1.0,
