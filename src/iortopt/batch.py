@@ -57,6 +57,7 @@ import contextlib
 import csv
 import dataclasses
 import datetime as dt
+import gc
 import hashlib
 import itertools
 import json
@@ -76,6 +77,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from iortopt import __version__
+from iortopt.compute.gc_pause import cyclic_gc_paused
 from iortopt.errors import ConfigError, IortoptError
 
 BUILTIN_BASE = "builtin"
@@ -781,7 +783,8 @@ def run_job(job: dict, store: str, settings: dict) -> dict:
     _write_json_atomic(paths.status(job_id), record)
     t0 = time.perf_counter()
     try:
-        record["results"] = _plan_into_store(paths, job, settings, token)
+        with cyclic_gc_paused():  # as in `iortopt run`; the job's cycles are collected below
+            record["results"] = _plan_into_store(paths, job, settings, token)
         record["status"] = "done"
         shutil.rmtree(paths.scratch(job_id), ignore_errors=True)
     except Exception as exc:
@@ -799,6 +802,7 @@ def run_job(job: dict, store: str, settings: dict) -> dict:
     record["finished_utc"] = _utc_now()
     if _owns(paths, job_id, token):
         _write_json_atomic(paths.status(job_id), record)
+    gc.collect()  # the cycles the job left, before the worker's next job
     return record
 
 
