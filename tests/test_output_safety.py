@@ -439,6 +439,9 @@ def test_sigint_stops_the_run_with_a_message(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a suite started in the background of a non-interactive shell ignores SIGINT, and a
+        # child that inherits the ignore never gets Python's Ctrl-C handler
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     ckpt = checkpoint_path_for(out)
     deadline = time.monotonic() + 120
