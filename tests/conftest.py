@@ -90,3 +90,14 @@ def small_plan_output(tmp_path_factory) -> Path:
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(out), "--quiet"])
     assert result.exit_code == 0, result.output
     return out
+
+
+@pytest.fixture
+def gc_enabled():
+    """Python's cyclic collector on for the test, as it was after it (tests of the pauses)."""
+    import gc
+
+    was = gc.isenabled()
+    gc.enable()
+    yield
+    (gc.enable if was else gc.disable)()

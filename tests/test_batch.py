@@ -354,7 +354,9 @@ def test_a_dying_task_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
     assert "worker process died" in record["error"]
 
 
-def test_a_job_plans_with_the_collector_paused_and_collects_after(tmp_path, monkeypatch):
+def test_a_job_plans_with_the_collector_paused_and_collects_after(
+    tmp_path, monkeypatch, gc_enabled
+):
     import gc
 
     batch = load_manifest(write(tmp_path / "m.toml", BATCH_TOML))
@@ -364,12 +366,7 @@ def test_a_job_plans_with_the_collector_paused_and_collects_after(tmp_path, monk
         batch_mod, "_plan_into_store", lambda *a: seen.append(gc.isenabled()) or {"D90_gy": 1.0}
     )
     monkeypatch.setattr(gc, "collect", lambda *a: collected.append(gc.isenabled()) or 0)
-    was = gc.isenabled()
-    gc.enable()
-    try:
-        record = batch_mod.run_job(batch.jobs[0].spec(), str(paths.root), {})
-    finally:
-        (gc.enable if was else gc.disable)()
+    record = batch_mod.run_job(batch.jobs[0].spec(), str(paths.root), {})
     assert record["status"] == "done", record
     assert seen == [False] and collected == [True]
 

@@ -15,14 +15,6 @@ from iortopt.compute.gc_pause import cyclic_gc_paused
 runner = CliRunner()
 
 
-@pytest.fixture
-def gc_enabled():
-    was = gc.isenabled()
-    gc.enable()
-    yield
-    (gc.enable if was else gc.disable)()
-
-
 def test_paused_inside_and_restored_after_even_on_error(gc_enabled):
     with cyclic_gc_paused():
         assert not gc.isenabled()

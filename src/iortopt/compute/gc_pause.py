@@ -4,7 +4,7 @@ A plan builds many short-lived Python objects (JAX tracing, matplotlib artists) 
 of tens of thousands of long-lived ones (the modules of JAX, SciPy, matplotlib, zarr). Each
 full collection walks that whole heap: on the built-in flap case on the 2-core CPU the collector
 ran 5 full and ~670 young collections per run, 0.45-0.55 s of a ~5 s warm run, and freed almost
-nothing (the peak resident memory with it paused was 8 MB, under 2 %, higher).
+nothing: with it paused the peak resident memory was 8 MB (under 2 %) higher.
 
 Reference counting still frees every object that is not part of a reference cycle, so arrays and
 buffers go as soon as they are dropped. Only cycles wait, and a long-lived process
