@@ -46,10 +46,10 @@ _DOSE_TERMS = ("underdose", "overdose", "max_dose", "mean_dose", "dvh_min", "dvh
 @dataclass(frozen=True)
 class Layout:
     """What a compiled program of the problem depends on (hashable): per term (type, block index,
-    volume kind "" / "fraction" / "voxels"), the padded rows of each block, the padded dwell and
-    pair counts."""
+    volume kind "" / "fraction" / "voxels", the partial sort size of a DVH term's D_v or 0 for
+    the full sort), the padded rows of each block, the padded dwell and pair counts."""
 
-    terms: tuple[tuple[str, int, str], ...]
+    terms: tuple[tuple[str, int, str, int], ...]
     block_rows: tuple[int, ...]
     n_dwells: int
     n_pairs: int
@@ -117,6 +117,10 @@ def build_problem(
     terms, names, params = term_specs(
         objective_cfgs, names_s, voxel_volume_cm3, prescription_gy, dtype
     )
+    terms = [
+        (*term, _top_k(term, p, blocks[names_s[term[1]]][1], block_rows[term[1]]))
+        for term, p in zip(terms, params, strict=True)
+    ]
     layout = Layout(tuple(terms), tuple(block_rows), n_pad, k_pad)
     matrix = np.concatenate(rows, axis=0) if rows else np.zeros((0, n_pad))
     data = {
@@ -178,6 +182,17 @@ def term_specs(
     return tuple(terms), names, params
 
 
+def _top_k(term: tuple[str, int, str], p: dict, w: np.ndarray, n_rows: int) -> int:
+    """The partial sort size of a DVH term's D_v (:func:`objectives.top_k_size`), 0 for others.
+    Sized from the config's volume: a replan's larger volume falls back to the full sort."""
+    _, _, volume = term
+    if volume == "fraction":
+        return objectives.top_k_size(w, float(p["volume_fraction"]) * float(np.sum(w)), n_rows)
+    if volume == "voxels":
+        return objectives.top_k_size(w, float(p["volume_voxels"]), n_rows)
+    return 0
+
+
 def _modulation(t, data, n_pairs: int):
     """objectives.modulation on padded dwells and pairs: the padding has weight 0 and the mean
     dwell time counts the real dwells only."""
@@ -189,7 +204,7 @@ def _modulation(t, data, n_pairs: int):
 
 
 def _term_value(kind, d_block, w, n_valid, p, t, data, layout):
-    ttype, _, volume = kind
+    ttype, _, volume, top_k = kind
     if ttype == "modulation":
         return _modulation(t, data, layout.n_pairs)
     if ttype in ("underdose", "overdose", "max_dose"):
@@ -202,7 +217,10 @@ def _term_value(kind, d_block, w, n_valid, p, t, data, layout):
     if ttype == "mean_dose":
         return objectives.mean_dose(w, p["dose_gy"], p["scale_gy"])(d_block, t)
     factory = objectives.dvh_min if ttype == "dvh_min" else objectives.dvh_max
-    dv_fn = functools.partial(objectives.dose_at_volume, n_valid=n_valid)
+    if top_k:
+        dv_fn = functools.partial(objectives.dose_at_volume_top_k, k=top_k, n_valid=n_valid)
+    else:
+        dv_fn = functools.partial(objectives.dose_at_volume, n_valid=n_valid)
     if volume == "fraction":
         return factory(w, p["dose_gy"], p["volume_fraction"], dv_fn=dv_fn)(d_block, t)
     return factory(w, p["dose_gy"], volume_voxels=p["volume_voxels"], dv_fn=dv_fn)(d_block, t)

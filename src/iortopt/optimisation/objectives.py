@@ -8,6 +8,7 @@ comparable between prescriptions. :func:`combine` sums weighted terms.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -67,6 +68,53 @@ def dose_at_volume(
     last = d.shape[0] - 1 if n_valid is None else n_valid - 1
     k = jnp.minimum(jnp.searchsorted(cum, volume), last)
     return d[order][k]
+
+
+def dose_at_volume_top_k(
+    d: jnp.ndarray, w: jnp.ndarray, volume: float | jnp.ndarray, k: int, n_valid=None
+) -> jnp.ndarray:
+    """:func:`dose_at_volume` from the ``k`` hottest voxels only (``lax.top_k``, a partial sort),
+    falling back to the full sort when those ``k`` voxels do not hold ``volume``.
+
+    The result equals :func:`dose_at_volume` bit for bit: top_k orders equal doses by index, as
+    the stable argsort does, and a cumulative sum's first k values do not depend on what follows
+    them. For a small volume of a large structure (a bowel D2cc) the partial sort is several times
+    cheaper than the full one. Not for use under ``vmap``: there the ``cond`` would compute both
+    branches. ``k``: static, see :func:`top_k_size`.
+    """
+    d = jax.lax.stop_gradient(d)
+    values, index = jax.lax.top_k(d, k)
+    cum = jnp.cumsum(w[index])
+    last = d.shape[0] - 1 if n_valid is None else n_valid - 1
+
+    def within(_):
+        return values[jnp.minimum(jnp.searchsorted(cum, volume), last)]
+
+    def full(_):
+        return dose_at_volume(d, w, volume, n_valid)
+
+    return jax.lax.cond(cum[-1] >= volume, within, full, None)
+
+
+#: Smallest partial sort :func:`top_k_size` proposes; sizes are powers of two from it, so cases of
+#: similar size share compiled programs.
+TOP_K_MIN = 64
+
+
+def top_k_size(w: np.ndarray, volume: float, n_rows: int) -> int:
+    """The ``k`` of :func:`dose_at_volume_top_k` for a D_v term, or 0 to keep the full sort.
+
+    ``k`` is a power of two (at least ``TOP_K_MIN``) large enough that any ``k`` of the
+    structure's voxels hold twice ``volume`` (in units of ``w``: its smallest weights are summed),
+    so a replan may double the volume before the fallback sort is needed; 0 when that ``k``
+    exceeds a quarter of the ``n_rows`` sorted, where the partial sort stops paying.
+    """
+    weights = np.sort(np.asarray(w, np.float64)[np.asarray(w) > 0])
+    need = int(np.searchsorted(np.cumsum(weights), 2.0 * float(volume))) + 1
+    if need > weights.size:
+        return 0
+    k = max(TOP_K_MIN, 1 << (need - 1).bit_length())
+    return k if 4 * k <= n_rows else 0
 
 
 def _volume_in_weight_units(w: jnp.ndarray, volume_fraction, volume_voxels):
@@ -159,6 +207,7 @@ def build_terms(
     neighbour_pairs: np.ndarray,
     prescription_gy: float,
     dv_fn=None,
+    partial_sort: bool = False,
 ) -> list[Term]:
     """Terms from config objectives (:class:`iortopt.config.Objective`).
 
@@ -169,6 +218,9 @@ def build_terms(
         neighbour_pairs: (K, 2) indices of neighbouring active dwells (modulation term).
         prescription_gy: scale of the mean-dose term when its limit is 0.
         dv_fn: D_v of the DVH terms (None: :func:`dose_at_volume`).
+        partial_sort: with ``dv_fn`` None, a DVH term of a small volume finds its D_v by a
+            partial sort (:func:`dose_at_volume_top_k`, the same values); not for terms that
+            will be evaluated under ``vmap``.
     Raises:
         KeyError naming an unknown structure (the caller turns it into a ConfigError).
     """
@@ -206,13 +258,23 @@ def build_terms(
             factory = dvh_min if obj.type == "dvh_min" else dvh_max
             if obj.volume_percent is not None:
                 params["volume_fraction"] = obj.volume_percent / 100.0
-                make = lambda p, w=w, f=factory: f(  # noqa: E731
-                    w, p["dose_gy"], p["volume_fraction"], dv_fn=dv_fn
-                )
+                volume = params["volume_fraction"] * float(np.sum(w_all[inside]))
             else:
                 params["volume_voxels"] = obj.volume_cc / voxel_volume_cm3
-                make = lambda p, w=w, f=factory: f(  # noqa: E731
-                    w, p["dose_gy"], volume_voxels=p["volume_voxels"], dv_fn=dv_fn
+                volume = params["volume_voxels"]
+            k_top = top_k_size(w_all[inside], volume, inside.size) if partial_sort else 0
+            term_dv = (
+                functools.partial(dose_at_volume_top_k, k=k_top)
+                if dv_fn is None and k_top
+                else dv_fn
+            )
+            if obj.volume_percent is not None:
+                make = lambda p, w=w, f=factory, dv=term_dv: f(  # noqa: E731
+                    w, p["dose_gy"], p["volume_fraction"], dv_fn=dv
+                )
+            else:
+                make = lambda p, w=w, f=factory, dv=term_dv: f(  # noqa: E731
+                    w, p["dose_gy"], volume_voxels=p["volume_voxels"], dv_fn=dv
                 )
         take = _taker(inside)
         terms.append(Term(name, params, lambda d, t, p, m=make, g=take: m(p)(g(d), t)))

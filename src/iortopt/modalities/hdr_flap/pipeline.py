@@ -481,6 +481,7 @@ def optimise_and_write(
         grid.voxel_volume_cm3,
         dwells.neighbour_pairs(),
         cfg.prescription.dose_gy,
+        partial_sort=prepared.robust is None,  # robust evaluation vmaps the terms
     )
     total = objectives.combine(terms)
     chunk = ctx.chunk_size(n_dwells)
