@@ -26,6 +26,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from bench_plan import cpu_model  # noqa: E402
 from bench_tg43 import save_json_atomic  # noqa: E402
 
 JAX_START = "import jax, jax.numpy as jnp; jnp.zeros(1).block_until_ready()"
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         "utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "cpu_model": cpu_model(),
         "repeats": n,
         "seconds": {label: round(s, 4) for label, s in rows},
     }

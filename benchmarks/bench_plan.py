@@ -41,6 +41,18 @@ sys.path.insert(0, str(HERE))
 from bench_tg43 import device_peak_mib, host_peak_rss_mib, save_json_atomic  # noqa: E402
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), None where unknown: the figures of two
+    machines called "2-core CPU" differ by up to 1.7x."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def case_param(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` for the built-in phantom's parameters (``[case.flap]`` etc.); VALUE is a
     TOML/JSON number, boolean or quoted string."""
@@ -138,6 +150,9 @@ def bench_processes(configs: list[Path], repeats: int, out_dir: Path) -> dict:
         "utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "device": device_info(),
         "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        # set in some containers: without bytecode files in src/ every run compiles iortopt anew
+        "PYTHONDONTWRITEBYTECODE": os.environ.get("PYTHONDONTWRITEBYTECODE"),
         "repeats": repeats,
         "runs": rows,
     }
