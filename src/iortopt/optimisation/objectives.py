@@ -268,14 +268,9 @@ def build_terms(
                 if dv_fn is None and k_top
                 else dv_fn
             )
-            if obj.volume_percent is not None:
-                make = lambda p, w=w, f=factory, dv=term_dv: f(  # noqa: E731
-                    w, p["dose_gy"], p["volume_fraction"], dv_fn=dv
-                )
-            else:
-                make = lambda p, w=w, f=factory, dv=term_dv: f(  # noqa: E731
-                    w, p["dose_gy"], volume_voxels=p["volume_voxels"], dv_fn=dv
-                )
+            make = lambda p, w=w, f=factory, dv=term_dv: f(  # noqa: E731
+                w, p["dose_gy"], p.get("volume_fraction"), p.get("volume_voxels"), dv_fn=dv
+            )
         take = _taker(inside)
         terms.append(Term(name, params, lambda d, t, p, m=make, g=take: m(p)(g(d), t)))
     return terms
