@@ -185,12 +185,7 @@ def term_specs(
 def _top_k(term: tuple[str, int, str], p: dict, w: np.ndarray, n_rows: int) -> int:
     """The partial sort size of a DVH term's D_v (:func:`objectives.top_k_size`), 0 for others.
     Sized from the config's volume: a replan's larger volume falls back to the full sort."""
-    _, _, volume = term
-    if volume == "fraction":
-        return objectives.top_k_size(w, float(p["volume_fraction"]) * float(np.sum(w)), n_rows)
-    if volume == "voxels":
-        return objectives.top_k_size(w, float(p["volume_voxels"]), n_rows)
-    return 0
+    return objectives.term_top_k_size(w, p, n_rows) if term[2] else 0
 
 
 def _modulation(t, data, n_pairs: int):

@@ -117,6 +117,15 @@ def top_k_size(w: np.ndarray, volume: float, n_rows: int) -> int:
     return k if 4 * k <= n_rows else 0
 
 
+def term_top_k_size(w: np.ndarray, params: Mapping, n_rows: int) -> int:
+    """:func:`top_k_size` of a DVH term from its numbers: ``volume_fraction`` of the structure's
+    weight or ``volume_voxels`` (the rule of :func:`_volume_in_weight_units`, on the host)."""
+    w = np.asarray(w, np.float64)
+    fraction, voxels = params.get("volume_fraction"), params.get("volume_voxels")
+    volume = float(fraction) * float(w.sum()) if voxels is None else float(voxels)
+    return top_k_size(w, volume, n_rows)
+
+
 def _volume_in_weight_units(w: jnp.ndarray, volume_fraction, volume_voxels):
     return volume_fraction * jnp.sum(w) if volume_voxels is None else volume_voxels
 
@@ -258,11 +267,9 @@ def build_terms(
             factory = dvh_min if obj.type == "dvh_min" else dvh_max
             if obj.volume_percent is not None:
                 params["volume_fraction"] = obj.volume_percent / 100.0
-                volume = params["volume_fraction"] * float(np.sum(w_all[inside]))
             else:
                 params["volume_voxels"] = obj.volume_cc / voxel_volume_cm3
-                volume = params["volume_voxels"]
-            k_top = top_k_size(w_all[inside], volume, inside.size) if partial_sort else 0
+            k_top = term_top_k_size(w_all[inside], params, inside.size) if partial_sort else 0
             term_dv = (
                 functools.partial(dose_at_volume_top_k, k=k_top)
                 if dv_fn is None and k_top
